@@ -1,0 +1,78 @@
+"""Exceptions users see.  Every message is one line that names what is wrong
+(the file, field, flag or engine) and, where there is one, what to do."""
+
+from __future__ import annotations
+
+
+class ClusterLauncherError(Exception):
+    """Base of every error cluster-launcher raises on purpose."""
+
+
+class PluginError(ClusterLauncherError):
+    """A plugin failed to load, or two plugins claim the same name."""
+
+
+class UnknownNameError(ClusterLauncherError, ValueError):
+    """A short name (launcher, DB, scheduler, transport) matches no installed plugin."""
+
+
+class ConfigError(ClusterLauncherError):
+    """A config file or command-line option is wrong."""
+
+
+class ConnectionFileError(ClusterLauncherError):
+    """A connection file is missing, unreadable or incomplete."""
+
+
+class NoEnginesRegistered(ClusterLauncherError):
+    """Work was submitted while no engine is registered."""
+
+
+class RemoteError(ClusterLauncherError):
+    """A task raised on an engine.  ``ename``/``evalue``/``traceback`` are the
+    remote exception's type name, message and formatted traceback."""
+
+    def __init__(self, ename: str, evalue: str, traceback: str = "", engine_info: dict | None = None):
+        super().__init__(ename, evalue, traceback, engine_info)
+        self.ename, self.evalue, self.traceback = ename, evalue, traceback
+        self.engine_info = engine_info or {}
+
+    def __str__(self) -> str:
+        where = self.engine_info.get("engine_id")
+        prefix = f"[engine {where}] " if where is not None else ""
+        return f"{prefix}{self.ename}({self.evalue})"
+
+    def render_traceback(self) -> str:
+        return self.traceback or str(self)
+
+
+class CompositeError(RemoteError):
+    """Several tasks failed; ``elist`` holds each one's RemoteError."""
+
+    def __init__(self, message: str, elist: list[RemoteError]):
+        first = elist[0]
+        super().__init__(first.ename, first.evalue, first.traceback, first.engine_info)
+        self.args = (message, elist)
+        self.message, self.elist = message, elist
+
+    def __str__(self) -> str:
+        return f"{self.message}: " + "; ".join(str(e) for e in self.elist)
+
+    def raise_exception(self, index: int = 0) -> None:
+        raise self.elist[index]
+
+
+class EngineError(RemoteError):
+    """The engine running a task died or left before the task finished."""
+
+
+class TaskAborted(RemoteError):
+    """The task was aborted before it ran."""
+
+
+class TaskTimeout(RemoteError):
+    """The task's dependencies or its own ``timeout`` ran out before it ran."""
+
+
+class DependencyError(RemoteError):
+    """A task's ``after``/``follow`` dependency failed or cannot be met."""

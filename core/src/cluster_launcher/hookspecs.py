@@ -1,0 +1,129 @@
+"""Every hook a cluster-launcher plugin can implement.
+
+A plugin is a module (or object) registered under the ``cluster_launcher``
+entry-point group.  It implements any of the hooks below with the
+:data:`hookimpl` marker::
+
+    from cluster_launcher import hookimpl
+    from cluster_launcher.launcher import EngineSetLauncher
+
+    class CondorEngineSetLauncher(EngineSetLauncher):
+        ...
+
+    @hookimpl
+    def cluster_launcher_register_launchers():
+        return [CondorEngineSetLauncher]
+
+The four *register* hooks are called once per process, when the plugin
+registry is first needed (:func:`cluster_launcher.plugins.get_registry`);
+every plugin's answers are gathered and indexed by short name.  The
+*lifecycle* hooks are called by the running controller, engines and cluster
+as events happen; their return values are ignored and an exception in one is
+logged, never allowed to take the controller down.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .db import BaseDB
+    from .launcher import Launcher
+    from .scheduler import Scheduler
+    from .transport import Transport
+
+PROJECT = "cluster_launcher"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- registration: what a plugin provides --------------------------------
+
+
+@hookspec
+def cluster_launcher_register_launchers() -> list[type[Launcher]]:
+    """Return the launcher classes this plugin provides.
+
+    Each class subclasses :class:`cluster_launcher.launcher.ControllerLauncher`
+    or :class:`cluster_launcher.launcher.EngineSetLauncher` (its ``role``
+    says which).  It is registered under its class name, and the short name
+    users type (``'SSH'``) is the class name less ``EngineSetLauncher`` or
+    ``ControllerLauncher``.  Two plugins registering the same class name is
+    an error naming both.
+    """
+
+
+@hookspec
+def cluster_launcher_register_dbs() -> list[type[BaseDB]]:
+    """Return the task-database classes this plugin provides.
+
+    Each subclasses :class:`cluster_launcher.db.BaseDB` and is registered
+    under its class name (``'SQLiteDB'``), selected by
+    ``c.Controller.db_class``.
+    """
+
+
+@hookspec
+def cluster_launcher_register_schedulers() -> list[type[Scheduler]]:
+    """Return the task-scheduler classes this plugin provides.
+
+    Each subclasses :class:`cluster_launcher.scheduler.Scheduler` and is
+    registered under its ``name`` attribute (``'leastload'``), selected by
+    ``c.Scheduler.scheme_name``.
+    """
+
+
+@hookspec
+def cluster_launcher_register_transports() -> list[type[Transport]]:
+    """Return the connection-file transport classes this plugin provides.
+
+    Each subclasses :class:`cluster_launcher.transport.Transport` and is
+    registered under its ``name`` attribute (``'file'``).  A transport moves
+    the controller's connection files to the hosts where engines or clients
+    run.
+    """
+
+
+@hookspec
+def cluster_launcher_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add subcommands to the ``cluster-launcher`` command line.
+
+    Called once while the CLI parser is built, with the parser's
+    ``add_subparsers()`` object.  A plugin adds its parser and sets
+    ``func=callable(args) -> int`` as its default; the return value is the
+    process exit code.
+    """
+
+
+# --- lifecycle: what a plugin may react to --------------------------------
+
+
+@hookspec
+def cluster_launcher_controller_started(connection_info: dict[str, Any], profile_dir: str) -> None:
+    """Called in the controller process once it listens and has written its
+    connection files.  ``connection_info`` is the client connection file's
+    content (the key included: treat it as a secret)."""
+
+
+@hookspec
+def cluster_launcher_engine_registered(engine_id: int, info: dict[str, Any]) -> None:
+    """Called in the controller process when an engine has registered.
+    ``info`` holds its ``uuid``, ``hostname`` and ``pid``."""
+
+
+@hookspec
+def cluster_launcher_engine_unregistered(engine_id: int, reason: str) -> None:
+    """Called in the controller process when an engine leaves: ``reason`` is
+    ``'shutdown'`` for a clean exit, ``'heartbeat'`` when it stopped
+    answering."""
+
+
+@hookspec
+def cluster_launcher_cluster_stopping(profile_dir: str, cluster_id: str) -> None:
+    """Called in the process running ``cluster-launcher stop`` (or leaving a
+    :class:`cluster_launcher.Cluster` context) before the engines and the
+    controller are stopped."""
