@@ -1,0 +1,75 @@
+"""Connection files: how engines and clients find and authenticate to the
+controller.  ``security/controller[-<cluster_id>]-client.json`` and
+``…-engine.json``, written 0600, read back with every field checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from typing import Any
+
+from .error import ConnectionFileError
+
+CLIENT_FIELDS = {"key": str, "signature_scheme": str, "location": str, "client_port": int,
+                 "ssh": str, "cluster_id": str, "transport": str}
+ENGINE_FIELDS = {"key": str, "signature_scheme": str, "location": str, "engine_port": int,
+                 "heartbeat_port": int, "ssh": str, "cluster_id": str, "transport": str}
+FIELDS = {"client": CLIENT_FIELDS, "engine": ENGINE_FIELDS}
+
+
+def connection_file(profile_dir: str, role: str, cluster_id: str = "") -> str:
+    """The path of the ``role`` ('client' or 'engine') connection file."""
+    stem = f"controller-{cluster_id}" if cluster_id else "controller"
+    return os.path.join(profile_dir, "security", f"{stem}-{role}.json")
+
+
+def new_key() -> str:
+    return secrets.token_hex(32)
+
+
+def write_connection_file(path: str, info: dict[str, Any]) -> None:
+    """Write ``info`` to ``path`` with mode 0600, atomically (a reader never
+    sees half a file, and the key is never world-readable even briefly)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    partial = f"{path}.partial-{os.getpid()}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(info, out, indent=1, sort_keys=True)
+    os.replace(partial, path)
+
+
+def read_connection_file(path: str, role: str) -> dict[str, Any]:
+    """The checked content of a connection file; a ConnectionFileError naming
+    the file and field when it is missing, unreadable or incomplete."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise ConnectionFileError(f"{path}: connection file not found; is the controller running "
+                                  "for this profile and cluster id?") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConnectionFileError(f"{path}: cannot read connection file: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConnectionFileError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): "
+                                  f"{exc.msg}; delete it and restart the controller") from None
+    if not isinstance(info, dict):
+        raise ConnectionFileError(f"{path}: a connection file holds a JSON object, not {type(info).__name__}")
+    for field, kind in FIELDS[role].items():
+        if field not in info:
+            raise ConnectionFileError(f"{path}: missing field {field!r}; delete it and restart the controller")
+        if not isinstance(info[field], kind) or isinstance(info[field], bool):
+            raise ConnectionFileError(f"{path}: field {field!r} should be {kind.__name__}, "
+                                      f"not {type(info[field]).__name__}")
+    if not info["key"]:
+        raise ConnectionFileError(f"{path}: field 'key' is empty; messages cannot be signed")
+    if not 0 < info.get("client_port", info.get("engine_port", 0)) < 65536:
+        raise ConnectionFileError(f"{path}: port out of range")
+    return info
+
+
+def url(info: dict[str, Any], port_field: str) -> str:
+    host = info["location"]
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # IPv6
+    return f"{info['transport']}://{host}:{info[port_field]}"
