@@ -1,10 +1,34 @@
 """The controller: hub, task queue, heartbeat monitor and task database in
-one process (``cluster-launcher controller``)."""
+one process (``cluster-launcher controller``).
+
+One thread polls three ROUTER sockets (clients, engines, heartbeats).  Task
+messages are forwarded with their frames unchanged; the controller reads
+only headers.  See docs/internals/protocol.md for the messages.
+"""
 
 from __future__ import annotations
 
+import heapq
+import logging
+import os
+import signal
+import socket as _socket
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
 from traitlets import Bool, Float, Integer, Unicode
-from traitlets.config import LoggingConfigurable
+from traitlets.config import Config, LoggingConfigurable
+
+from . import connection, plugins
+from .db import BaseDB, check_query
+from .error import ClusterLauncherError
+from .scheduler import TaskScheduler
+from .session import Message, Session, decode_record, encode_record, new_id, parse_time, utcnow
+
+log = logging.getLogger("cluster_launcher")
 
 
 class Controller(LoggingConfigurable):
@@ -30,3 +54,570 @@ class Controller(LoggingConfigurable):
     enginessh = Unicode("", help="SSH server engines should tunnel through to reach the controller "
                         "(written into controller-engine.json).").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile (names its files).").tag(config=True)
+    dependency_memory = Integer(100_000, help="How many finished tasks the controller remembers for "
+                                "resolving after/follow dependencies without asking the DB.").tag(config=True)
+
+    def __init__(self, profile_dir: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.profile_dir = profile_dir
+        self.engines: OrderedDict[int, EngineState] = OrderedDict()  # least recently used first
+        self.by_uuid: dict[bytes, int] = {}
+        self.next_engine_id = 0
+        self.clients: set[bytes] = set()
+        self.tasks: dict[str, Task] = {}  # pending: queued or running
+        self.ready: deque[Task] = deque()  # load-balanced tasks waiting for an engine
+        self.blocked: dict[str, list[Task]] = {}  # dependency msg_id -> tasks waiting on it
+        self.finished: OrderedDict[str, tuple[bool, int | None]] = OrderedDict()
+        self.deadlines: list[tuple[float, str]] = []
+        self.running = False
+
+    # --- set-up -------------------------------------------------------
+
+    def setup(self) -> None:
+        scheduling = TaskScheduler(parent=self)
+        self.hwm = scheduling.hwm
+        self.scheduler = plugins.resolve("scheduler", scheduling.scheme_name)()
+        self.db: BaseDB = plugins.resolve("db", self.db_class)(parent=self)
+        key, ports = self._reused_key_and_ports()
+        self.session = Session(key=key, parent=self)
+        self.context = zmq.Context()
+        self.ports: dict[zmq.Socket, int] = {}
+        self.client_socket = self._bind(ports["client_port"])
+        self.engine_socket = self._bind(ports["engine_port"])
+        self.heartbeat_socket = self._bind(ports["heartbeat_port"])
+        self._write_connection_files(key)
+        pid_dir = os.path.join(self.profile_dir, "pid")
+        os.makedirs(pid_dir, exist_ok=True)
+        self.pid_file = os.path.join(pid_dir, f"controller{'-' + self.cluster_id if self.cluster_id else ''}.pid")
+        with open(self.pid_file, "w") as f:
+            f.write(str(os.getpid()))
+
+    def _reused_key_and_ports(self) -> tuple[str, dict[str, int]]:
+        ports = {"client_port": self.client_port, "engine_port": self.engine_port,
+                 "heartbeat_port": self.heartbeat_port}
+        if self.reuse:
+            client_file = connection.connection_file(self.profile_dir, "client", self.cluster_id)
+            engine_file = connection.connection_file(self.profile_dir, "engine", self.cluster_id)
+            if os.path.exists(client_file) and os.path.exists(engine_file):
+                client = connection.read_connection_file(client_file, "client")
+                engine = connection.read_connection_file(engine_file, "engine")
+                ports = {"client_port": client["client_port"], "engine_port": engine["engine_port"],
+                         "heartbeat_port": engine["heartbeat_port"]}
+                log.info("reusing key and ports of %s", client_file)
+                return client["key"], ports
+        return connection.new_key(), ports
+
+    def _bind(self, port: int) -> zmq.Socket:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted engine/client takes over its identity
+        ip = "*" if self.ip in ("*", "0.0.0.0", "") else self.ip
+        try:
+            if port:
+                sock.bind(f"tcp://{ip}:{port}")
+            else:
+                port = sock.bind_to_random_port(f"tcp://{ip}", min_port=30000, max_port=60000, max_tries=500)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            raise ClusterLauncherError(f"cannot listen on {self.ip}:{port}: {exc} (another controller "
+                                       "with --reuse? stop it or start without --reuse)") from None
+        self.ports[sock] = port
+        return sock
+
+    def _write_connection_files(self, key: str) -> None:
+        location = self.location or (_socket.gethostname() if self.ip in ("*", "0.0.0.0", "") else self.ip)
+        common = {"key": key, "signature_scheme": "hmac-sha256", "location": location,
+                  "cluster_id": self.cluster_id, "transport": "tcp"}
+        self.client_info = {**common, "client_port": self.ports[self.client_socket], "ssh": self.ssh}
+        self.engine_info = {**common, "engine_port": self.ports[self.engine_socket],
+                            "heartbeat_port": self.ports[self.heartbeat_socket], "ssh": self.enginessh}
+        for role, info in (("client", self.client_info), ("engine", self.engine_info)):
+            connection.write_connection_file(connection.connection_file(self.profile_dir, role, self.cluster_id), info)
+
+    # --- the loop -----------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        handlers = {self.client_socket: self.on_client, self.engine_socket: self.on_engine,
+                    self.heartbeat_socket: self.on_heartbeat}
+        for sock in handlers:
+            poller.register(sock, zmq.POLLIN)
+        self.running = True
+        plugins.get_plugin_manager().hook.cluster_launcher_controller_started(
+            connection_info=dict(self.client_info), profile_dir=self.profile_dir)
+        log.info("controller listening: clients %s, engines %s", self.ports[self.client_socket], self.ports[self.engine_socket])
+        next_check = time.monotonic() + self.heartbeat_period
+        while self.running:
+            timeout = max(0.0, next_check - time.monotonic())
+            for sock, _ in poller.poll(timeout * 1000):
+                # Drain each ready socket (bounded) before polling again: fewer syscalls under load.
+                for _ in range(1000):
+                    try:
+                        msg = self.session.recv(sock, zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    if msg is not None:
+                        handlers[sock](msg)
+            if time.monotonic() >= next_check:
+                self.check_heartbeats()
+                self.check_deadlines()
+                next_check = time.monotonic() + self.heartbeat_period
+
+    def close(self) -> None:
+        self.db.close()
+        for sock in (self.client_socket, self.engine_socket, self.heartbeat_socket):
+            sock.close(linger=200)
+        self.context.term()
+        if not self.reuse:
+            for role in ("client", "engine"):
+                _remove(connection.connection_file(self.profile_dir, role, self.cluster_id))
+        _remove(self.pid_file)
+
+    # --- clients ------------------------------------------------------
+
+    def reply_to(self, msg: Message) -> bytes:
+        return b"r-" + str(msg.header.get("session", "")).encode()
+
+    def send_client(self, ident: bytes, msg_type: str, fields: dict[str, Any], buffers: list = ()) -> None:
+        self.session.send(self.client_socket, msg_type, fields, buffers, idents=[ident])
+
+    def on_client(self, msg: Message) -> None:
+        handler = getattr(self, "client_" + msg.type, None)
+        if handler is None:
+            log.warning("ignored a client message of unknown type %r", msg.type)
+            return
+        try:
+            handler(msg)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.send_client(self.reply_to(msg), msg.type + "_reply",
+                             {"parent": msg.header["id"], "status": "error",
+                              "error": {"ename": type(exc).__name__, "evalue": str(exc)}})
+
+    def client_connect(self, msg: Message) -> None:
+        ident = self.reply_to(msg)
+        self.clients.add(ident)
+        engines = {str(e.id): e.info() for e in self.engines.values()}
+        self.send_client(ident, "connect_reply", {"parent": msg.header["id"], "status": "ok",
+                                                  "engines": engines, "cluster_id": self.cluster_id})
+
+    def client_apply(self, msg: Message) -> None:
+        header = msg.header
+        task = Task(msg_id=header["id"], reply_to=self.reply_to(msg), frames=msg.frames, header=header,
+                    queue=header.get("queue", "task"), targets=header.get("targets"),
+                    retries=int(header.get("retries") or 0))
+        self.tasks[task.msg_id] = task
+        self.db.add_record(task.msg_id, {
+            "msg_id": task.msg_id, "header": header, "content": {}, "buffers": list(msg.buffers),
+            "submitted": task.submitted, "client_uuid": header.get("session"), "engine_uuid": None,
+            "started": None, "completed": None, "received": None, "resubmitted": None,
+            "queue": "mux" if task.queue == "mux" else "task", "result_header": None,
+            "result_content": None, "result_buffers": None, "stdout": "", "stderr": ""})
+        if task.queue == "mux":
+            engine = self.engines.get(task.targets[0] if task.targets else -1)
+            if engine is None:
+                self.fail(task, "engine", "EngineError", f"no engine with id {task.targets} is registered")
+            else:
+                self.assign(task, engine)
+            return
+        if header.get("timeout"):
+            task.deadline = time.monotonic() + float(header["timeout"])
+            heapq.heappush(self.deadlines, (task.deadline, task.msg_id))
+        self.enqueue(task, header.get("after") or [], header.get("follow") or [])
+
+    def client_queue_status(self, msg: Message) -> None:
+        targets = msg.header.get("targets")
+        status = {str(e.id): {"queue": len(e.in_flight), "completed": e.completed, "tasks": e.lb_load}
+                  for e in self.engines.values() if targets is None or e.id in targets}
+        self.send_client(self.reply_to(msg), "queue_status_reply", {
+            "parent": msg.header["id"], "status": "ok", "engines": status,
+            "unassigned": len(self.ready) + sum(len(t) for t in self.blocked.values())})
+
+    def client_db_query(self, msg: Message) -> None:
+        query = decode_record(msg.header.get("query") or {}, list(msg.buffers))
+        check_query(query)
+        records = self.db.find_records(query, msg.header.get("keys"))
+        buffers: list = []
+        encoded = encode_record(records, buffers)
+        self.send_client(self.reply_to(msg), "db_reply", {"parent": msg.header["id"], "status": "ok",
+                                                          "records": encoded}, buffers)
+
+    def client_get_result(self, msg: Message) -> None:
+        ident = self.reply_to(msg)
+        for msg_id in msg.header.get("msg_ids", []):
+            task = self.tasks.get(msg_id)
+            if task is not None:
+                task.waiters.add(ident)
+                continue
+            try:
+                record = self.db.get_record(msg_id)
+            except KeyError as exc:
+                record = None
+                reason = exc.args[0] if exc.args else f"no task {msg_id!r}"
+            if record is None or not record.get("result_header"):
+                self.send_client(ident, "apply_reply", _error_header(
+                    msg_id, "remote", "KeyError", reason if record is None else f"task {msg_id} has no result"))
+                continue
+            self.client_socket.send_multipart(
+                [ident, *self.session.pack(record["result_header"], record["result_buffers"] or [])], copy=False)
+
+    def client_purge(self, msg: Message) -> None:
+        header = msg.header
+        if header.get("all"):
+            self.db.drop_matching_records({"completed": {"$exists": True}})
+        else:
+            msg_ids = header.get("msg_ids") or []
+            pending = [m for m in msg_ids if m in self.tasks]
+            if pending:
+                raise ValueError(f"cannot purge pending tasks: {', '.join(pending[:5])}")
+            self.db.drop_matching_records({"msg_id": {"$in": msg_ids}})
+        if header.get("targets"):
+            uuids = [self.engines[t].uuid.decode() for t in header["targets"] if t in self.engines]
+            self.db.drop_matching_records({"engine_uuid": {"$in": uuids}, "completed": {"$exists": True}})
+        self.send_client(self.reply_to(msg), "purge_reply", {"parent": header["id"], "status": "ok"})
+
+    def client_resubmit(self, msg: Message) -> None:
+        resubmitted = {}
+        for old_id in msg.header.get("msg_ids", []):
+            if old_id in self.tasks:
+                raise ValueError(f"task {old_id} is still pending; wait for it before resubmitting")
+            record = self.db.get_record(old_id)
+            header = {**record["header"], "id": new_id(),
+                      "session": msg.header.get("session"), "resubmit_of": old_id}
+            frames = self.session.pack(header, record["buffers"] or [])
+            self.client_apply(Message([], header, list(record["buffers"] or []), frames))
+            self.db.update_record(old_id, {"resubmitted": header["id"]})
+            resubmitted[old_id] = header["id"]
+        self.send_client(self.reply_to(msg), "resubmit_reply",
+                         {"parent": msg.header["id"], "status": "ok", "resubmitted": resubmitted})
+
+    def client_abort(self, msg: Message) -> None:
+        header = msg.header
+        targets = header.get("targets")
+        msg_ids = header.get("msg_ids")
+        if msg_ids is None:
+            msg_ids = [t.msg_id for t in self.tasks.values()
+                       if targets is None or (t.engine_id in targets if t.engine_id is not None else True)]
+        aborted, by_engine = [], {}
+        for msg_id in msg_ids:
+            task = self.tasks.get(msg_id)
+            if task is None:
+                continue
+            if task.engine_id is None:  # still in the controller: abort it here
+                self.discard_waiting(task)
+                self.fail(task, "aborted", "TaskAborted", "the task was aborted before it ran")
+                aborted.append(msg_id)
+            else:  # on an engine: it aborts it if it has not started it
+                by_engine.setdefault(task.engine_id, []).append(msg_id)
+        for engine_id, ids in by_engine.items():
+            self.session.send(self.engine_socket, "abort", {"msg_ids": ids}, idents=[self.engines[engine_id].uuid])
+        self.send_client(self.reply_to(msg), "abort_reply", {"parent": header["id"], "status": "ok",
+                                                             "aborted": aborted, "forwarded": sum(by_engine.values(), [])})
+
+    def client_shutdown(self, msg: Message) -> None:
+        targets = msg.header.get("targets")
+        for engine in list(self.engines.values()):
+            if targets is None or engine.id in targets:
+                self.session.send(self.engine_socket, "shutdown", {}, idents=[engine.uuid])
+        self.send_client(self.reply_to(msg), "shutdown_reply", {"parent": msg.header["id"], "status": "ok"})
+        if msg.header.get("hub"):
+            log.info("shutdown requested by a client")
+            self.running = False
+
+    # --- engines --------------------------------------------------------
+
+    def on_engine(self, msg: Message) -> None:
+        uuid = msg.idents[0]
+        engine_id = self.by_uuid.get(uuid)
+        engine = self.engines.get(engine_id) if engine_id is not None else None
+        if engine is not None:
+            engine.last_seen = time.monotonic()
+        if msg.type == "apply_reply":
+            self.on_reply(msg, engine)
+        elif msg.type == "stream":
+            task = self.tasks.get(msg.header.get("parent"))
+            if task is not None:
+                for ident in (task.reply_to, *task.waiters):
+                    self.client_socket.send_multipart([ident, *msg.frames], copy=False)
+        elif msg.type == "register":
+            self.register(uuid, msg)
+        elif msg.type == "unregister" and engine is not None:
+            self.unregister(engine, "shutdown")
+        else:
+            log.warning("ignored an engine message of type %r", msg.type)
+
+    def register(self, uuid: bytes, msg: Message) -> None:
+        if uuid in self.by_uuid:
+            self.unregister(self.engines[self.by_uuid[uuid]], "re-registered")
+        engine = EngineState(id=self.next_engine_id, uuid=uuid, hostname=msg.header.get("hostname", ""),
+                             pid=msg.header.get("pid", 0))
+        self.next_engine_id += 1
+        self.engines[engine.id] = engine
+        self.by_uuid[uuid] = engine.id
+        self.session.send(self.engine_socket, "register_reply", {
+            "parent": msg.header["id"], "status": "ok", "engine_id": engine.id,
+            "heartbeat_period": self.heartbeat_period, "heartbeat_timeout": self.heartbeat_timeout},
+            idents=[uuid])
+        log.info("engine %d registered (%s, pid %s)", engine.id, engine.hostname, engine.pid)
+        for ident in self.clients:
+            self.send_client(ident, "registration", {"engine_id": engine.id, **engine.info()})
+        _call_hook("cluster_launcher_engine_registered", engine_id=engine.id, info=engine.info())
+        self.schedule()
+
+    def unregister(self, engine: EngineState, reason: str) -> None:
+        self.engines.pop(engine.id, None)
+        self.by_uuid.pop(engine.uuid, None)
+        log.info("engine %d unregistered (%s)", engine.id, reason)
+        for task in list(engine.in_flight.values()):
+            engine.in_flight.pop(task.msg_id)
+            if task.queue == "task" and task.retries > 0:
+                task.retries -= 1
+                task.blacklist.add(engine.id)
+                task.engine_id = None
+                log.info("retrying task %s after engine %d left", task.msg_id, engine.id)
+                self.ready.appendleft(task)
+            else:
+                self.fail(task, "engine", "EngineError",
+                          f"engine {engine.id} ({engine.hostname}, pid {engine.pid}) died or left "
+                          f"({reason}) while running this task", engine_id=engine.id)
+        for ident in self.clients:
+            self.send_client(ident, "unregistration", {"engine_id": engine.id, "uuid": engine.uuid.decode(),
+                                                       "reason": reason})
+        _call_hook("cluster_launcher_engine_unregistered", engine_id=engine.id, reason=reason)
+        self.schedule()
+
+    def on_heartbeat(self, msg: Message) -> None:
+        uuid = msg.idents[0].removesuffix(b"-hb")
+        engine_id = self.by_uuid.get(uuid)
+        if engine_id is not None:
+            self.engines[engine_id].last_seen = time.monotonic()
+        self.session.send(self.heartbeat_socket, "pong", {"parent": msg.header["id"],
+                                                          "registered": engine_id is not None},
+                          idents=msg.idents)
+
+    def check_heartbeats(self) -> None:
+        limit = time.monotonic() - self.heartbeat_timeout
+        for engine in [e for e in self.engines.values() if e.last_seen < limit]:
+            log.warning("engine %d missed heartbeats for %.0fs: declaring it dead", engine.id, self.heartbeat_timeout)
+            self.unregister(engine, "heartbeat")
+
+    # --- tasks ------------------------------------------------------------
+
+    def enqueue(self, task: Task, after: list[str], follow: list[str]) -> None:
+        task.follow = list(follow)
+        unmet = 0
+        for dep in {*after, *follow}:
+            state = self.dependency_state(dep)
+            if state is None:
+                unmet += 1
+                self.blocked.setdefault(dep, []).append(task)
+            elif not state[0]:
+                self.fail(task, "dependency", "DependencyError", f"dependency {dep} failed")
+                return
+        task.unmet = unmet
+        if unmet == 0:
+            self.ready.append(task)
+            self.schedule()
+
+    def dependency_state(self, msg_id: str) -> tuple[bool, int | None] | None:
+        """``(succeeded, engine_id)`` of a finished task, ``None`` while it is pending."""
+        if msg_id in self.tasks:
+            return None
+        if msg_id in self.finished:
+            return self.finished[msg_id]
+        try:
+            record = self.db.get_record(msg_id)
+        except KeyError:
+            return (False, None)  # unknown: can never be met
+        ok = (record.get("result_content") or {}).get("status") == "ok"
+        engine_id = next((e.id for e in self.engines.values() if e.uuid.decode() == record.get("engine_uuid")), None)
+        return (ok, engine_id)
+
+    def schedule(self) -> None:
+        """Hand ready load-balanced tasks to engines, in submission order."""
+        if not self.ready or not self.engines:
+            return
+        skipped: list[Task] = []
+        while self.ready:
+            task = self.ready.popleft()
+            candidates = self.candidates(task)
+            if candidates is None:  # can never run (follow/targets impossible)
+                continue
+            if not candidates:
+                skipped.append(task)
+                if self.hwm and all(e.lb_load >= self.hwm for e in self.engines.values()):
+                    break  # every engine is full: the rest must wait too
+                continue
+            loads = [e.lb_load for e in candidates]
+            self.assign(task, candidates[self.scheduler.choose(loads)])
+        self.ready.extendleft(reversed(skipped))
+
+    def candidates(self, task: Task) -> list[EngineState] | None:
+        engines = self.engines.values()
+        if task.targets is not None or task.follow or task.blacklist:
+            allowed = set(task.targets) if task.targets is not None else set(self.engines)
+            for dep in task.follow:
+                state = self.dependency_state(dep)
+                allowed &= {state[1]} if state and state[1] is not None else set()
+            allowed -= task.blacklist
+            if not allowed:
+                if task.blacklist and not (set(task.targets or self.engines) - task.blacklist):
+                    self.fail(task, "engine", "EngineError", "no engine left to retry the task on")
+                else:
+                    self.fail(task, "dependency", "DependencyError",
+                              "no registered engine satisfies the task's targets/follow dependencies")
+                return None
+            engines = [e for e in engines if e.id in allowed]
+        if self.hwm:
+            return [e for e in engines if e.lb_load < self.hwm]
+        return list(engines)
+
+    def assign(self, task: Task, engine: EngineState) -> None:
+        task.engine_id = engine.id
+        engine.in_flight[task.msg_id] = task
+        if task.queue == "task":
+            engine.lb_load += 1
+            self.engines.move_to_end(engine.id)  # most recently used last
+        self.engine_socket.send_multipart([engine.uuid, *task.frames], copy=False)
+        self.db.update_record(task.msg_id, {"engine_uuid": engine.uuid.decode()})
+
+    def on_reply(self, msg: Message, engine: EngineState | None) -> None:
+        header = msg.header
+        task = self.tasks.get(header.get("parent"))
+        if task is None:
+            log.warning("reply for an unknown task %s", header.get("parent"))
+            return
+        if engine is not None:
+            engine.in_flight.pop(task.msg_id, None)
+            engine.completed += 1
+            if task.queue == "task":
+                engine.lb_load -= 1
+        if header.get("status") == "error" and task.retries > 0 and task.queue == "task":
+            task.retries -= 1
+            if engine is not None:
+                task.blacklist.add(engine.id)
+            task.engine_id = None
+            self.ready.appendleft(task)
+            self.schedule()
+            return
+        self.finish(task, header, msg.buffers, msg.frames)
+        self.schedule()
+
+    def fail(self, task: Task, kind: str, ename: str, evalue: str, engine_id: int | None = None) -> None:
+        header = _error_header(task.msg_id, kind, ename, evalue, engine_id)
+        self.finish(task, header, [], self.session.pack(header))
+
+    def finish(self, task: Task, header: dict[str, Any], buffers: list, frames: list) -> None:
+        self.tasks.pop(task.msg_id, None)
+        for ident in (task.reply_to, *task.waiters):
+            self.client_socket.send_multipart([ident, *frames], copy=False)
+        ok = header.get("status") == "ok"
+        self.finished[task.msg_id] = (ok, task.engine_id)
+        if len(self.finished) > self.dependency_memory:
+            self.finished.popitem(last=False)
+        self.db.update_record(task.msg_id, {
+            "started": parse_time(header.get("started")), "completed": parse_time(header.get("completed")),
+            "received": parse_time(utcnow()), "result_header": header,
+            "result_content": {"status": header.get("status"), "error": header.get("error")},
+            "result_buffers": list(buffers), "stdout": header.get("stdout", ""),
+            "stderr": header.get("stderr", "")})
+        for waiting in self.blocked.pop(task.msg_id, []):
+            if waiting.msg_id not in self.tasks:
+                continue  # already failed or aborted
+            if not ok:
+                self.discard_waiting(waiting)
+                self.fail(waiting, "dependency", "DependencyError", f"dependency {task.msg_id} failed")
+                continue
+            waiting.unmet -= 1
+            if waiting.unmet == 0:
+                self.ready.append(waiting)
+
+    def discard_waiting(self, task: Task) -> None:
+        if task in self.ready:
+            self.ready.remove(task)
+        for waiting in self.blocked.values():
+            if task in waiting:
+                waiting.remove(task)
+
+    def check_deadlines(self) -> None:
+        now = time.monotonic()
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, msg_id = heapq.heappop(self.deadlines)
+            task = self.tasks.get(msg_id)
+            if task is not None and task.engine_id is None:
+                self.discard_waiting(task)
+                self.fail(task, "timeout", "TaskTimeout",
+                          f"the task waited {task.header.get('timeout')}s for its dependencies or an engine")
+
+
+@dataclass(eq=False)
+class Task:
+    msg_id: str
+    reply_to: bytes
+    frames: list
+    header: dict[str, Any]
+    queue: str
+    targets: list[int] | None
+    retries: int = 0
+    engine_id: int | None = None
+    follow: list[str] = field(default_factory=list)
+    blacklist: set[int] = field(default_factory=set)
+    waiters: set[bytes] = field(default_factory=set)
+    unmet: int = 0
+    deadline: float | None = None
+    submitted: Any = field(default_factory=lambda: parse_time(utcnow()))
+
+
+@dataclass(eq=False)
+class EngineState:
+    id: int
+    uuid: bytes
+    hostname: str
+    pid: int
+    last_seen: float = field(default_factory=time.monotonic)
+    in_flight: dict[str, Task] = field(default_factory=dict)
+    lb_load: int = 0
+    completed: int = 0
+
+    def info(self) -> dict[str, Any]:
+        return {"uuid": self.uuid.decode(), "hostname": self.hostname, "pid": self.pid}
+
+
+def _error_header(msg_id: str, kind: str, ename: str, evalue: str, engine_id: int | None = None) -> dict[str, Any]:
+    return {"type": "apply_reply", "id": new_id(), "parent": msg_id, "status":
+            "aborted" if kind == "aborted" else "error", "engine_id": engine_id, "started": None,
+            "completed": utcnow(), "stdout": "", "stderr": "",
+            "error": {"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id, "kind": kind}}
+
+
+def _call_hook(name: str, **kwargs: Any) -> None:
+    try:
+        getattr(plugins.get_plugin_manager().hook, name)(**kwargs)
+    except Exception:  # a plugin's bug must not take the controller down
+        log.exception("plugin hook %s failed", name)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def main(config: Config, profile_dir: str) -> int:
+    """Run a controller until it is told to stop (``cluster-launcher controller``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s controller %(levelname)s %(message)s")
+    controller = Controller(profile_dir=profile_dir, config=config)
+    controller.setup()
+
+    def stop(signum: int, frame: Any) -> None:
+        controller.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        controller.run()
+    finally:
+        controller.close()
+    return 0

@@ -1,9 +1,43 @@
-"""The engine: runs tasks in a persistent namespace (``cluster-launcher engine``)."""
+"""The engine: runs tasks in a persistent namespace (``cluster-launcher engine``).
+
+The main thread receives ``apply`` messages and runs them one at a time; a
+heartbeat thread with its own socket answers the controller's liveness
+check, so a long task never looks like a dead engine.  If the controller
+stops answering for ``Engine.timeout`` seconds the engine exits (a task
+still running is interrupted first).
+"""
 
 from __future__ import annotations
 
+import _thread
+import io
+import logging
+import os
+import socket as _socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+import zmq
 from traitlets import Float, List, Unicode
-from traitlets.config import LoggingConfigurable
+from traitlets.config import Config, LoggingConfigurable
+
+from . import connection
+from .error import ClusterLauncherError
+from .serialize import serialize, unpack_apply
+from .session import Message, Session, new_id, utcnow
+
+log = logging.getLogger("cluster_launcher")
+_USER_NAMESPACE: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+
+
+def user_namespace() -> dict[str, Any]:
+    """The engine's persistent namespace: where ``push`` puts names, ``execute``
+    runs code and functions from the client's ``__main__`` find their globals."""
+    return _USER_NAMESPACE
 
 
 class Engine(LoggingConfigurable):
@@ -18,3 +52,238 @@ class Engine(LoggingConfigurable):
     connect_timeout = Float(30.0, help="Seconds to wait for the connection file to appear.").tag(config=True)
     extra_paths = List(Unicode(), help="Directories prepended to sys.path.").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
+
+    def __init__(self, profile_dir: str = "", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.profile_dir = profile_dir
+        self.uuid = new_id()
+        self.engine_id: int | None = None
+        self.pending: deque[Message] = deque()
+        self.aborted: set[str] = set()
+        self.stopping = False
+        self.controller_lost = threading.Event()
+        self.needs_registration = threading.Event()
+
+    # --- set-up -------------------------------------------------------
+
+    def connection_info(self) -> dict[str, Any]:
+        path = self.file or connection.connection_file(self.profile_dir, "engine", self.cluster_id)
+        deadline = time.monotonic() + self.connect_timeout
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return connection.read_connection_file(path, "engine")
+
+    def setup(self) -> None:
+        if self.work_dir:
+            os.chdir(os.path.expanduser(self.work_dir))
+        sys.path[:0] = [*self.extra_paths, os.getcwd()]
+        self.info = info = self.connection_info()
+        self.session = Session(key=info["key"], parent=self)
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, self.uuid.encode())
+        for option in (zmq.SNDHWM, zmq.RCVHWM):
+            self.socket.setsockopt(option, 0)
+        self.socket.setsockopt(zmq.LINGER, 2000)
+        self.socket.connect(connection.url(info, "engine_port"))
+        self.register()
+        self.heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self.heartbeat.start()
+        self.run_startup()
+
+    def register(self) -> None:
+        self.session.send(self.socket, "register", {"uuid": self.uuid, "hostname": _socket.gethostname(),
+                                                    "pid": os.getpid()})
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if not self.socket.poll(100):
+                continue
+            msg = self.session.recv(self.socket)
+            if msg is None:
+                continue
+            if msg.type != "register_reply":
+                self.pending.append(msg)  # tasks sent right after registration
+                continue
+            if msg.header.get("status") != "ok":
+                raise ClusterLauncherError(f"the controller refused registration: {msg.header.get('reason')}")
+            self.engine_id = msg.header["engine_id"]
+            self.heartbeat_period = msg.header.get("heartbeat_period", 1.0)
+            log.info("registered as engine %d", self.engine_id)
+            return
+        raise ClusterLauncherError(f"no answer from the controller at {connection.url(self.info, 'engine_port')} "
+                                   f"within {self.timeout}s (Engine.timeout); is it running?")
+
+    def run_startup(self) -> None:
+        namespace = user_namespace()
+        if self.startup_script:
+            path = os.path.expanduser(self.startup_script)
+            with open(path) as f:
+                exec(compile(f.read(), path, "exec"), namespace)
+        if self.startup_command:
+            exec(compile(self.startup_command, "<startup_command>", "exec"), namespace)
+
+    # --- heartbeat ----------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.uuid.encode() + b"-hb")
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(connection.url(self.info, "heartbeat_port"))
+        session = Session(key=self.info["key"])  # its own: the main thread's is not shared across threads
+        last_pong = time.monotonic()
+        try:
+            while not self.stopping:
+                session.send(sock, "ping", {"engine_id": self.engine_id})
+                deadline = time.monotonic() + self.heartbeat_period
+                while (left := deadline - time.monotonic()) > 0 and not self.stopping:
+                    if sock.poll(left * 1000):
+                        msg = session.recv(sock)
+                        if msg is not None and msg.type == "pong":
+                            last_pong = time.monotonic()
+                            if not msg.header.get("registered"):
+                                self.needs_registration.set()
+                if time.monotonic() - last_pong > self.timeout and not self.stopping:
+                    log.error("no heartbeat answer from the controller for %.0fs (Engine.timeout): exiting",
+                              self.timeout)
+                    self.controller_lost.set()
+                    _thread.interrupt_main()  # stops a running task; the main loop then exits
+                    return
+        finally:
+            sock.close(0)
+
+    # --- the loop -----------------------------------------------------
+
+    def run(self) -> None:
+        while not self.stopping and not self.controller_lost.is_set():
+            if self.needs_registration.is_set():
+                # A restarted controller (--reuse) does not know us yet.
+                self.needs_registration.clear()
+                self.register()
+            self.drain(timeout_ms=100 if not self.pending else 0)
+            if self.pending:
+                msg = self.pending.popleft()
+                if msg.header["id"] in self.aborted:
+                    self.aborted.discard(msg.header["id"])
+                    self.reply_aborted(msg)
+                else:
+                    self.apply(msg)
+
+    def drain(self, timeout_ms: int) -> None:
+        """Take every waiting message: control messages act now, tasks queue."""
+        if not self.socket.poll(timeout_ms):
+            return
+        for _ in range(10_000):
+            try:
+                msg = self.session.recv(self.socket, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg is None:
+                continue
+            if msg.type == "apply":
+                self.pending.append(msg)
+            elif msg.type == "abort":
+                self.aborted.update(msg.header.get("msg_ids", []))
+            elif msg.type == "shutdown":
+                self.stopping = True
+            else:
+                log.debug("ignored %s", msg.type)
+
+    def reply_aborted(self, msg: Message) -> None:
+        self.session.send(self.socket, "apply_reply", {
+            "parent": msg.header["id"], "status": "aborted", "engine_id": self.engine_id,
+            "engine_uuid": self.uuid, "started": None, "completed": utcnow(), "stdout": "", "stderr": "",
+            "error": {"ename": "TaskAborted", "evalue": "the task was aborted before it ran",
+                      "traceback": "", "engine_id": self.engine_id, "kind": "aborted"}})
+
+    def apply(self, msg: Message) -> None:
+        parent = msg.header["id"]
+        out = _TaskStream(self, parent, "stdout")
+        err = _TaskStream(self, parent, "stderr")
+        saved = sys.stdout, sys.stderr
+        started = utcnow()
+        error = None
+        buffers: list = []
+        try:
+            sys.stdout, sys.stderr = out, err
+            f, args, kwargs = unpack_apply(msg.buffers, user_namespace())
+            result = f(*args, **kwargs)
+            buffers = serialize(result)
+        except KeyboardInterrupt:
+            error = {"ename": "KeyboardInterrupt", "evalue": "the engine was interrupted",
+                     "traceback": traceback.format_exc(), "engine_id": self.engine_id, "kind": "remote"}
+        except BaseException as exc:  # a task's failure, whatever it is, is the client's to see
+            error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": _user_traceback(exc),
+                     "engine_id": self.engine_id, "kind": "remote"}
+        finally:
+            sys.stdout, sys.stderr = saved
+        self.session.send(self.socket, "apply_reply", {
+            "parent": parent, "status": "error" if error else "ok", "engine_id": self.engine_id,
+            "engine_uuid": self.uuid, "started": started, "completed": utcnow(),
+            "stdout": out.getvalue(), "stderr": err.getvalue(), "error": error}, buffers)
+
+    def close(self) -> None:
+        self.stopping = True
+        if not self.controller_lost.is_set():
+            try:
+                self.session.send(self.socket, "unregister", {"reason": "shutdown"})
+            except zmq.ZMQError:
+                pass
+        self.socket.close(linger=1000 if not self.controller_lost.is_set() else 0)
+        if hasattr(self, "heartbeat"):
+            self.heartbeat.join(timeout=2 * self.heartbeat_period + 1)
+        self.context.term()
+
+
+class _TaskStream(io.StringIO):
+    """Captures a task's output; sends what it has to the client at most every
+    0.1 s so a long task's prints show up while it runs."""
+
+    def __init__(self, engine: Engine, parent: str, name: str):
+        super().__init__()
+        self.engine, self.parent, self.name = engine, parent, name
+        self.sent = 0
+        self.last_send = time.monotonic()
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if "\n" in text and time.monotonic() - self.last_send > 0.1:
+            self.flush()
+        return written
+
+    def flush(self) -> None:
+        value = self.getvalue()
+        if len(value) > self.sent:
+            self.engine.session.send(self.engine.socket, "stream",
+                                     {"parent": self.parent, "name": self.name, "text": value[self.sent:]})
+            self.sent = len(value)
+            self.last_send = time.monotonic()
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without the engine's own frames."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def main(config: Config, profile_dir: str) -> int:
+    """Run an engine until the controller shuts it down or goes away."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+    engine = Engine(profile_dir=profile_dir, config=config)
+    import signal
+
+    def stop(signum: int, frame: Any) -> None:
+        engine.stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        engine.setup()
+        engine.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if hasattr(engine, "socket"):
+            engine.close()
+    return 1 if engine.controller_lost.is_set() else 0

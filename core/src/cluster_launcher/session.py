@@ -148,3 +148,37 @@ def _bytes(frame: Any) -> bytes:
 
 def _view(frame: Any) -> Any:
     return frame.buffer if isinstance(frame, zmq.Frame) else frame
+
+
+def encode_record(value: Any, buffers: list) -> Any:
+    """A task record (or query) made JSON-able for a ``db_query``/``db_reply``
+    message: datetimes become ``{"$date": iso}``, lists of buffers
+    ``{"$buffers": [indices]}`` into ``buffers`` (appended to)."""
+    if isinstance(value, datetime):
+        return {"$date": value.isoformat()}
+    if isinstance(value, dict):
+        return {k: encode_record(v, buffers) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, (bytes, bytearray, memoryview, zmq.Frame)) for v in value):
+            first = len(buffers)
+            buffers.extend(value)
+            return {"$buffers": list(range(first, len(buffers)))}
+        return [encode_record(v, buffers) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        buffers.append(value)
+        return {"$buffers": [len(buffers) - 1], "$single": True}
+    return value
+
+
+def decode_record(value: Any, buffers: list) -> Any:
+    """The inverse of :func:`encode_record`."""
+    if isinstance(value, dict):
+        if "$date" in value and len(value) == 1:
+            return datetime.fromisoformat(value["$date"])
+        if "$buffers" in value:
+            found = [bytes(buffers[i]) for i in value["$buffers"]]
+            return found[0] if value.get("$single") else found
+        return {k: decode_record(v, buffers) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_record(v, buffers) for v in value]
+    return value
