@@ -42,6 +42,14 @@ RECORD_FIELDS: dict[str, str] = {
 
 Query = dict[str, Any]
 
+# Fields holding datetimes: a query compares them only with (aware) datetimes,
+# so a backend that stores them as text or numbers cannot be fooled by a str.
+DATETIME_FIELDS = ("submitted", "started", "completed", "received")
+
+# Fields holding lists of bytes-like buffers: stored by reference, never
+# compared, and counted by size-limited backends.
+BUFFER_FIELDS = ("buffers", "result_buffers")
+
 
 class BaseDB(LoggingConfigurable):
     """Interface of a task database.  Subclasses are registered by class
@@ -50,12 +58,18 @@ class BaseDB(LoggingConfigurable):
     ``persistent`` says whether records survive a controller restart (used
     by ``--reuse``).  Every method is called from the controller's single
     thread; a backend may block briefly but should batch or defer slow I/O.
+
+    Shared rules (checked by :mod:`cluster_launcher.testing.db_conformance`):
+    records hold only :data:`RECORD_FIELDS` (a missing field reads as None);
+    a bad query, key or field is a ``ValueError`` naming it; an unknown
+    ``msg_id`` is a ``KeyError``; returned records are the caller's to mutate.
     """
 
     persistent: ClassVar[bool] = False
 
     def add_record(self, msg_id: str, record: dict[str, Any]) -> None:
-        """Store a new record (``record['msg_id'] == msg_id``)."""
+        """Store a new record (``record['msg_id'] == msg_id``); a msg_id
+        already stored is a KeyError."""
         raise NotImplementedError
 
     def update_record(self, msg_id: str, changes: dict[str, Any]) -> None:
@@ -67,9 +81,11 @@ class BaseDB(LoggingConfigurable):
         raise NotImplementedError
 
     def drop_record(self, msg_id: str) -> None:
+        """Forget one record; unknown ``msg_id`` is a KeyError."""
         raise NotImplementedError
 
     def drop_matching_records(self, query: Query) -> None:
+        """Forget every record matching ``query`` (``{}`` matches all)."""
         raise NotImplementedError
 
     def find_records(self, query: Query, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -94,40 +110,98 @@ _OPERATORS = {
     "$ne": lambda value, arg: value != arg,
     "$in": lambda value, arg: value in arg,
     "$nin": lambda value, arg: value not in arg,
+    "$exists": lambda value, arg: (value is not None) == arg,
 }
+OPERATORS = tuple(_OPERATORS)
+_ORDERING = ("$lt", "$lte", "$gt", "$gte")
+_MEMBERSHIP = ("$in", "$nin")
+
+
+def _is_operator_dict(condition: Any) -> bool:
+    # As in MongoDB, a dict whose keys are not operators is a value to compare
+    # for equality (e.g. a whole ``header``).
+    return isinstance(condition, dict) and any(str(key).startswith("$") for key in condition)
+
+
+def check_field(name: Any, where: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is one of :data:`RECORD_FIELDS`."""
+    if name not in RECORD_FIELDS:
+        raise ValueError(f"unknown task record field {name!r} in {where} "
+                         f"(known: {', '.join(RECORD_FIELDS)})")
+
+
+def _check_argument(name: str, op: str, arg: Any) -> None:
+    if isinstance(arg, datetime) and arg.tzinfo is None:
+        raise ValueError(f"naive datetime for {op!r} on field {name!r} in DB query: record times "
+                         "are timezone-aware UTC, use e.g. datetime.now(timezone.utc)")
+    if op in _ORDERING and arg is None:
+        raise ValueError(f"{op!r} on field {name!r} in DB query compares with None: "
+                         "use {'$exists': False} or {'$eq': None}")
+    if name in DATETIME_FIELDS and op not in _MEMBERSHIP and op != "$exists" \
+            and not isinstance(arg, (datetime, type(None))):
+        raise ValueError(f"{op!r} on field {name!r} in DB query needs a datetime, "
+                         f"not {type(arg).__name__}")
+    if op in _MEMBERSHIP:
+        if not isinstance(arg, (list, tuple, set, frozenset)):
+            raise ValueError(f"{op!r} on field {name!r} in DB query takes a list, "
+                             f"not {type(arg).__name__}")
+        for item in arg:
+            _check_argument(name, "$eq", item)
+    if op == "$exists" and not isinstance(arg, bool):
+        raise ValueError(f"'$exists' on field {name!r} in DB query takes True or False, not {arg!r}")
 
 
 def check_query(query: Query) -> None:
-    """Raise ``ValueError`` naming the bad field or operator of ``query``."""
+    """Raise ``ValueError`` naming the bad field, operator or argument of ``query``."""
     if not isinstance(query, dict):
         raise ValueError(f"a DB query is a dict of field: condition, not {type(query).__name__}")
     for name, condition in query.items():
-        if name not in RECORD_FIELDS:
-            raise ValueError(f"unknown task record field {name!r} in DB query")
-        if isinstance(condition, dict):
-            for op in condition:
-                if op not in _OPERATORS and op != "$exists":
-                    raise ValueError(f"unknown operator {op!r} for field {name!r} in DB query")
+        check_field(name, "DB query")
+        if not _is_operator_dict(condition):
+            _check_argument(name, "$eq", condition)
+            continue
+        for op, arg in condition.items():
+            if op not in _OPERATORS:
+                raise ValueError(f"unknown operator {op!r} for field {name!r} in DB query "
+                                 f"(known: {' '.join(OPERATORS)})")
+            _check_argument(name, op, arg)
+
+
+def check_keys(keys: Iterable[str] | None) -> list[str] | None:
+    """The projection ``keys`` validated, with ``msg_id`` first; None means
+    every field.  An unknown field is a ``ValueError`` naming it."""
+    if keys is None:
+        return None
+    if isinstance(keys, (str, bytes)):
+        raise ValueError(f"DB query keys are a list of field names, not the string {keys!r}")
+    projection = ["msg_id"]
+    for key in keys:
+        check_field(key, "DB query keys")
+        if key not in projection:
+            projection.append(key)
+    return projection
+
+
+def check_record(record: dict[str, Any], where: str = "task record") -> None:
+    """Raise ``ValueError`` naming any field of ``record`` that is not in
+    :data:`RECORD_FIELDS` (every backend must be able to store it)."""
+    for name in record:
+        check_field(name, where)
 
 
 def matches(record: dict[str, Any], query: Query) -> bool:
     """Whether ``record`` satisfies ``query`` (the reference semantics every
-    backend must reproduce)."""
+    backend must reproduce).  ``query`` must have passed :func:`check_query`."""
     for name, condition in query.items():
         value = record.get(name)
-        if isinstance(condition, dict):
-            for op, arg in condition.items():
-                if op == "$exists":
-                    if (value is not None) != bool(arg):
-                        return False
-                else:
-                    try:
-                        if not _OPERATORS[op](value, arg):
-                            return False
-                    except TypeError:  # e.g. datetime < str: no match, as in MongoDB
-                        return False
-        elif value != condition:
-            return False
+        if not _is_operator_dict(condition):
+            condition = {"$eq": condition}
+        for op, arg in condition.items():
+            try:
+                if not _OPERATORS[op](value, arg):
+                    return False
+            except TypeError:  # e.g. datetime < str: no match, as in MongoDB
+                return False
     return True
 
 

@@ -1,0 +1,1 @@
+"""Helpers for testing cluster-launcher and its plugins (imported only by tests)."""
