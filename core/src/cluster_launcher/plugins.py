@@ -21,23 +21,35 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .db import BaseDB
 from .error import PluginError, UnknownNameError
+from .launcher import Launcher
+from .scheduler import Scheduler
+from .transport import Transport
 
-KINDS = ("launcher", "db", "scheduler", "transport")
+# kind -> (its register hook, the base class every class it registers subclasses)
+KINDS = {"launcher": ("cluster_launcher_register_launchers", Launcher),
+         "db": ("cluster_launcher_register_dbs", BaseDB),
+         "scheduler": ("cluster_launcher_register_schedulers", Scheduler),
+         "transport": ("cluster_launcher_register_transports", Transport)}
 ROLES = {"engines": "EngineSetLauncher", "controller": "ControllerLauncher"}
 # Dotted prefixes of the seed's (and ipyparallel's) class paths: their last
 # component names our plugin class.
 LEGACY_PREFIXES = ("IPython.parallel.", "ipyparallel.", "IPython.kernel.")
-# Short names of the builtins that live in their own distribution, so an
-# unknown name can say what to install.
-KNOWN_DISTRIBUTIONS = {
-    "local": "cluster-launcher-local", "mpi": "cluster-launcher-mpi",
-    "ssh": "cluster-launcher-ssh", "pbs": "cluster-launcher-pbs",
-    "sge": "cluster-launcher-sge", "lsf": "cluster-launcher-lsf",
-    "slurm": "cluster-launcher-slurm", "windowshpc": "cluster-launcher-winhpc",
-    "dictdb": "cluster-launcher-dict", "nodb": "cluster-launcher-dict",
-    "sqlitedb": "cluster-launcher-sqlite", "mongodb": "cluster-launcher-mongodb",
-}
+# Builtins that live in their own distribution, so an unknown name can say what to install.
+KNOWN_DISTRIBUTIONS = {name: f"cluster-launcher-{dist}" for name, dist in (
+    ("local", "local"), ("mpi", "mpi"), ("ssh", "ssh"), ("pbs", "pbs"), ("sge", "sge"), ("lsf", "lsf"),
+    ("slurm", "slurm"), ("windowshpc", "winhpc"), ("dictdb", "dict"), ("nodb", "dict"),
+    ("sqlitedb", "sqlite"), ("mongodb", "mongodb"))}
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _label(plugin: str) -> str:
+    """How errors name a plugin: ``'local' (cluster-launcher-local 0.1.0)``."""
+    return f"{plugin!r} ({' '.join(_DISTRIBUTIONS[plugin])})" if plugin in _DISTRIBUTIONS else repr(plugin)
 
 
 @dataclass
@@ -54,30 +66,33 @@ class Registry:
     by_kind: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
     def add(self, kind: str, cls: type, plugin: str) -> None:
-        name = getattr(cls, "name", None) if kind in ("scheduler", "transport") else cls.__name__
+        hook, base = KINDS[kind]
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(f"plugin {_label(plugin)}: {hook} returned {cls!r}, not a {base.__name__} subclass")
+        name = cls.__name__ if kind in ("launcher", "db") else cls.name
         if not name:
-            raise PluginError(f"plugin {plugin!r}: {kind} class {cls.__qualname__} has no name")
-        known = self.by_kind[kind]
-        if name.lower() in (n.lower() for n in known):
-            other = next(e for n, e in known.items() if n.lower() == name.lower())
-            raise PluginError(
-                f"{kind} name {name!r} is registered twice: by plugin {other.plugin!r} "
-                f"({other.cls.__module__}) and by plugin {plugin!r} ({cls.__module__}); uninstall one"
-            )
-        known[name] = Entry(name, cls, plugin)
+            raise PluginError(f"plugin {_label(plugin)}: {kind} class {cls.__qualname__} has no name")
+        other = next((e for n, e in self.by_kind[kind].items() if n.lower() == name.lower()), None)
+        if other:
+            raise PluginError(f"{kind} name {name!r} is registered twice: by plugin {_label(other.plugin)} "
+                              f"and by plugin {_label(plugin)}; uninstall one")
+        self.by_kind[kind][name] = Entry(name, cls, plugin)
 
-    def resolve(self, kind: str, name: str, role: str | None = None) -> type:
+    def resolve(self, kind: str, name: str | type, role: str | None = None) -> type:
         """The class for ``name``: exact name, then ``<name>EngineSetLauncher``
-        or ``<name>ControllerLauncher`` for ``role``, case-insensitively, then
-        a legacy ``IPython.parallel.…`` path, then any importable dotted path."""
+        or ``<name>ControllerLauncher`` for ``role`` (without a role: the one
+        installed), case-insensitively, then a legacy ``IPython.parallel.…``
+        path, then any importable dotted path."""
         if not isinstance(name, str):
             return name  # already a class
-        known = self.by_kind[kind]
-        wanted = [name] + ([name + ROLES[role]] if kind == "launcher" and role else [])
-        for candidate in wanted:
-            for entry in known.values():
-                if entry.name.lower() == candidate.lower():
-                    return entry.cls
+        by_lower = {n.lower(): e.cls for n, e in self.by_kind[kind].items()}
+        suffixes = ([ROLES[role]] if role else list(ROLES.values())) if kind == "launcher" else []
+        found = [by_lower[c] for c in [name.lower()] + [(name + s).lower() for s in suffixes] if c in by_lower]
+        if len(found) == 1 or (found and by_lower.get(name.lower()) is found[0]):
+            return found[0]
+        if found:
+            raise UnknownNameError(f"launcher {name!r} needs a role (engines or controller): it could be "
+                                   + " or ".join(c.__name__ for c in found))
         if name.startswith(LEGACY_PREFIXES):
             return self.resolve(kind, name.rsplit(".", 1)[1], role)
         if "." in name:
@@ -85,32 +100,24 @@ class Registry:
             try:
                 return getattr(importlib.import_module(module), attr)
             except (ImportError, AttributeError) as exc:
-                raise UnknownNameError(f"cannot import {kind} {name!r}: {exc}") from None
-        raise UnknownNameError(self._unknown_message(kind, name, role))
-
-    def _unknown_message(self, kind: str, name: str, role: str | None) -> str:
-        known = self.by_kind[kind]
-        shorts = {self.short_name(e.cls, kind): e.name for e in known.values()}
-        installed = ", ".join(sorted(shorts)) or "none"
-        message = f"unknown {kind} {name!r}; installed: {installed}"
+                raise UnknownNameError(f"cannot import {kind} {name!r}: {_one_line(exc)}") from None
+        shorts = sorted({self.short_name(e.cls, kind) for e in self.by_kind[kind].values()})
+        message = f"unknown {kind} {name!r}; installed: {', '.join(shorts) or 'none'}"
         close = difflib.get_close_matches(name.lower(), [s.lower() for s in shorts], n=1)
         if close:
             message += f"; did you mean {next(s for s in shorts if s.lower() == close[0])!r}?"
-        base = name.lower().removesuffix(ROLES.get(role or "", "@").lower())
-        for suffix in ("enginesetlauncher", "controllerlauncher"):
-            base = base.removesuffix(suffix)
+        base = name.lower().removesuffix("enginesetlauncher").removesuffix("controllerlauncher")
         if base in KNOWN_DISTRIBUTIONS:
             message += f" (pip install {KNOWN_DISTRIBUTIONS[base]})"
-        return message
+        raise UnknownNameError(message)
 
     @staticmethod
     def short_name(cls: type, kind: str) -> str:
+        """What users type: ``'SSH'`` for ``SSHEngineSetLauncher``, a scheduler's ``name``."""
         if kind in ("scheduler", "transport"):
             return cls.name
-        for suffix in ROLES.values():
-            if cls.__name__.endswith(suffix) and cls.__name__ != suffix:
-                return cls.__name__.removesuffix(suffix)
-        return cls.__name__
+        suffix = next((s for s in ROLES.values() if cls.__name__.endswith(s) and cls.__name__ != s), "")
+        return cls.__name__.removesuffix(suffix) if suffix else cls.__name__
 
     def names(self, kind: str, role: str | None = None) -> list[str]:
         entries = self.by_kind[kind].values()
@@ -123,19 +130,21 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     only = os.environ.get("CLUSTER_LAUNCHER_LOAD_PLUGINS")
     allowed = None if only is None else {n.strip() for n in only.split(",") if n.strip()}
     for ep in entry_points(group=hookspecs.PROJECT):
-        if (allowed is not None and ep.name not in allowed) or pm.get_plugin(ep.name):
+        if allowed is not None and ep.name not in allowed:
             continue
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+        dist = (ep.dist.name, ep.dist.version) if ep.dist else ("unknown distribution",)
+        if pm.get_plugin(ep.name):
+            raise PluginError(f"plugin name {ep.name!r} is used by two distributions: "
+                              f"{' '.join(_DISTRIBUTIONS[ep.name])} and {' '.join(dist)}; uninstall one")
         try:
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
+            pm.register(ep.load(), name=ep.name)
         except Exception as exc:
-            raise PluginError(f"plugin {ep.name!r} ({dist}, {ep.value}) failed to load: "
-                              f"{type(exc).__name__}: {exc}") from exc
-        _DISTRIBUTIONS[ep.name] = (ep.dist.name, ep.dist.version) if ep.dist else ("", "")
+            raise PluginError(f"plugin {ep.name!r} ({' '.join(dist)}, {ep.value}) failed to load: "
+                              f"{_one_line(exc)}") from exc
+        _DISTRIBUTIONS[ep.name] = dist
 
 
-_DISTRIBUTIONS: dict[str, tuple[str, str]] = {}
+_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {}
 _pm: pluggy.PluginManager | None = None
 _registry: Registry | None = None
 
@@ -156,19 +165,20 @@ def get_registry() -> Registry:
     global _registry
     if _registry is None:
         pm, registry = get_plugin_manager(), Registry()
-        hooks = {"launcher": pm.hook.cluster_launcher_register_launchers,
-                 "db": pm.hook.cluster_launcher_register_dbs,
-                 "scheduler": pm.hook.cluster_launcher_register_schedulers,
-                 "transport": pm.hook.cluster_launcher_register_transports}
-        for kind, hook in hooks.items():
-            for impl in hook.get_hookimpls():
-                for cls in impl.function() or []:
+        for kind, (hook, _) in KINDS.items():
+            for impl in getattr(pm.hook, hook).get_hookimpls():
+                try:
+                    classes = impl.function() or []
+                except Exception as exc:
+                    raise PluginError(f"plugin {_label(impl.plugin_name)}: {hook} raised {_one_line(exc)}") from exc
+                for cls in classes:
                     registry.add(kind, cls, impl.plugin_name)
         _registry = registry
     return _registry
 
 
 def resolve(kind: str, name: str | type, role: str | None = None) -> type:
+    """The installed class ``name`` selects (see :meth:`Registry.resolve`)."""
     return get_registry().resolve(kind, name, role)
 
 
@@ -185,12 +195,9 @@ def describe() -> list[dict[str, Any]]:
     out = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
         entries = [(k, e) for k in KINDS for e in registry.by_kind[k].values() if e.plugin == name]
-        dist, version = _DISTRIBUTIONS.get(name, ("", ""))
-        out.append({
-            "name": name, "distribution": dist, "version": version,
-            "kinds": sorted({k for k, _ in entries}),
-            "classes": sorted(e.name for _, e in entries),
-            "short_names": sorted({Registry.short_name(e.cls, k) for k, e in entries}),
-            "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or []),
-        })
+        dist, version = (*_DISTRIBUTIONS.get(name, ()), "", "")[:2]
+        out.append({"name": name, "distribution": dist, "version": version,
+                    "kinds": sorted({k for k, _ in entries}), "classes": sorted(e.name for _, e in entries),
+                    "short_names": sorted({Registry.short_name(e.cls, k) for k, e in entries}),
+                    "hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or [])})
     return out
