@@ -209,7 +209,7 @@ class Controller(LoggingConfigurable):
                     retries=int(header.get("retries") or 0))
         self.tasks[task.msg_id] = task
         self.db.add_record(task.msg_id, {
-            "msg_id": task.msg_id, "header": header, "content": {}, "buffers": list(msg.buffers),
+            "msg_id": task.msg_id, "header": header, "content": {}, "buffers": self.stored_buffers(msg),
             "submitted": task.submitted, "client_uuid": header.get("session"), "engine_uuid": None,
             "started": None, "completed": None, "received": None, "resubmitted": None,
             "queue": "mux" if task.queue == "mux" else "task", "result_header": None,
@@ -225,6 +225,13 @@ class Controller(LoggingConfigurable):
             task.deadline = time.monotonic() + float(header["timeout"])
             heapq.heappush(self.deadlines, (task.deadline, task.msg_id))
         self.enqueue(task, header.get("after") or [], header.get("follow") or [])
+
+    def stored_buffers(self, msg: Message) -> list:
+        """The buffers to keep in the task database, shared-memory ones read in
+        (their file stays for the receiver) unless the DB keeps nothing."""
+        if self.db_class == "NoDB" or not msg.header.get("bulk"):
+            return list(msg.buffers)
+        return self.session.resolve_bulk(msg, remove=False)
 
     def client_queue_status(self, msg: Message) -> None:
         targets = msg.header.get("targets")
@@ -455,8 +462,10 @@ class Controller(LoggingConfigurable):
 
     def candidates(self, task: Task) -> list[EngineState] | None:
         engines = self.engines.values()
-        if task.targets is not None or task.follow or task.blacklist:
+        if task.targets is not None or task.follow or task.blacklist or "bulk" in task.header:
             allowed = set(task.targets) if task.targets is not None else set(self.engines)
+            if "bulk" in task.header:  # its buffers are in this host's shared memory
+                allowed &= {e.id for e in engines if e.hostname == task.header.get("hostname")}
             for dep in task.follow:
                 state = self.dependency_state(dep)
                 allowed &= {state[1]} if state and state[1] is not None else set()
@@ -466,7 +475,8 @@ class Controller(LoggingConfigurable):
                     self.fail(task, "engine", "EngineError", "no engine left to retry the task on")
                 else:
                     self.fail(task, "dependency", "DependencyError",
-                              "no registered engine satisfies the task's targets/follow dependencies")
+                              "no registered engine can take the task (its targets, follow dependencies, "
+                              "or same-host shared-memory buffers rule them all out)")
                 return None
             engines = [e for e in engines if e.id in allowed]
         if self.hwm:
@@ -501,7 +511,7 @@ class Controller(LoggingConfigurable):
             self.ready.appendleft(task)
             self.schedule()
             return
-        self.finish(task, header, msg.buffers, msg.frames)
+        self.finish(task, header, self.stored_buffers(msg), msg.frames)
         self.schedule()
 
     def fail(self, task: Task, kind: str, ename: str, evalue: str, engine_id: int | None = None) -> None:

@@ -205,7 +205,7 @@ class Engine(LoggingConfigurable):
         buffers: list = []
         try:
             sys.stdout, sys.stderr = out, err
-            f, args, kwargs = unpack_apply(msg.buffers, user_namespace())
+            f, args, kwargs = unpack_apply(self.session.resolve_bulk(msg), user_namespace())
             result = f(*args, **kwargs)
             buffers = serialize(result)
         except KeyboardInterrupt:
@@ -219,7 +219,8 @@ class Engine(LoggingConfigurable):
         self.session.send(self.socket, "apply_reply", {
             "parent": parent, "status": "error" if error else "ok", "engine_id": self.engine_id,
             "engine_uuid": self.uuid, "started": started, "completed": utcnow(),
-            "stdout": out.getvalue(), "stderr": err.getvalue(), "error": error}, buffers)
+            "stdout": out.getvalue(), "stderr": err.getvalue(), "error": error}, buffers,
+            bulk=msg.header.get("hostname") == self.session.hostname)
 
     def close(self) -> None:
         self.stopping = True

@@ -26,6 +26,8 @@ import zmq
 from traitlets import Integer, Unicode
 from traitlets.config import Configurable
 
+from . import bulk as bulk_module
+
 DELIM = b"<CL1>"
 log = logging.getLogger("cluster_launcher")
 
@@ -69,6 +71,9 @@ class Session(Configurable):
                                "zero-copy frames.").tag(config=True)
     copy_threshold = Integer(64 * 1024, help="Frames smaller than this are copied on receive "
                              "(cheaper than zero-copy bookkeeping).").tag(config=True)
+    bulk_threshold = Integer(1024 * 1024, help="Buffers of at least this many bytes bound for a "
+                             "process on the same host travel through shared memory instead of "
+                             "zmq (0 disables).").tag(config=True)
 
     def __init__(self, key: bytes | str = b"", **kwargs: Any):
         super().__init__(**kwargs)
@@ -97,9 +102,20 @@ class Session(Configurable):
         return [DELIM, self.sign((head, *buffers)), head, *buffers]
 
     def send(self, sock: zmq.Socket, msg_type: str, fields: dict[str, Any] | None = None,
-             buffers: Sequence = (), idents: Sequence[bytes] = ()) -> dict[str, Any]:
-        """Sign and send a new message; returns its header (with its ``id``)."""
+             buffers: Sequence = (), idents: Sequence[bytes] = (), bulk: bool = False) -> dict[str, Any]:
+        """Sign and send a new message; returns its header (with its ``id``).
+        ``bulk``: the receiver runs on this host, so large buffers may go
+        through shared memory (:mod:`cluster_launcher.bulk`)."""
         header = {"type": msg_type, "id": new_id(), **(fields or {})}
+        if bulk and self.bulk_threshold and bulk_module.available():
+            buffers = list(buffers)
+            refs = {}
+            for i, buffer in enumerate(buffers):
+                if memoryview(buffer).nbytes >= self.bulk_threshold:
+                    refs[str(i)] = bulk_module.put(buffer)
+                    buffers[i] = b""
+            if refs:
+                header["bulk"] = refs
         frames = self.pack(header, buffers)
         sock.send_multipart([*idents, *frames], copy=False)
         return header
@@ -123,6 +139,22 @@ class Session(Configurable):
             return self._drop(frames[:split], "malformed header")
         idents = [_bytes(f) for f in frames[:split]]
         return Message(idents, header, [_view(f) for f in body[1:]], frames[split:])
+
+    @staticmethod
+    def resolve_bulk(msg: Message, remove: bool = True) -> list:
+        """``msg.buffers`` with shared-memory buffers read in (and their files
+        removed, unless ``remove`` is false: the controller reads a copy for
+        the task database before forwarding the message)."""
+        refs = msg.header.get("bulk")
+        if not refs:
+            return msg.buffers
+        buffers = list(msg.buffers)
+        for index, ref in refs.items():
+            buffers[int(index)] = bulk_module.take(ref, remove=remove)
+        if remove:
+            msg.buffers = buffers
+            del msg.header["bulk"]
+        return buffers
 
     def recv(self, sock: zmq.Socket, flags: int = 0) -> Message | None:
         frames = sock.recv_multipart(flags, copy=False)
