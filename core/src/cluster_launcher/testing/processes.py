@@ -1,0 +1,89 @@
+"""Real controller and engine processes for tests: started by PID, stopped by
+that PID, with their output kept for the failure message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from .. import connection
+
+
+class Process:
+    """One ``python -m cluster_launcher <role> ...`` child process."""
+
+    def __init__(self, role: str, profile_dir: str, *args: str, env: dict[str, str] | None = None):
+        self.role = role
+        self.log_path = os.path.join(profile_dir, f"test-{role}-{time.monotonic_ns()}.log")
+        self.log = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "cluster_launcher", role, f"--profile-dir={profile_dir}", *args],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})})
+        self.pid = self.popen.pid
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            if self.wait(timeout) is None:
+                self.popen.kill()
+                self.popen.wait(timeout)
+        self.log.close()
+        return self.popen.returncode
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll ``condition`` every 20 ms until it is true; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class LocalCluster:
+    """A controller and engines as separate processes (what ``cluster-launcher
+    controller`` and ``engine`` run), for tests that need to kill one of them."""
+
+    def __init__(self, profile_dir: str, controller_args: tuple[str, ...] = (), engine_args: tuple[str, ...] = ()):
+        self.profile_dir = profile_dir
+        self.controller_args, self.engine_args = controller_args, engine_args
+        self.controller: Process | None = None
+        self.engines: list[Process] = []
+
+    def start_controller(self, *extra: str) -> Process:
+        client_file = connection.connection_file(self.profile_dir, "client")
+        before = os.stat(client_file).st_mtime_ns if os.path.exists(client_file) else 0
+        self.controller = Process("controller", self.profile_dir, *self.controller_args, *extra)
+        wait_for(lambda: os.path.exists(client_file) and os.stat(client_file).st_mtime_ns != before
+                 or self.controller.popen.poll() is not None, 15, "the controller's connection file")
+        assert self.controller.popen.poll() is None, self.controller.output()
+        return self.controller
+
+    def start_engines(self, n: int, *extra: str) -> list[Process]:
+        started = [Process("engine", self.profile_dir, *self.engine_args, *extra) for _ in range(n)]
+        self.engines += started
+        return started
+
+    def stop(self) -> None:
+        for process in [*self.engines, *([self.controller] if self.controller else [])]:
+            process.stop()
+        for process in [*self.engines, *([self.controller] if self.controller else [])]:
+            assert process.popen.poll() is not None, f"{process.role} pid {process.pid} still running"

@@ -1,0 +1,166 @@
+"""The runtime under failure: killed engines, restarted controllers, forged
+messages, broken connection files.  Real controller and engine processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import time
+
+import pytest
+import zmq
+
+from cluster_launcher import Client, connection
+from cluster_launcher.error import ConnectionFileError, EngineError
+from cluster_launcher.session import Session
+from cluster_launcher.testing.processes import LocalCluster, Process, wait_for
+
+FAST_HEARTBEAT = ("--Controller.heartbeat_period=0.2", "--Controller.heartbeat_timeout=2")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    running = LocalCluster(str(tmp_path), controller_args=FAST_HEARTBEAT)
+    yield running
+    running.stop()
+
+
+def connect(profile_dir: str, engines: int) -> Client:
+    client = Client(profile_dir=profile_dir, timeout=10)
+    wait_for(lambda: len(client.ids) >= engines, 15, f"{engines} engines to register")
+    return client
+
+
+def test_connection_files_are_private_and_carry_ip_and_location(cluster):
+    cluster.start_controller("--ip=*", "--location=127.0.0.1")
+    for role in ("client", "engine"):
+        path = connection.connection_file(cluster.profile_dir, role)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        info = connection.read_connection_file(path, role)
+        assert info["location"] == "127.0.0.1"
+    import psutil
+    listening = {c.laddr.ip for c in psutil.Process(cluster.controller.pid).net_connections() if c.status == "LISTEN"}
+    assert listening == {"0.0.0.0"}, listening
+    cluster.start_engines(1)
+    with connect(cluster.profile_dir, 1) as client:
+        assert client[0].apply_sync(lambda: 6 * 7) == 42
+
+
+def test_default_listens_on_loopback_only(cluster):
+    cluster.start_controller()
+    import psutil
+    listening = {c.laddr.ip for c in psutil.Process(cluster.controller.pid).net_connections() if c.status == "LISTEN"}
+    assert listening == {"127.0.0.1"}
+    info = connection.read_connection_file(connection.connection_file(cluster.profile_dir, "client"), "client")
+    assert info["location"] == "127.0.0.1"
+
+
+def test_forged_message_is_dropped_and_logged(cluster):
+    cluster.start_controller()
+    cluster.start_engines(1)
+    info = connection.read_connection_file(connection.connection_file(cluster.profile_dir, "client"), "client")
+    forger = Session(key=b"not-the-key")
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.connect(connection.url(info, "client_port"))
+    try:
+        # A forged shutdown of the whole cluster, and a frame soup with no signature.
+        forger.send(sock, "shutdown", {"session": "evil", "hub": True})
+        sock.send_multipart([b"<CL1>", b"", b'{"type": "shutdown", "hub": true}'])
+        wait_for(lambda: cluster.controller.output().count("dropped a message") >= 2, 10, "the drop to be logged")
+        assert "bad signature" in cluster.controller.output()
+        with connect(cluster.profile_dir, 1) as client:  # still serving
+            assert client[0].apply_sync(lambda: "alive") == "alive"
+        assert cluster.controller.popen.poll() is None
+    finally:
+        sock.close(0)
+        context.term()
+
+
+def test_engine_killed_mid_task_fails_the_task_with_engine_error(cluster):
+    cluster.start_controller()
+    cluster.start_engines(1)
+    with connect(cluster.profile_dir, 1) as client:
+        ar = client.load_balanced_view().apply_async(time.sleep, 60)
+        wait_for(lambda: client.queue_status()[0]["queue"] == 1, 10, "the task to reach the engine")
+        time.sleep(0.3)
+        cluster.engines[0].stop(signal.SIGKILL)
+        with pytest.raises(EngineError) as failure:
+            ar.get(timeout=15)
+        assert "engine 0" in str(failure.value) and "died" in str(failure.value)
+        wait_for(lambda: client.ids == [], 5, "the dead engine to leave client.ids")
+
+
+def test_engine_killed_mid_task_is_retried_elsewhere(cluster):
+    cluster.start_controller()
+    cluster.start_engines(2)
+    with connect(cluster.profile_dir, 2) as client:
+        pids = {eid: client[eid].apply_sync(os.getpid) for eid in client.ids}
+        victim_id = client.ids[0]
+        view = client.load_balanced_view(targets=None)
+        view.retries = 1
+        # follow nothing; pin the first attempt by making the other engine busy first
+        busy = client[client.ids[1]].apply_async(time.sleep, 1.5)
+        ar = view.apply_async(lambda: (time.sleep(1), os.getpid())[1])
+        wait_for(lambda: client.queue_status()[victim_id]["queue"] == 1, 10, "the task to reach an engine")
+        victim = next(p for p in cluster.engines if p.pid == pids[victim_id])
+        victim.stop(signal.SIGKILL)
+        assert ar.get(timeout=20) == pids[client.ids[-1]] != pids[victim_id]
+        busy.get(timeout=10)
+
+
+def test_engine_exits_when_controller_goes_away(cluster):
+    cluster.start_controller()
+    (engine,) = cluster.start_engines(1, "--Engine.timeout=2")
+    with connect(cluster.profile_dir, 1):
+        pass
+    cluster.controller.stop(signal.SIGKILL)
+    assert engine.wait(timeout=15) is not None, "engine still running 15s after the controller died"
+    assert "exiting" in engine.output()
+
+
+def test_reuse_keeps_ports_and_key_and_engines_and_clients_reconnect(cluster):
+    cluster.start_controller("--reuse")
+    cluster.start_engines(2, "--Engine.timeout=20")
+    path = connection.connection_file(cluster.profile_dir, "client")
+    with open(path) as f:
+        before = json.load(f)
+    client = connect(cluster.profile_dir, 2)
+    try:
+        client[:].push({"kept": "state"}, block=True)
+        cluster.controller.stop()
+        assert os.path.exists(path), "--reuse must keep the connection files"
+        cluster.start_controller("--reuse")
+        with open(path) as f:
+            assert json.load(f) == before  # same ports, same key
+        # The old client and the old engines reconnect by themselves.
+        wait_for(lambda: _engines_on_controller(cluster.profile_dir) == 2, 20, "engines to re-register")
+        assert client.load_balanced_view().apply_async(lambda: "after restart").get(timeout=10) == "after restart"
+        with connect(cluster.profile_dir, 2) as fresh:
+            assert sorted(fresh[:].pull("kept", block=True)) == ["state", "state"]  # engines kept their namespace
+    finally:
+        client.close()
+
+
+def _engines_on_controller(profile_dir: str) -> int:
+    with Client(profile_dir=profile_dir, timeout=5) as probe:
+        return len(probe.ids)
+
+
+def test_corrupted_connection_file_gives_a_clear_error(tmp_path):
+    bad = tmp_path / "controller-engine.json"
+    bad.write_text('{"key": "abc", "location": ')
+    engine = Process("engine", str(tmp_path), f"--file={bad}")
+    assert engine.wait(timeout=20) not in (None, 0)
+    lines = [line for line in engine.output().splitlines() if line.strip()]
+    assert lines[-1].startswith("cluster-launcher: error:") and str(bad) in lines[-1], lines
+    assert "Traceback" not in engine.output()
+    engine.stop()
+
+    client_file = tmp_path / "controller-client.json"
+    client_file.write_text(json.dumps({"key": "k", "signature_scheme": "hmac-sha256", "location": "127.0.0.1",
+                                       "client_port": "not a port", "ssh": "", "cluster_id": "", "transport": "tcp"}))
+    with pytest.raises(ConnectionFileError, match="client_port"):
+        Client(url_file=str(client_file), timeout=2)
