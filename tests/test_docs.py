@@ -1,0 +1,37 @@
+"""Every ```python block in docs/ whose first line is ``# test: run`` runs,
+as a script in a fresh process, with a private $CLUSTER_LAUNCHER_DIR."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+BLOCK = re.compile(r"^```python\n(# test: run\n.*?)^```", re.S | re.M)
+
+
+def examples() -> list:
+    found = []
+    for page in sorted(DOCS.rglob("*.md")):
+        for number, match in enumerate(BLOCK.finditer(page.read_text()), 1):
+            found.append(pytest.param(match.group(1), id=f"{page.relative_to(DOCS)}#{number}"))
+    return found
+
+
+@pytest.mark.parametrize("code", examples())
+def test_doc_example_runs(code, tmp_path):
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    env = {**os.environ, "CLUSTER_LAUNCHER_DIR": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+
+
+def test_examples_are_found():
+    assert len(examples()) >= 2
