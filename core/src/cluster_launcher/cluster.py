@@ -1,13 +1,117 @@
 """A whole cluster: one controller launcher and engine-set launchers, started
-and stopped together (``cluster-launcher start/stop``, :class:`Cluster`)."""
+and stopped together (``cluster-launcher start/stop/engines/list``, and
+:class:`Cluster` in Python).
+
+Every started cluster is recorded in ``<profile>/pid/cluster-<id>.json``
+(mode 0600): each launcher's :meth:`~cluster_launcher.launcher.Launcher.to_dict`,
+so any later process can poll and stop what was started, by PID or job id.
+"""
 
 from __future__ import annotations
 
+import atexit
+import glob
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from typing import Any, Callable
+
 from traitlets import Bool, Float, Integer, Unicode
-from traitlets.config import LoggingConfigurable
+from traitlets.config import Config, LoggingConfigurable
+
+from . import plugins
+from .connection import connection_file
+from .error import ClusterLauncherError
+from .launcher import ControllerLauncher, EngineSetLauncher, Launcher
+from .profile import ensure_profile_dir, home_dir, profile_dir_for
+
+POLL_INTERVAL = 0.1
+CLIENT_SHUTDOWN_TIMEOUT = 5.0  # how long `stop` lets the controller shut engines down before killing
+
+
+class ClusterError(ClusterLauncherError):
+    """A cluster failed to start, or there is no cluster to stop.  ``log_lines``
+    are the last lines of the log of the process that failed, if any."""
+
+    def __init__(self, message: str, log_lines: list[str] | None = None):
+        super().__init__(message)
+        self.log_lines = log_lines or []
+
+
+class _Signalled(Exception):
+    """SIGINT or SIGTERM arrived while `start` ran."""
+
+
+def profile_name(profile_dir: str) -> str:
+    """``'default'`` for ``…/profile_default``; the folder name for other folders."""
+    base = os.path.basename(os.path.normpath(profile_dir))
+    return base.removeprefix("profile_") if base.startswith("profile_") else base
+
+
+def state_file(profile_dir: str, cluster_id: str = "") -> str:
+    """``<profile_dir>/pid/cluster-<cluster_id or 'default'>.json``."""
+    return os.path.join(profile_dir, "pid", f"cluster-{cluster_id or 'default'}.json")
+
+
+def read_state(path: str) -> dict[str, Any] | None:
+    """The recorded cluster in ``path``; None when there is none."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ClusterError(f"{path}: unreadable cluster record ({exc}); delete it if no cluster runs") from None
+    if not isinstance(state, dict) or not isinstance(state.get("controller"), dict):
+        raise ClusterError(f"{path}: not a cluster record (no 'controller' entry); delete it if no cluster runs")
+    return state
+
+
+def write_state(path: str, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically with mode 0600."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    partial = f"{path}.partial-{os.getpid()}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(state, out, indent=1, sort_keys=True)
+    os.replace(partial, path)
+
+
+def launcher_from_dict(data: dict[str, Any], config: Config | None = None) -> Launcher:
+    """Rebuild a launcher recorded by :meth:`Launcher.to_dict` (its class by dotted path)."""
+    cls = plugins.resolve("launcher", data["class"])
+    return cls.from_dict(data, config=config or Config())
+
+
+def _file_signature(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _new_cluster_id() -> str:
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 class Cluster(LoggingConfigurable):
+    """A controller and engines on this host (or through any launcher
+    plugin) with a connected client::
+
+        with Cluster(n=4) as client:
+            client[:].apply_sync(os.getpid)
+
+    Each ``Cluster`` gets its own cluster id unless given one, so several
+    run side by side in one profile.  A started cluster is stopped at
+    interpreter exit if :meth:`stop` was not called.
+    """
+
     n = Integer(None, allow_none=True, help="Number of engines to start (default: the number of "
                 "CPUs).").tag(config=True)
     engine_launcher_class = Unicode("Local", help="How engines start: Local, MPI, SSH, PBS, SGE, "
@@ -23,3 +127,507 @@ class Cluster(LoggingConfigurable):
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
     start_timeout = Float(60.0, help="Seconds `start` waits for the controller and engines to be "
                           "ready.").tag(config=True)
+    profile = Unicode("default", help="The profile's name (its folder is profile_<name> in "
+                      "$CLUSTER_LAUNCHER_DIR).").tag(config=True)
+    profile_dir = Unicode("", help="The profile's folder (overrides profile).").tag(config=True)
+
+    def __init__(self, n: int | None = None, profile: str | None = None, profile_dir: str | None = None,
+                 cluster_id: str | None = None, engine_launcher_class: str | None = None,
+                 controller_launcher_class: str | None = None, config: Config | None = None, **traits: Any):
+        """Arguments left ``None`` come from ``config`` (``c.Cluster.*``), else
+        the defaults: 4 engines, profile 'default', Local launchers and a new
+        cluster id.  ``cluster_id=''`` is the profile's default cluster."""
+        given = {"n": n, "profile": profile, "profile_dir": profile_dir, "cluster_id": cluster_id,
+                 "engine_launcher_class": engine_launcher_class,
+                 "controller_launcher_class": controller_launcher_class}
+        config = config if config is not None else Config()
+        super().__init__(config=config, **{k: v for k, v in given.items() if v is not None}, **traits)
+        if self.n is None:
+            self.n = 4
+        if cluster_id is None and "cluster_id" not in (config.get("Cluster") or {}):
+            self.cluster_id = _new_cluster_id()
+        self.profile_dir = profile_dir_for(self.profile, self.profile_dir)
+        self.controller: Launcher | None = None
+        self.engine_sets: list[Launcher] = []
+        self.started_at = 0.0
+        self.reuse = bool((self.config.get("Controller") or {}).get("reuse", False))
+        self.report: Callable[[str], None] = self.log.info  # `start` prints these lines instead
+        self._client = None
+        self._stop_registered = False
+
+    # --- files ------------------------------------------------------------
+
+    @property
+    def state_path(self) -> str:
+        return state_file(self.profile_dir, self.cluster_id)
+
+    def connection_files(self) -> list[str]:
+        return [connection_file(self.profile_dir, role, self.cluster_id) for role in ("client", "engine")]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record written to :attr:`state_path`."""
+        return {"version": 1, "profile": profile_name(self.profile_dir), "profile_dir": self.profile_dir,
+                "cluster_id": self.cluster_id, "n": sum(s.n for s in self.engine_sets if hasattr(s, "n")),
+                "started": datetime.fromtimestamp(self.started_at).isoformat(timespec="seconds"),
+                "start_time": self.started_at, "reuse": self.reuse, "start_pid": os.getpid(),
+                "controller": self.controller.to_dict() if self.controller else {},
+                "engines": [s.to_dict() for s in self.engine_sets]}
+
+    def save_state(self) -> None:
+        write_state(self.state_path, self.to_dict())
+
+    @classmethod
+    def from_state(cls, path: str, config: Config | None = None) -> Cluster:
+        """The cluster recorded in ``path``, its launchers able to poll and
+        stop what the recording process started."""
+        state = read_state(path)
+        if state is None:
+            raise ClusterError(f"no cluster recorded in {path}")
+        cluster = cls(profile_dir=state["profile_dir"], cluster_id=state.get("cluster_id", ""),
+                      config=config or Config())
+        cluster.started_at = state.get("start_time", 0.0)
+        cluster.reuse = bool(state.get("reuse", False))
+        cluster.controller = launcher_from_dict(state["controller"], cluster.config)
+        cluster.engine_sets = [launcher_from_dict(data, cluster.config) for data in state.get("engines", [])]
+        return cluster
+
+    # --- launchers --------------------------------------------------------
+
+    def _make_launcher(self, role: str) -> Launcher:
+        name = self.controller_launcher_class if role == "controller" else self.engine_launcher_class
+        cls = plugins.resolve("launcher", name, role=role)
+        base = ControllerLauncher if role == "controller" else EngineSetLauncher
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            trait = "controller_launcher_class" if role == "controller" else "engine_launcher_class"
+            raise ClusterError(f"Cluster.{trait} = {name!r} is not a {base.__name__}")
+        return cls(config=self.config, profile_dir=self.profile_dir, cluster_id=self.cluster_id)
+
+    def running(self) -> bool:
+        """Whether the controller runs."""
+        return self.controller is not None and self.controller.poll() is None
+
+    def _check_alive(self, what: str) -> None:
+        """Raise a ClusterError naming the log to read if the controller or an engine died."""
+        for role, launcher in [("controller", self.controller), *(("engine", s) for s in self.engine_sets)]:
+            for code, log_path, lines in (launcher.exited() if launcher else []):
+                where = f"; see {log_path}" if log_path else ""
+                raise ClusterError(f"{role} exited with code {code} {what}{where}", lines)
+
+    def start_controller(self) -> None:
+        """Start the controller and wait for its connection files (fresh ones,
+        unless ``c.Controller.reuse``); refuse if this cluster id already runs."""
+        ensure_profile_dir(self.profile_dir)
+        self._clear_stale_record()
+        stale = {path: _file_signature(path) for path in self.connection_files()}
+        self.started_at = time.time()
+        deadline = time.monotonic() + self.start_timeout
+        self.controller = self._make_launcher("controller")
+        self.controller.start()
+        self.save_state()  # recorded at once, so `stop` can clean up a start that went wrong
+        self.report(f"controller started ({self.controller.describe()})")
+        for path in self.connection_files():
+            while _file_signature(path) in (None, stale[path]) and not (self.reuse and stale[path]):
+                self._check_alive(f"before writing {path}")
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"the controller wrote no {path} within Cluster.start_timeout="
+                                       f"{self.start_timeout}s; see {self.controller.describe()}")
+                time.sleep(POLL_INTERVAL)
+        self.report(f"controller ready: {self.connection_files()[0]}")
+
+    def start_engines(self, n: int) -> Launcher:
+        """Start ``n`` more engines (a new engine-set launcher) and record them."""
+        launcher = self._make_launcher("engines")
+        if launcher.has_trait("first_index"):
+            launcher.first_index = sum(s.n for s in self.engine_sets)
+        self.engine_sets.append(launcher)
+        try:
+            launcher.start(n)
+        finally:
+            self.save_state()
+        self.report(f"{n} engine{'s' if n != 1 else ''} started ({launcher.describe()})")
+        return launcher
+
+    def wait_for_engines(self, n: int, timeout: float | None = None) -> None:
+        """Wait until ``n`` engines are registered with the controller; a
+        ClusterError naming the log to read if a process dies first."""
+        timeout = self.start_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        client, last_error, registered = None, None, -1
+        try:
+            while True:
+                self._check_alive("before the cluster was ready")
+                if client is None:
+                    try:
+                        client = self._new_client(timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+                    except ImportError as exc:
+                        raise ClusterError(f"cannot wait for engines: {exc}") from None
+                    except Exception as exc:  # the controller is not listening yet: try again
+                        last_error = exc
+                if client is not None:
+                    count = len(client.ids)
+                    if count != registered:
+                        registered = count
+                        self.report(f"{count}/{n} engines registered")
+                    if count >= n:
+                        return
+                if time.monotonic() > deadline:
+                    why = f" ({last_error})" if client is None and last_error else ""
+                    raise ClusterError(f"{max(registered, 0)} of {n} engines registered within "
+                                       f"{timeout}s{why}; see the logs in {os.path.join(self.profile_dir, 'log')}")
+                time.sleep(POLL_INTERVAL)
+        finally:
+            if client is not None:
+                client.close()
+
+    def _new_client(self, **kwargs: Any):
+        from .client import Client  # zmq and cloudpickle: only when a cluster is really used
+        return Client(profile_dir=self.profile_dir, cluster_id=self.cluster_id, **kwargs)
+
+    def _clear_stale_record(self) -> None:
+        """Refuse if this cluster id runs; else stop what a dead one left behind."""
+        if not os.path.exists(self.state_path):
+            return
+        try:
+            old = Cluster.from_state(self.state_path, self.config)
+        except ClusterLauncherError as exc:
+            self.log.warning("ignoring %s", exc)
+            os.unlink(self.state_path)
+            return
+        if old.running():
+            flag = f" --cluster-id={self.cluster_id}" if self.cluster_id else ""
+            name = self.cluster_id or "default"
+            raise ClusterError(f"cluster {name!r} of profile {profile_name(self.profile_dir)!r} "
+                               f"already runs (see {self.state_path}); stop it first (cluster-launcher stop "
+                               f"--profile-dir={self.profile_dir}{flag}) or use another --cluster-id")
+        for engines in old.engine_sets:
+            engines.stop()
+        os.unlink(self.state_path)
+
+    # --- the Python API ---------------------------------------------------
+
+    def start(self) -> None:
+        """Start the controller and ``n`` engines; return once they are all
+        registered.  Everything is stopped again if that fails."""
+        try:
+            self.start_controller()
+            if self.delay:
+                time.sleep(self.delay)
+            self.start_engines(self.n)
+            self.wait_for_engines(self.n)
+        except BaseException:
+            self.stop()
+            raise
+        if not self._stop_registered:
+            atexit.register(self._stop_at_exit)
+            self._stop_registered = True
+
+    def connect(self, **kwargs: Any):
+        """A Client connected to this cluster (closed by :meth:`stop`)."""
+        if self._client is None:
+            self._client = self._new_client(**kwargs)
+        return self._client
+
+    def start_and_connect(self):
+        """:meth:`start`, then :meth:`connect`."""
+        self.start()
+        return self.connect()
+
+    def add_engines(self, n: int) -> None:
+        """Start ``n`` more engines and wait until they are registered."""
+        if not self.running():
+            raise ClusterError(f"cluster {self.cluster_id or 'default'!r} is not running; start it first")
+        client = self._new_client()
+        try:
+            before = len(client.ids)
+        finally:
+            client.close()
+        self.start_engines(n)
+        self.wait_for_engines(before + n)
+
+    def stop(self) -> None:
+        """Stop engines and controller: a shutdown request through the
+        controller when it answers, then by PID (SIGTERM, later SIGKILL)
+        whatever is left.  Removes the record, and the connection files
+        unless the controller reuses them."""
+        self._unregister_stop()
+        if self.controller is None:
+            return  # nothing started (e.g. refused because this cluster id runs): touch nothing
+        try:
+            plugins.get_plugin_manager().hook.cluster_launcher_cluster_stopping(
+                profile_dir=self.profile_dir, cluster_id=self.cluster_id)
+        except Exception as exc:  # a plugin's hook must not keep the cluster running
+            self.log.warning("a cluster_launcher_cluster_stopping hook failed: %s", exc)
+        if self._client is not None:
+            self._close_quietly(self._client)
+            self._client = None
+        if self.running():
+            self._request_shutdown()
+        for launcher in [*self.engine_sets, self.controller]:
+            if launcher is not None:
+                launcher.stop()
+        for path in [self.state_path] + ([] if self.reuse else self.connection_files()):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def _request_shutdown(self) -> None:
+        """Ask the controller to stop the engines and itself, and give them
+        CLIENT_SHUTDOWN_TIMEOUT seconds; in a thread, so an unresponsive
+        controller cannot hang `stop`."""
+        def shutdown() -> None:
+            try:
+                client = self._new_client(timeout=CLIENT_SHUTDOWN_TIMEOUT)
+                try:
+                    client.shutdown(hub=True)
+                finally:
+                    self._close_quietly(client)
+            except Exception as exc:
+                self.log.debug("shutdown through the controller failed: %s", exc)
+
+        worker = threading.Thread(target=shutdown, name="cluster-shutdown", daemon=True)
+        worker.start()
+        deadline = time.monotonic() + CLIENT_SHUTDOWN_TIMEOUT
+        worker.join(CLIENT_SHUTDOWN_TIMEOUT)
+        launchers = [launcher for launcher in [*self.engine_sets, self.controller] if launcher]
+        for launcher in launchers:
+            launcher.wait(max(0.0, deadline - time.monotonic()))
+
+    @staticmethod
+    def _close_quietly(client) -> None:
+        try:
+            client.close()
+        except Exception:
+            pass
+
+    def _stop_at_exit(self) -> None:
+        self._stop_registered = False
+        self.stop()
+
+    def _unregister_stop(self) -> None:
+        if self._stop_registered:
+            atexit.unregister(self._stop_at_exit)
+            self._stop_registered = False
+
+    def __enter__(self):
+        return self.start_and_connect()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+
+# --- the command line: cluster-launcher start / stop / engines / list ------
+
+
+def _say(message: str) -> None:
+    print(f"{datetime.now():%H:%M:%S} {message}", flush=True)
+
+
+def _fail(command: str, exc: ClusterLauncherError) -> int:
+    print(f"cluster-launcher {command}: {exc}", file=sys.stderr, flush=True)
+    lines = getattr(exc, "log_lines", [])
+    if lines:
+        print("last lines of the log:", file=sys.stderr)
+        for line in lines:
+            print(f"  | {line}", file=sys.stderr)
+    sys.stderr.flush()
+    return 1
+
+
+def _cli_cluster(config: Config, profile_dir: str) -> Cluster:
+    """The cluster the command line means: ``c.Cluster.cluster_id``, else the
+    profile's default cluster (not a new id, as in Python)."""
+    cluster_id = None if "cluster_id" in (config.get("Cluster") or {}) else ""
+    return Cluster(profile_dir=profile_dir, cluster_id=cluster_id, config=config)
+
+
+def _on_signals(handler: Any) -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _raise_signalled(signum: int, frame: Any) -> None:
+    raise _Signalled(signal.Signals(signum).name)
+
+
+def start_main(config: Config, profile_dir: str) -> int:
+    """``cluster-launcher start``: the controller, then ``c.Cluster.n`` engines
+    (default: one per CPU).  With ``c.Cluster.daemonize`` return 0 once every
+    engine is registered; else stay until SIGINT/SIGTERM or the controller
+    exits, then stop everything."""
+    try:
+        cluster = _cli_cluster(config, profile_dir)
+    except ClusterLauncherError as exc:
+        return _fail("start", exc)
+    n = cluster.n if "n" in (config.get("Cluster") or {}) else (os.cpu_count() or 1)
+    cluster.n = n
+    cluster.report = _say
+    previous = _on_signals(_raise_signalled)
+    try:
+        try:
+            cluster.start_controller()
+            if cluster.delay:
+                time.sleep(cluster.delay)
+            cluster.start_engines(n)
+            cluster.wait_for_engines(n)
+        except (ClusterLauncherError, _Signalled) as exc:
+            _on_signals(signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+            if isinstance(exc, _Signalled):
+                _say(f"{exc}: stopping the cluster")
+            cluster.stop()
+            return 1 if isinstance(exc, _Signalled) else _fail("start", exc)
+        how = f"--profile-dir={cluster.profile_dir}"
+        how += f" --cluster-id={cluster.cluster_id}" if cluster.cluster_id else ""
+        if cluster.daemonize:
+            _say(f"cluster ready with {n} engines; stop it with: cluster-launcher stop {how}")
+            return 0
+        _say(f"cluster ready with {n} engines; Ctrl-C (or cluster-launcher stop {how}) stops it")
+        return _supervise(cluster)
+    finally:
+        _restore_signals(previous)
+
+
+def _supervise(cluster: Cluster) -> int:
+    """Stay in the foreground until a signal or the controller's exit."""
+    reported: set[tuple[int, str]] = set()
+    try:
+        while cluster.running():
+            for engines in cluster.engine_sets:
+                for code, log_path, _ in engines.exited():
+                    if (code, log_path) not in reported:
+                        reported.add((code, log_path))
+                        _say(f"an engine exited with code {code}" + (f"; see {log_path}" if log_path else ""))
+            time.sleep(POLL_INTERVAL * 2)
+            _adopt_recorded_engines(cluster)
+    except _Signalled as exc:
+        _on_signals(signal.SIG_IGN)
+        _adopt_recorded_engines(cluster)
+        _say(f"{exc}: stopping {sum(s.running_engines() for s in cluster.engine_sets)} engines, then the controller")
+        cluster.stop()
+        _say("cluster stopped")
+        return 0
+    _on_signals(signal.SIG_IGN)
+    _adopt_recorded_engines(cluster)
+    if _stop_requested(cluster.state_path):
+        cluster.stop()  # whatever `cluster-launcher stop` has not reached yet
+        _say("cluster stopped (by cluster-launcher stop)")
+        return 0
+    code, log_path, lines = (cluster.controller.exited() or [(0, "", [])])[0]
+    cluster.stop()
+    if code == 0:  # a client shut it down
+        _say("the controller exited; engines stopped")
+        return 0
+    return _fail("start", ClusterError(f"the controller exited with code {code}; stopped the engines"
+                                       + (f"; see {log_path}" if log_path else ""), lines))
+
+
+def _stop_requested(path: str) -> bool:
+    """Whether `cluster-launcher stop` is stopping (or has stopped) this cluster."""
+    try:
+        state = read_state(path)
+    except ClusterLauncherError:
+        return False
+    return state is None or bool(state.get("stopping"))
+
+
+def _adopt_recorded_engines(cluster: Cluster) -> None:
+    """Take on the engine sets `cluster-launcher engines` added to the record,
+    so stopping the foreground cluster stops them too."""
+    try:
+        state = read_state(cluster.state_path)
+    except ClusterLauncherError:
+        return
+    if state is None:
+        return
+    ours = len(cluster.engine_sets)
+    for data in state.get("engines", [])[ours:]:
+        try:
+            cluster.engine_sets.append(launcher_from_dict(data, cluster.config))
+        except ClusterLauncherError as exc:
+            cluster.log.warning("cannot adopt engines recorded in %s: %s", cluster.state_path, exc)
+
+
+def _recorded_cluster(command: str, config: Config, profile_dir: str) -> Cluster | int:
+    cluster_id = _cli_cluster(config, profile_dir).cluster_id
+    path = state_file(profile_dir, cluster_id)
+    if not os.path.exists(path):
+        flag = f" --cluster-id={cluster_id}" if cluster_id else ""
+        print(f"cluster-launcher {command}: no cluster{flag} recorded in profile {profile_name(profile_dir)!r} "
+              f"({path} does not exist); see cluster-launcher list", file=sys.stderr, flush=True)
+        return 1
+    try:
+        return Cluster.from_state(path, config)
+    except ClusterLauncherError as exc:
+        return _fail(command, exc)
+
+
+def stop_main(config: Config, profile_dir: str) -> int:
+    """``cluster-launcher stop``: stop the recorded cluster (engines added by
+    ``engines`` included) and remove its record."""
+    cluster = _recorded_cluster("stop", config, profile_dir)
+    if isinstance(cluster, int):
+        return cluster
+    was_running = cluster.running()
+    engines = sum(s.running_engines() for s in cluster.engine_sets)
+    state = read_state(cluster.state_path) or {}
+    write_state(cluster.state_path, {**state, "stopping": True})  # a foreground `start` exits quietly
+    cluster.stop()
+    what = f"{engines} engines and the controller" if was_running else "the leftovers of a dead cluster"
+    _say(f"stopped cluster {cluster.cluster_id or 'default'!r} of profile {profile_name(profile_dir)!r} ({what})")
+    return 0
+
+
+def engines_main(config: Config, profile_dir: str, n: int) -> int:
+    """``cluster-launcher engines --n=N``: add ``n`` engines to the running
+    cluster; ``stop`` stops them with the rest."""
+    cluster = _recorded_cluster("engines", config, profile_dir)
+    if isinstance(cluster, int):
+        return cluster
+    if n < 1:
+        return _fail("engines", ClusterError(f"--n={n}: the number of engines to add must be at least 1"))
+    cluster.report = _say
+    sets_before = len(cluster.engine_sets)
+    previous = _on_signals(_raise_signalled)
+    try:
+        cluster.add_engines(n)
+    except (ClusterLauncherError, _Signalled) as exc:
+        _on_signals(signal.SIG_IGN)
+        for engines in cluster.engine_sets[sets_before:]:  # only the ones this command started
+            engines.stop()
+        return _fail("engines", exc if isinstance(exc, ClusterLauncherError) else ClusterError(f"{exc}: stopped"))
+    finally:
+        _restore_signals(previous)
+    return 0
+
+
+def list_main(config: Config, profile_dir: str) -> int:
+    """``cluster-launcher list``: every cluster recorded in every profile."""
+    records = os.path.join("pid", "cluster-*.json")
+    paths = sorted(set(glob.glob(os.path.join(glob.escape(home_dir()), "profile_*", records)))
+                   | set(glob.glob(os.path.join(glob.escape(profile_dir), records))))
+    rows = []
+    for path in paths:
+        try:
+            cluster = Cluster.from_state(path, config)
+        except ClusterLauncherError as exc:
+            print(f"cluster-launcher list: {exc}", file=sys.stderr)
+            continue
+        running = cluster.running()
+        engines = sum(s.running_engines() for s in cluster.engine_sets) if running else 0
+        pid = cluster.controller.to_dict().get("pid", "") if cluster.controller else ""
+        rows.append((profile_name(cluster.profile_dir), cluster.cluster_id or "default",
+                     "running" if running else "stopped", str(engines), str(pid or "-")))
+    if not rows:
+        print(f"no clusters recorded (in {home_dir()})")
+        return 0
+    header = ("PROFILE", "CLUSTER-ID", "STATUS", "ENGINES", "CONTROLLER-PID")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0

@@ -8,7 +8,8 @@ rebuild it (:meth:`Launcher.from_dict`) and stop or poll what it started.
 
 :class:`LocalProcessLauncher` runs one command as a local child process; the
 SSH and MPI launchers subclass it (their command is ``ssh host …`` or
-``mpiexec …``).  Batch-system launchers submit a job script instead.
+``mpiexec …``).  Batch-system launchers submit a job script instead and
+record the job id where a local launcher records a PID.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from typing import Any, ClassVar
 
 from traitlets import Dict, Float, Integer, List, Unicode
-from traitlets.config import LoggingConfigurable
+from traitlets.config import Config, LoggingConfigurable
 
 
 def python_cmd(subcommand: str) -> list[str]:
@@ -29,8 +31,31 @@ def python_cmd(subcommand: str) -> list[str]:
     return [sys.executable, "-m", "cluster_launcher", subcommand]
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (reaping it first if it is our exited child)."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name, or None
+    (no such process, or no /proc on this system)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+
+
+def process_start_token(pid: int) -> str:
+    """An id of *this* run of ``pid`` (its start time since boot), so a PID the
+    system reused for another process is not mistaken for ours; '' where the
+    system does not tell."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else ""
+
+
+def pid_alive(pid: int, start_token: str = "") -> bool:
+    """Whether ``pid`` runs: reaped first if it is our exited child; a zombie
+    (exited, parent not yet reaping) counts as gone, and so does a process
+    whose start token differs from ``start_token`` (the PID was reused)."""
+    if pid <= 0:
+        return False
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
@@ -42,8 +67,39 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    fields = _proc_stat(pid)
+    if fields is None:
+        return not os.path.isdir("/proc/self")  # no /proc: trust kill(0); with /proc: it just exited
+    if fields[0] in ("Z", "X"):
+        return False
+    return not start_token or start_token == fields[19]
+
+
+def tail(path: str, lines: int = 10, offset: int = 0) -> list[str]:
+    """The last ``lines`` lines of ``path`` from byte ``offset`` on (what a
+    process wrote since it started); [] when the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read()[-64 * 1024:].decode(errors="replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+def config_args(config: Config, section: str) -> list[str]:
+    """``--Section.trait=value`` for the scalar (and list-of-scalar) values of
+    ``config[section]``: how options given to ``start`` reach the controller
+    and engine processes, which read their own config files too."""
+    out = []
+    for trait, value in (config.get(section) or {}).items():
+        if trait == "cluster_id":
+            continue  # passed as --cluster-id
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if all(isinstance(v, (str, int, float, bool)) for v in values):
+            out += [f"--{section}.{trait}={v}" for v in values]
+    return out
 
 
 class Launcher(LoggingConfigurable):
@@ -62,10 +118,12 @@ class Launcher(LoggingConfigurable):
         raise NotImplementedError
 
     def stop(self) -> None:
-        """Stop everything this launcher started, by the PID or job id it recorded."""
+        """Stop everything this launcher started, by the PID or job id it
+        recorded: politely first, then forcibly after ``stop_timeout``."""
         raise NotImplementedError
 
     def signal(self, sig: int) -> None:
+        """Send ``sig`` to what this launcher started (if it still runs)."""
         raise NotImplementedError
 
     def poll(self) -> int | None:
@@ -73,10 +131,23 @@ class Launcher(LoggingConfigurable):
         raise NotImplementedError
 
     def wait(self, timeout: float) -> int | None:
+        """:meth:`poll` until it is not None or ``timeout`` seconds pass."""
         deadline = time.monotonic() + timeout
         while (code := self.poll()) is None and time.monotonic() < deadline:
             time.sleep(0.02)
         return code
+
+    def exited(self) -> list[tuple[int, str, list[str]]]:
+        """``(exit code, log file, last log lines)`` for each process this
+        launcher started that has already exited: what ``start`` reports when
+        the cluster fails to come up."""
+        code = self.poll()
+        return [] if code is None else [(code, "", [])]
+
+    def describe(self) -> str:
+        """What this launcher started and where its output goes, for one line
+        of ``start``'s output (a PID and log file, a job id, …)."""
+        return type(self).__name__
 
     @property
     def cluster_args(self) -> list[str]:
@@ -84,17 +155,21 @@ class Launcher(LoggingConfigurable):
         return args + ([f"--cluster-id={self.cluster_id}"] if self.cluster_id else [])
 
     def log_file(self, name: str) -> str:
+        """``<profile>/log/<name>-<cluster id>.log`` (the folder made if missing)."""
         log_dir = os.path.join(self.profile_dir or ".", "log")
         os.makedirs(log_dir, exist_ok=True)
         return os.path.join(log_dir, f"{name}-{self.cluster_id or 'default'}.log")
 
     def to_dict(self) -> dict[str, Any]:
-        """What a later process needs to stop or poll what this one started."""
+        """What a later process needs to stop or poll what this one started
+        (JSON-serializable; ``class`` is the dotted path of the launcher class)."""
         return {"class": f"{type(self).__module__}.{type(self).__name__}",
                 "profile_dir": self.profile_dir, "cluster_id": self.cluster_id}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> Launcher:
+        """A launcher of this class that polls and stops what ``data``
+        (a :meth:`to_dict`, maybe from another process) describes."""
         launcher = cls(profile_dir=data.get("profile_dir", ""), cluster_id=data.get("cluster_id", ""), **kwargs)
         launcher.load_state(data)
         return launcher
@@ -112,7 +187,8 @@ class ControllerLauncher(Launcher):
 
     @property
     def args(self) -> list[str]:
-        return [*self.controller_cmd, *self.cluster_args, *self.controller_args]
+        return [*self.controller_cmd, *self.cluster_args, *config_args(self.config, "Controller"),
+                *self.controller_args]
 
 
 class EngineSetLauncher(Launcher):
@@ -125,49 +201,93 @@ class EngineSetLauncher(Launcher):
 
     @property
     def args(self) -> list[str]:
-        return [*self.engine_cmd, *self.cluster_args, *self.engine_args]
+        return [*self.engine_cmd, *self.cluster_args, *config_args(self.config, "Engine"), *self.engine_args]
+
+    def running_engines(self) -> int:
+        """How many of this set's engines still run (all or none, unless a
+        subclass can tell them apart)."""
+        return self.n if self.poll() is None else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "n": self.n}
+
+    def load_state(self, data: dict[str, Any]) -> None:
+        self.n = data.get("n", 0)
 
 
 class LocalProcessLauncher(Launcher):
     """Runs ``self.args`` as a child process of this host, output to a log file,
-    in its own session so a Ctrl-C at the terminal reaches only us."""
+    in its own session: a Ctrl-C at the terminal reaches only the process that
+    launched it, and it outlives that terminal (``start --daemonize``)."""
 
     log_name: ClassVar[str] = "process"
     pid = Integer(0).tag(config=False)
+    start_token = Unicode("").tag(config=False)
+    log_path = Unicode("").tag(config=False)
+    log_offset = Integer(0, help="Where this run's output starts in the log file.").tag(config=False)
 
-    @property
-    def args(self) -> list[str]:
-        raise NotImplementedError
+    # ``args`` (the command line) comes from the role class it is mixed with:
+    # ``class LocalControllerLauncher(LocalProcessLauncher, ControllerLauncher)``.
+    args: list[str]
 
     def start(self, n: int = 1) -> None:
         env = {**os.environ, **self.environment}
-        with open(self.log_file(self.log_name), "ab") as log:
-            self._process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=log,
+        self.log_path = self.log_file(self.log_name)
+        args = self.args
+        with open(self.log_path, "ab") as log:
+            # Appending keeps what an earlier run left there; the offset lets
+            # an error report show this run's lines only.
+            log.write(f"--- {datetime.now().isoformat(timespec='seconds')} {' '.join(args)}\n".encode())
+            log.flush()
+            self.log_offset = log.tell()
+            self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.pid = self._process.pid
-        self.log.debug("started %s (pid %s): %s", self.log_name, self.pid, " ".join(self.args))
+        self.start_token = process_start_token(self.pid)
+        self.log.debug("started %s (pid %s): %s", self.log_name, self.pid, " ".join(args))
 
     def poll(self) -> int | None:
         process = getattr(self, "_process", None)
         if process is not None:
             return process.poll()
-        return None if self.pid and pid_alive(self.pid) else 0
+        return None if pid_alive(self.pid, self.start_token) else 0
+
+    def exited(self) -> list[tuple[int, str, list[str]]]:
+        code = self.poll()
+        return [] if code is None else [(code, self.log_path, tail(self.log_path, offset=self.log_offset))]
+
+    def describe(self) -> str:
+        return f"pid {self.pid}, log {self.log_path}"
 
     def signal(self, sig: int) -> None:
-        if self.pid and self.poll() is None:
-            try:
+        if not self.pid or self.poll() is not None:
+            return
+        try:
+            # The process leads its own process group (start_new_session):
+            # signal the group so what a wrapper command (sh, ssh, mpiexec)
+            # spawned goes too.
+            if os.getpgid(self.pid) == self.pid:
+                os.killpg(self.pid, sig)
+            else:
                 os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def stop(self) -> None:
         self.signal(signal.SIGTERM)
         if self.wait(self.stop_timeout) is None:
+            self.log.warning("%s (pid %s) ignored SIGTERM for %ss; sending SIGKILL",
+                             self.log_name, self.pid, self.stop_timeout)
             self.signal(signal.SIGKILL)
             self.wait(self.stop_timeout)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "pid": self.pid}
+        return {**super().to_dict(), "pid": self.pid, "start_token": self.start_token,
+                "log": self.log_path, "log_offset": self.log_offset}
 
     def load_state(self, data: dict[str, Any]) -> None:
+        super().load_state(data)
         self.pid = data.get("pid", 0)
+        self.start_token = data.get("start_token", "")
+        self.log_path = data.get("log", "")
+        self.log_offset = data.get("log_offset", 0)
