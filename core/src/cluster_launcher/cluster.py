@@ -583,12 +583,13 @@ def stop_main(config: Config, profile_dir: str) -> int:
     return 0
 
 
-def engines_main(config: Config, profile_dir: str, n: int) -> int:
-    """``cluster-launcher engines --n=N``: add ``n`` engines to the running
-    cluster; ``stop`` stops them with the rest."""
+def engines_main(config: Config, profile_dir: str, n: int | None) -> int:
+    """``cluster-launcher engines --n=N``: add ``n`` engines (default: one per
+    CPU) to the running cluster; ``stop`` stops them with the rest."""
     cluster = _recorded_cluster("engines", config, profile_dir)
     if isinstance(cluster, int):
         return cluster
+    n = (os.cpu_count() or 1) if n is None else n
     if n < 1:
         return _fail("engines", ClusterError(f"--n={n}: the number of engines to add must be at least 1"))
     cluster.report = _say
