@@ -1,21 +1,291 @@
-"""The ``cluster-launcher`` command line."""
+"""The ``cluster-launcher`` command line.
+
+Each runtime subcommand builds its configuration (the profile's config file
+for its role, then the command line's flags and ``--Class.option=value``
+overrides, see :func:`cluster_launcher.config.build_config`) and hands it to
+the runtime: ``controller.main``, ``engine.main``, ``cluster.start_main`` …
+Errors we raise on purpose print one line, ``cluster-launcher: error: …``,
+and exit 2; ``--debug`` shows the traceback too.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import logging
 import sys
+import traceback
+from collections.abc import Callable
 
-from . import plugins
+from traitlets.config import Config
+
+from . import __version__, config, hookspecs, plugins, profile
+from .error import ClusterLauncherError, ConfigError
+
+PROG = "cluster-launcher"
+EXIT_ERROR = 2
+STARTING_COMMANDS = ("start", "engines", "controller")
+TRAIT_HELP = ("Any option of a configurable class can be given as --Class.option=value "
+              "(e.g. --Controller.heartbeat_period=2); the seed's names (--HubFactory.ip=*) work too.")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors raised as ConfigError so they print like
+    every other error (one line, exit 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+# --- flags shared by the runtime subcommands ---------------------------------
+
+
+def _profile_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("profile")
+    group.add_argument("--profile", metavar="NAME", help="Use profile NAME (default: 'default'), "
+                       "in $CLUSTER_LAUNCHER_DIR (default ~/.cluster-launcher).")
+    group.add_argument("--profile-dir", metavar="DIR", help="Use the profile directory DIR instead of a named profile.")
+    group.add_argument("--cluster-id", metavar="ID", help="Run the cluster with this id, so that several "
+                       "clusters can share one profile (sets Cluster/Controller/Engine.cluster_id).")
+    group.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="Show tracebacks and debug logging.")
+    return parent
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    """The subcommand's flags, as ``--Class.option=value`` overrides."""
+    overrides = []
+    if getattr(args, "cluster_id", None) is not None:
+        overrides += [f"--{section}.cluster_id={args.cluster_id}" for section in ("Cluster", "Controller", "Engine")]
+    for dest, option, constant in args.flag_options:
+        value = getattr(args, dest, None)
+        if value is None or value is False:
+            continue
+        overrides.append(f"--{option}={value if constant is None else constant}")
+    return overrides
+
+
+def _split_trait_arguments(extra: list[str]) -> list[str]:
+    """``--Class.option=value`` or ``--Class.option value`` arguments; anything else is an error."""
+    overrides, i = [], 0
+    while i < len(extra):
+        argument = extra[i]
+        name = argument[2:].partition("=")[0]
+        if not (argument.startswith("--") and "." in name and name[:1].isupper()):
+            raise ConfigError(f"unrecognized argument {argument!r} (see {PROG} --help)")
+        if "=" not in argument:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"{argument}: expected a value (--Class.option=value)")
+            argument, i = f"{argument}={extra[i + 1]}", i + 1
+        overrides.append(argument)
+        i += 1
+    return overrides
+
+
+def command_config(args: argparse.Namespace) -> tuple[str, Config]:
+    """The profile directory and the checked Config of a parsed runtime subcommand."""
+    profile_dir = profile.ensure_profile_dir(profile.profile_dir_for(args.profile, args.profile_dir))
+    cfg = config.build_config(args.role, profile_dir, _flag_overrides(args) + args.trait_overrides)
+    if args.command in STARTING_COMMANDS:  # `stop`/`list` must work even if a plugin went away
+        config.check_names(cfg, args.role)
+    return profile_dir, cfg
+
+
+def _runtime(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """The handler of a runtime subcommand: build the role's config, call ``module.function``."""
+
+    def handler(args: argparse.Namespace) -> int:
+        profile_dir, cfg = command_config(args)
+        try:
+            main = getattr(importlib.import_module(f"cluster_launcher.{module}"), function)
+        except (ImportError, AttributeError) as exc:
+            raise ClusterLauncherError(f"{args.command}: cluster_launcher.{module}.{function} is not available "
+                                       f"({type(exc).__name__}: {exc})") from exc
+        extra = [args.n] if function == "engines_main" else []
+        return int(main(cfg, profile_dir, *extra) or 0)
+
+    return handler
+
+
+# (name, help, module, function, role, [(flags, dest, option, argparse kwargs)]); a flag's
+# option is the --Class.option it sets: its value, or for an on/off flag a fixed one.
+RUNTIME_COMMANDS = [
+    ("start", "Start a controller and engines (as configured in cluster_config.py).", "cluster", "start_main",
+     "cluster", [
+         (("-n", "--n"), "n", "Cluster.n", {"type": int, "metavar": "N",
+                                             "help": "Number of engines (default: one per CPU)."}),
+         (("--engines",), "engines", "Cluster.engine_launcher_class",
+          {"metavar": "LAUNCHER", "help": "How to start engines: Local, MPI, SSH, PBS, ... or a class name."}),
+         (("--controller",), "controller", "Cluster.controller_launcher_class",
+          {"metavar": "LAUNCHER", "help": "How to start the controller: Local, SSH, MPI, PBS, ..."}),
+         (("--daemonize",), "daemonize", "Cluster.daemonize",
+          {"action": "store_true", "help": "Return once the cluster runs, leaving it in the background."}),
+     ]),
+    ("stop", "Stop a cluster started with `start`.", "cluster", "stop_main", "cluster", []),
+    ("engines", "Start more engines for a running cluster.", "cluster", "engines_main", "cluster", [
+        (("-n", "--n"), "n", None, {"type": int, "metavar": "N", "help": "Number of engines (default: one per CPU)."}),
+        (("--engines",), "engines", "Cluster.engine_launcher_class",
+         {"metavar": "LAUNCHER", "help": "How to start engines: Local, MPI, SSH, PBS, ..."}),
+        (("--daemonize",), "daemonize", "Cluster.daemonize",
+         {"action": "store_true", "help": "Return once the engines run."}),
+    ]),
+    ("list", "List the clusters of a profile and whether they run.", "cluster", "list_main", "cluster", []),
+    ("controller", "Run a controller in this process.", "controller", "main", "controller", [
+        (("--ip",), "ip", "Controller.ip", {"help": "Interface to listen on; '*' for all (default: 127.0.0.1)."}),
+        (("--location",), "location", "Controller.location",
+         {"metavar": "HOST", "help": "Host name or address engines and clients connect to."}),
+        (("--reuse",), "reuse", "Controller.reuse",
+         {"action": "store_true", "help": "Reuse the ports and key of the existing connection files."}),
+        (("--nodb",), "nodb", ("Controller.db_class", "NoDB"),
+         {"action": "store_true", "help": "Keep no task database (Controller.db_class=NoDB)."}),
+        (("--enginessh",), "enginessh", "Controller.enginessh",
+         {"metavar": "[USER@]HOST", "help": "SSH server engines tunnel through (written to controller-engine.json)."}),
+        (("--ssh",), "ssh", "Controller.ssh",
+         {"metavar": "[USER@]HOST", "help": "SSH server clients tunnel through (written to controller-client.json)."}),
+    ]),
+    ("engine", "Run an engine in this process.", "engine", "main", "engine", [
+        (("--file",), "file", "Engine.file",
+         {"metavar": "PATH", "help": "The controller-engine.json to use (default: the profile's security/ one)."}),
+        (("--ssh",), "ssh", "Engine.ssh", {"metavar": "[USER@]HOST", "help": "SSH server to tunnel through."}),
+    ]),
+]
+
+
+def _add_runtime_commands(subparsers: argparse._SubParsersAction) -> None:
+    parent = _profile_options()
+    for name, help_text, module, function, role, flags in RUNTIME_COMMANDS:
+        parser = subparsers.add_parser(name, help=help_text, description=help_text, parents=[parent],
+                                       epilog=TRAIT_HELP)
+        flag_options = []
+        for option_strings, dest, option, kwargs in flags:
+            parser.add_argument(*option_strings, dest=dest, **kwargs)
+            if option:
+                option, constant = option if isinstance(option, tuple) else (option, None)
+                flag_options.append((dest, option, constant))
+        parser.set_defaults(func=_runtime(module, function), role=role, flag_options=flag_options,
+                            accepts_traits=True)
+
+
+# --- profile and plugins -----------------------------------------------------
+
+
+def _profile_create(args: argparse.Namespace) -> int:
+    path, written = profile.create_profile(args.name, args.profile_dir, overwrite=args.overwrite)
+    print(f"profile: {path}")
+    for filename in profile.CONFIG_FILES.values():
+        full = f"{path}/{filename}"
+        print(f"  {'wrote' if full in written else 'kept '} {full}")
+    return 0
+
+
+def _profile_list(args: argparse.Namespace) -> int:
+    names = profile.list_profiles()
+    print(f"profiles in {profile.home_dir()}:" if names else f"no profiles in {profile.home_dir()}")
+    for name in names:
+        print(f"  {name}")
+    return 0
+
+
+def _profile_locate(args: argparse.Namespace) -> int:
+    print(profile.locate_profile(args.name))
+    return 0
+
+
+def _add_profile_command(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("profile", help="Create, list and locate profiles.",
+                                   description="Create, list and locate profiles.")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{create,list,locate}", parser_class=_Parser)
+    create = actions.add_parser("create", help="Create a profile with commented config files.",
+                                description="Create a profile: cluster_config.py, controller_config.py, "
+                                "engine_config.py (every option commented out and explained), security/, log/, "
+                                "pid/.  Existing config files are kept unless --overwrite.")
+    create.add_argument("name", nargs="?", default=None, metavar="NAME", help="Profile name (default: 'default').")
+    create.add_argument("--profile-dir", metavar="DIR", help="Create the profile in DIR instead.")
+    create.add_argument("--parallel", action="store_true", help="Accepted for IPython compatibility "
+                        "(every profile is a parallel one).")
+    create.add_argument("--overwrite", action="store_true", help="Replace existing config files.")
+    create.set_defaults(func=_profile_create)
+    listing = actions.add_parser("list", help="List the profiles in $CLUSTER_LAUNCHER_DIR.",
+                                 description="List the profiles in $CLUSTER_LAUNCHER_DIR (default ~/.cluster-launcher).")
+    listing.set_defaults(func=_profile_list)
+    locate = actions.add_parser("locate", help="Print the directory of a profile.",
+                                description="Print the directory of an existing profile.")
+    locate.add_argument("name", nargs="?", default=None, metavar="NAME", help="Profile name (default: 'default').")
+    locate.set_defaults(func=_profile_locate)
+
+
+def _hookspecs() -> list[dict[str, object]]:
+    pm = plugins.get_plugin_manager()
+    specs = []
+    for name in sorted(n for n in dir(hookspecs) if n.startswith(hookspecs.PROJECT + "_")):
+        caller = getattr(pm.hook, name)
+        doc = (getattr(hookspecs, name).__doc__ or "").strip().split("\n")[0]
+        specs.append({"name": name, "summary": doc,
+                      "implemented_by": sorted(impl.plugin_name for impl in caller.get_hookimpls())})
+    return specs
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    described = plugins.describe()
+    print(json.dumps({"plugins": described, "hookspecs": _hookspecs()} if args.all else described, indent=2))
+    return 0
+
+
+# --- the parser and main -------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, plugins' subcommands included."""
+    parser = _Parser(prog=PROG, description="Parallel Python on many cores and many machines: start a controller "
+                     "and engines, locally, over SSH, with MPI or through a batch system.", epilog=TRAIT_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="Show tracebacks and debug logging.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_runtime_commands(subparsers)
+    _add_profile_command(subparsers)
+    plugin_parser = subparsers.add_parser("plugins", help="List installed plugins as JSON.",
+                                          description="List installed plugins (name, distribution, version, "
+                                          "kinds, classes, short names, hooks) as JSON.")
+    plugin_parser.add_argument("--all", action="store_true", help="Print an object with the plugins and every hook "
+                               "spec of the core, with the plugins implementing each.")
+    plugin_parser.set_defaults(func=_plugins)
+    plugins.get_plugin_manager().hook.cluster_launcher_register_commands(subparsers=subparsers)
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; ``--Class.option=value`` arguments end up in ``args.trait_overrides``."""
+    args, extra = build_parser().parse_known_args(argv)
+    args.trait_overrides = []
+    if extra:
+        if not getattr(args, "accepts_traits", False):
+            raise ConfigError(f"unrecognized argument {extra[0]!r} (see {PROG} {args.command} --help)")
+        args.trait_overrides = _split_trait_arguments(extra)
+    return args
+
+
+def run(argv: list[str]) -> int:
+    """Parse ``argv`` and run the subcommand (errors propagate)."""
+    args = parse(argv)
+    return int(args.func(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cluster-launcher")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plugins", help="List installed plugins as JSON.")
-    p.set_defaults(func=lambda args: print(json.dumps(plugins.describe(), indent=2)) or 0)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """The ``cluster-launcher`` entry point: returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(name)s: %(message)s")
+    try:
+        return run(argv)
+    except ClusterLauncherError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -51,6 +51,9 @@ class Engine(LoggingConfigurable):
                     "away, before the engine gives up and exits.").tag(config=True)
     connect_timeout = Float(30.0, help="Seconds to wait for the connection file to appear.").tag(config=True)
     extra_paths = List(Unicode(), help="Directories prepended to sys.path.").tag(config=True)
+    mpi = Unicode("", help="Initialize MPI in the engine before it runs anything: 'mpi4py' imports "
+                  "mpi4py.MPI (which calls MPI_Init), '' does nothing.  The seed's c.MPI.use."
+                  ).tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
 
     def __init__(self, profile_dir: str = "", **kwargs: Any):
