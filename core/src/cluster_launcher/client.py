@@ -1,0 +1,588 @@
+"""The client: connects to a controller and submits work (``Client``).
+
+Two DEALER sockets talk to the controller's client port: a *request* socket
+that user threads send on (under a lock), and a *reply* socket whose identity
+is ``b"r-" + session id``, read by one background IO thread.  The IO thread
+verifies every message, updates the tasks' :class:`TaskState` and wakes the
+threads waiting in :class:`AsyncResult`.  See docs/client.md for the tour
+and docs/internals/protocol.md for the messages.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shlex
+import socket as _socket
+import subprocess
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import zmq
+
+from . import bulk, connection
+from .asyncresult import AsyncMapResult, AsyncResult, Metadata, TaskState, Waiter
+from .error import (
+    ClusterLauncherError,
+    ConnectionFileError,
+    NoEnginesRegistered,
+    RemoteError,
+)
+from .session import Message, Session, decode_record, encode_record, new_id
+from .view import DirectView, LoadBalancedView, msg_ids_of
+
+log = logging.getLogger("cluster_launcher.client")
+
+# Frames larger than this are sent without a copy (zero-copy costs more below).
+_ZERO_COPY_BYTES = 64 * 1024
+# Messages handled before waking waiters, so a flood of replies cannot starve them.
+_BATCH = 256
+
+
+def _default_profile_dir(profile: str, profile_dir: str | None) -> str:
+    from .profile import profile_dir_for
+    return profile_dir_for(profile, profile_dir)
+
+
+class _Control:
+    """A pending control request (queue_status, db_query, …)."""
+
+    __slots__ = ("reply", "tasks")
+
+    def __init__(self) -> None:
+        self.reply: Message | None = None
+        self.tasks: dict[str, TaskState] = {}  # tasks the reply created (resubmit), held until taken
+
+
+class Dispatcher:
+    """Everything the IO thread updates: tasks, control replies, engines.
+    Kept apart from :class:`Client` so the thread holds no reference to the
+    client (a forgotten client is garbage collected and closes itself)."""
+
+    def __init__(self, echo_streams: bool = False):
+        self.waiter = Waiter()
+        self.pending: dict[str, TaskState] = {}  # submitted, no reply yet
+        self.finished: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
+        self.controls: dict[str, _Control] = {}
+        self.engines: dict[int, dict[str, Any]] = {}
+        self.echo_streams = echo_streams
+        self.closed = False
+
+    def handle(self, msg: Message) -> None:
+        """Apply one verified message to the client's state."""
+        header = msg.header
+        kind = header["type"]
+        if kind == "apply_reply":
+            task = self.pending.pop(header.get("parent"), None)
+            if task is None:
+                log.debug("apply_reply for unknown task %s", header.get("parent"))
+                return
+            buffers = Session.resolve_bulk(msg) if "bulk" in header else msg.buffers
+            task.finish(header, buffers)
+            self.finished[task.msg_id] = task
+        elif kind == "stream":
+            task = self.pending.get(header.get("parent"))
+            if task is not None:
+                task.add_stream(header.get("name", "stdout"), header.get("text", ""))
+                if self.echo_streams:
+                    engine = f"[stream {header.get('name')}:{header.get('parent', '')[:8]}] "
+                    print(engine + header.get("text", ""), end="", flush=True)
+        elif kind == "registration":
+            self.engines[int(header["engine_id"])] = {k: header.get(k) for k in ("uuid", "hostname", "pid")}
+        elif kind == "unregistration":
+            self.engines.pop(int(header["engine_id"]), None)
+        else:
+            control = self.controls.get(header.get("parent"))
+            if control is None:
+                log.debug("unexpected %s message (parent %s) dropped", kind, header.get("parent"))
+                return
+            if kind == "connect_reply":
+                self.engines.update({int(eid): info for eid, info in (header.get("engines") or {}).items()})
+            elif kind == "resubmit_reply":
+                # Register the new tasks now, before their replies can arrive.
+                for new in (header.get("resubmitted") or {}).values():
+                    control.tasks[new] = self.pending.setdefault(new, TaskState(new, datetime.now(timezone.utc)))
+            control.reply = msg
+
+    def new_task(self, msg_id: str, submitted: datetime | None) -> TaskState:
+        task = TaskState(msg_id, submitted)
+        self.pending[msg_id] = task
+        return task
+
+    def task(self, msg_id: str) -> TaskState | None:
+        return self.pending.get(msg_id) or self.finished.get(msg_id)
+
+    def fail_pending(self, why: str) -> None:
+        for task in list(self.pending.values()):
+            task.fail_locally(ClusterLauncherError(why))
+        self.pending.clear()
+        self.closed = True
+        self.waiter.notify()
+
+
+def _io_loop(sock: zmq.Socket, wake: zmq.Socket, session: Session, dispatcher: Dispatcher) -> None:
+    """The IO thread: read, verify and dispatch replies until woken to stop."""
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(wake, zmq.POLLIN)
+    copy_threshold = session.copy_threshold
+    try:
+        while True:
+            events = dict(poller.poll())
+            if wake in events:
+                return
+            for _ in range(_BATCH):
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                msg = session.unpack([f.bytes if len(f) < copy_threshold else f for f in frames])
+                if msg is not None:
+                    try:
+                        dispatcher.handle(msg)
+                    except Exception:  # a malformed message must not kill the thread
+                        log.exception("cannot handle %r", msg)
+            dispatcher.waiter.notify()
+    except zmq.ContextTerminated:
+        return
+    finally:
+        sock.close(linger=0)
+        wake.close(linger=0)
+
+
+class _Connection:
+    """The sockets, SSH tunnel and IO thread of one client.  ``close`` is
+    idempotent and safe from any thread, atexit and garbage collection."""
+
+    def __init__(self, dispatcher: Dispatcher, session: Session):
+        self.dispatcher, self.session = dispatcher, session
+        self.context = zmq.Context()
+        self.send_lock = threading.Lock()
+        self.request = self.context.socket(zmq.DEALER)
+        self.reply = self.context.socket(zmq.DEALER)
+        self.reply.setsockopt(zmq.IDENTITY, b"r-" + session.session_id.encode())
+        for sock in (self.request, self.reply):
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.LINGER, 1000)
+        self.tunnel: subprocess.Popen | None = None
+        self.thread: threading.Thread | None = None
+        self._wake_send: zmq.Socket | None = None
+        self._closed = False
+
+    def connect(self, url: str, timeout: float) -> None:
+        """Connect both sockets; return once the reply socket has completed its
+        handshake (so the controller can route replies to it)."""
+        monitor = self.reply.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            self.reply.connect(url)
+            if not monitor.poll(int(timeout * 1000)):
+                raise TimeoutError(f"no controller answered at {url} within {timeout:g} s; is it running?")
+            monitor.recv_multipart()
+        finally:
+            self.reply.disable_monitor()
+            monitor.close(linger=0)
+        self.request.connect(url)
+        wake_url = f"inproc://wake-{id(self)}"
+        wake_recv = self.context.socket(zmq.PAIR)
+        wake_recv.bind(wake_url)
+        self._wake_send = self.context.socket(zmq.PAIR)
+        self._wake_send.connect(wake_url)
+        self.thread = threading.Thread(target=_io_loop, name="cluster-launcher-client-io", daemon=True,
+                                       args=(self.reply, wake_recv, self.session, self.dispatcher))
+        self.thread.start()
+
+    def send(self, frames: list, copy: bool = True) -> None:
+        with self.send_lock:
+            if self._closed:
+                raise ClusterLauncherError("the client is closed")
+            self.request.send_multipart(frames, copy=copy)
+
+    def close(self) -> None:
+        with self.send_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.thread is not None and self._wake_send is not None:
+            self._wake_send.send(b"stop")
+            if self.thread is not threading.current_thread():
+                self.thread.join(5)
+            self._wake_send.close(linger=0)
+        else:
+            self.reply.close(linger=0)
+        self.request.close(linger=0)
+        self.dispatcher.fail_pending("the client was closed before the result arrived")
+        self.context.term()
+        if self.tunnel is not None and self.tunnel.poll() is None:
+            self.tunnel.terminate()
+            try:
+                self.tunnel.wait(5)
+            except subprocess.TimeoutExpired:
+                self.tunnel.kill()
+                self.tunnel.wait()
+        atexit.unregister(self.close)
+
+
+def _free_local_port() -> int:
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def open_ssh_tunnel(sshserver: str, remote_host: str, remote_port: int, timeout: float,
+                    sshkey: str | None = None) -> tuple[subprocess.Popen, int]:
+    """Forward a free local port to ``remote_host:remote_port`` as seen from
+    ``sshserver`` (``[user@]host[:port]``) with an ``ssh -N -L`` subprocess;
+    return the process and the local port once it accepts connections."""
+    server, _, ssh_port = sshserver.partition(":") if sshserver.count(":") == 1 else (sshserver, "", "")
+    local_port = _free_local_port()
+    command = ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes",
+               "-L", f"127.0.0.1:{local_port}:{remote_host}:{remote_port}"]
+    if ssh_port:
+        command += ["-p", ssh_port]
+    if sshkey:
+        command += ["-i", sshkey]
+    command.append(server)
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            why = process.stderr.read().decode(errors="replace").strip().splitlines()
+            raise ClusterLauncherError(f"sshserver={sshserver}: ssh tunnel failed ({shlex.join(command)}): "
+                                       f"{why[-1] if why else f'exit status {process.returncode}'}")
+        try:
+            with _socket.create_connection(("127.0.0.1", local_port), timeout=0.2):
+                return process, local_port
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    process.wait()
+    raise TimeoutError(f"sshserver={sshserver}: ssh tunnel not up within {timeout:g} s")
+
+
+class Client:
+    """A connection to a controller (as ipyparallel's ``Client``).
+
+    ``Client()`` finds ``security/controller-client.json`` in the profile
+    (``profile`` in ``$CLUSTER_LAUNCHER_DIR``, or ``profile_dir``); ``url_file``
+    names a connection file directly.  ``sshserver`` (``[user@]host[:port]``,
+    default: the file's ``ssh`` field) tunnels through SSH.  Waits at most
+    ``timeout`` seconds for the controller to answer.
+    """
+
+    def __init__(self, url_file: str | None = None, profile: str = "default", profile_dir: str | None = None,
+                 cluster_id: str = "", sshserver: str | None = None, timeout: float = 10,
+                 sshkey: str | None = None, echo_streams: bool = False):
+        if url_file is None:
+            url_file = connection.connection_file(_default_profile_dir(profile, profile_dir), "client", cluster_id)
+        self.url_file = os.path.abspath(os.path.expanduser(url_file))
+        info = connection.read_connection_file(self.url_file, "client")
+        try:
+            self.session = Session(key=info["key"], signature_scheme=info["signature_scheme"])
+        except ValueError as exc:
+            raise ConnectionFileError(f"{self.url_file}: field 'signature_scheme': {exc}") from None
+        self.cluster_id = info["cluster_id"]
+        self.timeout = timeout
+        self.url = connection.url(info, "client_port")
+        self._dispatcher = Dispatcher(echo_streams)
+        self._waiter = self._dispatcher.waiter
+        self._conn = _Connection(self._dispatcher, self.session)
+        self.history: list[str] = []
+        try:
+            sshserver = sshserver if sshserver is not None else info["ssh"]
+            connect_url = self.url
+            if sshserver:
+                self._conn.tunnel, local_port = open_ssh_tunnel(sshserver, info["location"], info["client_port"],
+                                                                timeout, sshkey)
+                connect_url = f"tcp://127.0.0.1:{local_port}"
+            self._conn.connect(connect_url, timeout)
+            # Sent again each second: the controller may not have attached the
+            # reply socket yet when the first one arrives, and would drop its reply.
+            self._connect_reply = self._request("connect", {}, timeout, resend_every=1.0)
+        except BaseException:
+            self._conn.close()
+            raise
+        atexit.register(self._conn.close)
+        self._connection_closer = weakref.finalize(self, self._conn.close)
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the IO thread and close the sockets (and the SSH tunnel)."""
+        self._conn.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.url} engines={self.ids}>"
+
+    # --- engines and views -----------------------------------------------------
+
+    @property
+    def ids(self) -> list[int]:
+        """The registered engine ids, sorted (kept current by the controller)."""
+        return sorted(self._dispatcher.engines)
+
+    @property
+    def engines(self) -> dict[int, dict[str, Any]]:
+        """Engine id -> {uuid, hostname, pid}."""
+        return dict(self._dispatcher.engines)
+
+    def wait_for_engines(self, n: int, timeout: float = 30) -> list[int]:
+        """Wait until at least ``n`` engines are registered; TimeoutError if not
+        within ``timeout`` seconds.  Returns the ids."""
+        if not self._waiter.wait_until(lambda: len(self._dispatcher.engines) >= n, timeout):
+            raise TimeoutError(f"{len(self._dispatcher.engines)} of {n} engines registered with the controller "
+                               f"at {self.url} after {timeout:g} s")
+        return self.ids
+
+    def _resolve_targets(self, targets: Any) -> list[int]:
+        """Engine ids from an id, a list of ids, a slice of ``ids``, or None/'all'."""
+        ids = self.ids
+        if targets is None or targets == "all":
+            if not ids:
+                raise NoEnginesRegistered(f"no engine is registered with the controller at {self.url}")
+            return ids
+        if isinstance(targets, slice):
+            return ids[targets]
+        if isinstance(targets, int):
+            targets = [targets]
+        resolved = []
+        for target in targets:
+            if not isinstance(target, int):
+                raise TypeError(f"targets: engine ids are ints, not {type(target).__name__} ({target!r})")
+            eid = ids[target] if target < 0 and -len(ids) <= target else target
+            if eid not in self._dispatcher.engines:
+                raise IndexError(f"no engine {target} registered (registered: {ids})")
+            resolved.append(eid)
+        return resolved
+
+    def __getitem__(self, key: int | slice | Sequence[int]) -> DirectView:
+        if isinstance(key, int):
+            return DirectView(self, self._resolve_targets(key)[0])
+        if isinstance(key, (slice, list, tuple, range)):
+            return DirectView(self, self._resolve_targets(key) if isinstance(key, slice) else list(key))
+        raise TypeError(f"client[...] takes an engine id, a slice or a list of ids, not {type(key).__name__}")
+
+    def direct_view(self, targets: Any = "all") -> DirectView:
+        """A DirectView on ``targets`` ('all': every engine registered at each call)."""
+        return DirectView(self, targets)
+
+    def load_balanced_view(self, targets: Any = None) -> LoadBalancedView:
+        """A LoadBalancedView: tasks go to whichever allowed engine is free."""
+        return LoadBalancedView(self, targets)
+
+    # --- sending -----------------------------------------------------------------
+
+    def _submit(self, buffers: list, queue: str, targets: Sequence[int] | None, *, after: list | None = None,
+                follow: list | None = None, timeout: float | None = None, retries: int = 0) -> list[TaskState]:
+        """Send one ``apply`` per entry of ``targets`` (mux) or one task; the
+        tasks are registered before the messages leave, so no reply is missed."""
+        copy = all(len(b) < _ZERO_COPY_BYTES for b in buffers)
+        submitted = datetime.now(timezone.utc)
+        session, dispatcher = self.session, self._dispatcher
+        base = {"type": "apply", "session": session.session_id, "queue": queue, "after": after or [],
+                "follow": follow or [], "timeout": timeout, "retries": retries, "hostname": session.hostname}
+        per_message = [[t] for t in targets] if queue == "mux" else [list(targets) if targets is not None else None]
+        large = self._large_buffers(buffers)
+        tasks = []
+        for target_list in per_message:
+            msg_id = new_id()
+            header = {**base, "id": msg_id, "targets": target_list}
+            message_buffers = buffers
+            if large and self._all_on_this_host(target_list):
+                # Each receiver removes its shared-memory file, so each message gets its own.
+                message_buffers = list(buffers)
+                header["bulk"] = {}
+                for i in large:
+                    header["bulk"][str(i)] = bulk.put(buffers[i])
+                    message_buffers[i] = b""
+            frames = session.pack(header, message_buffers)
+            tasks.append(dispatcher.new_task(msg_id, submitted))
+            try:
+                self._conn.send(frames, copy)
+            except BaseException:
+                dispatcher.pending.pop(msg_id, None)
+                raise
+            self.history.append(msg_id)
+        return tasks
+
+    def _large_buffers(self, buffers: list) -> list[int]:
+        """Indices of buffers big enough to travel through shared memory."""
+        threshold = self.session.bulk_threshold
+        if not threshold or not bulk.available():
+            return []
+        return [i for i, b in enumerate(buffers) if memoryview(b).nbytes >= threshold]
+
+    def _all_on_this_host(self, targets: list[int] | None) -> bool:
+        engines = self._dispatcher.engines
+        ids = targets if targets is not None else list(engines)
+        return bool(ids) and all(engines.get(e, {}).get("hostname") == self.session.hostname for e in ids)
+
+    def _request(self, msg_type: str, fields: dict[str, Any], timeout: float | None = None,
+                 buffers: Sequence = (), resend_every: float | None = None) -> _Control:
+        """Send a control request and wait for its reply; RemoteError if the
+        controller answers with an error."""
+        timeout = self.timeout if timeout is None else timeout
+        control = _Control()
+        sent: list[str] = []
+        deadline = time.monotonic() + timeout
+        answered = lambda: control.reply is not None or self._dispatcher.closed
+        try:
+            while True:
+                header = {"type": msg_type, "id": new_id(), "session": self.session.session_id, **fields}
+                self._dispatcher.controls[header["id"]] = control
+                sent.append(header["id"])
+                self._conn.send(self.session.pack(header, buffers))
+                remaining = deadline - time.monotonic()
+                if self._waiter.wait_until(answered, min(remaining, resend_every or remaining)):
+                    break
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{msg_type}: no reply from the controller at {self.url} "
+                                       f"within {timeout:g} s")
+        finally:
+            for msg_id in sent:
+                self._dispatcher.controls.pop(msg_id, None)
+        if control.reply is None:
+            raise ClusterLauncherError(f"{msg_type}: the client was closed")
+        if control.reply.header.get("status") == "error":
+            err = control.reply.header.get("error") or {}
+            raise RemoteError(err.get("ename", "Error"), err.get("evalue", f"{msg_type} failed"),
+                              err.get("traceback", ""))
+        return control
+
+    # --- results -----------------------------------------------------------------
+
+    @property
+    def outstanding(self) -> set[str]:
+        """Message ids of tasks submitted (or asked for) that have no reply yet."""
+        return set(self._dispatcher.pending)
+
+    def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
+        """Wait for ``jobs`` (AsyncResults, msg ids; default: everything
+        outstanding); return whether they finished within ``timeout`` seconds."""
+        if jobs is None:
+            tasks = list(self._dispatcher.pending.values())
+        else:
+            tasks = [t for t in (self._dispatcher.task(m) for m in msg_ids_of(jobs)) if t is not None]
+        return self._waiter.wait_until(lambda: all(t.done for t in tasks), timeout)
+
+    def get_result(self, indices_or_msg_ids: Any = None, block: bool = False, timeout: float | None = None) -> Any:
+        """An AsyncResult for earlier tasks, by msg id (or index into ``history``,
+        default -1).  Tasks this client still knows are answered locally; others
+        come from the controller's database (finished or when they finish)."""
+        single = indices_or_msg_ids is None or isinstance(indices_or_msg_ids, (int, str, AsyncResult))
+        if indices_or_msg_ids is None:
+            indices_or_msg_ids = -1
+        if isinstance(indices_or_msg_ids, (int, str, AsyncResult)):
+            indices_or_msg_ids = [indices_or_msg_ids]
+        msg_ids = [self.history[i] if isinstance(i, int) else i for i in indices_or_msg_ids]
+        msg_ids = msg_ids_of(msg_ids)
+        tasks, unknown = [], []
+        for msg_id in msg_ids:
+            task = self._dispatcher.task(msg_id)
+            if task is None:
+                task = self._dispatcher.new_task(msg_id, None)
+                unknown.append(msg_id)
+            tasks.append(task)
+        if unknown:
+            header = {"type": "get_result", "id": new_id(), "session": self.session.session_id, "msg_ids": unknown}
+            self._conn.send(self.session.pack(header))
+        ar = AsyncResult(self, tasks, fname="get_result", single=single and len(tasks) == 1)
+        return ar.get(timeout) if block else ar
+
+    def resubmit(self, jobs: Any, block: bool = False) -> AsyncResult | Any:
+        """Run earlier tasks again (as new tasks); an AsyncResult for the new ones."""
+        old = msg_ids_of(jobs)
+        control = self._request("resubmit", {"msg_ids": old})
+        mapping = control.reply.header.get("resubmitted") or {}
+        tasks = []
+        for old_id in old:
+            if old_id not in mapping:
+                raise KeyError(f"resubmit: the controller did not resubmit task {old_id}")
+            new_id_ = mapping[old_id]
+            tasks.append(control.tasks[new_id_])
+            self.history.append(new_id_)
+        ar = AsyncResult(self, tasks, fname="resubmit", single=isinstance(jobs, (str, AsyncResult)) and len(tasks) == 1)
+        return ar.get() if block else ar
+
+    def db_query(self, query: dict[str, Any], keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Task records matching a MongoDB-style ``query`` (e.g.
+        ``{"completed": {"$ne": None}}``), with only ``keys`` if given."""
+        buffers: list = []
+        encoded = encode_record(query, buffers)
+        reply = self._request("db_query", {"query": encoded, "keys": list(keys) if keys else None},
+                              buffers=buffers).reply
+        return [Metadata(decode_record(r, reply.buffers)) for r in reply.header.get("records", [])]
+
+    def purge_results(self, jobs: Any = (), targets: Any = None) -> None:
+        """Forget finished tasks in the controller's database: ``jobs`` (msg ids
+        or AsyncResults) or 'all', and/or every task that ran on ``targets``."""
+        fields: dict[str, Any] = {"targets": self._resolve_targets(targets) if targets is not None else None}
+        if jobs == "all":
+            fields["all"] = True
+        else:
+            fields["msg_ids"] = msg_ids_of(jobs)
+            if not fields["msg_ids"] and targets is None:
+                raise ValueError("purge_results: name jobs (msg ids, AsyncResults or 'all') or targets")
+        self._request("purge", fields)
+
+    def queue_status(self, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
+        """Per engine: tasks queued, completed, running; plus 'unassigned'.  One
+        engine's dict if ``targets`` is a single id."""
+        resolved = None if targets is None or targets == "all" else self._resolve_targets(targets)
+        reply = self._request("queue_status", {"targets": resolved, "verbose": verbose}).reply
+        per_engine = reply.header.get("engines")
+        if per_engine is None:  # the first protocol draft's field name
+            per_engine = reply.header.get("status") if isinstance(reply.header.get("status"), dict) else {}
+        status: dict[Any, Any] = {int(eid): value for eid, value in per_engine.items()}
+        if isinstance(targets, int):
+            return status[resolved[0]]
+        status["unassigned"] = reply.header.get("unassigned", 0)
+        return status
+
+    def abort(self, jobs: Any = None, targets: Any = None, block: bool = True) -> list[str]:
+        """Abort queued tasks (``jobs``: msg ids or AsyncResults; None: every
+        queued task of ``targets``).  Their results raise TaskAborted.  Returns
+        the ids the controller aborted."""
+        resolved = None if targets is None else self._resolve_targets(targets)
+        fields = {"msg_ids": msg_ids_of(jobs) if jobs is not None else None, "targets": resolved}
+        if not block:
+            header = {"type": "abort", "id": new_id(), "session": self.session.session_id, **fields}
+            self._conn.send(self.session.pack(header))
+            return []
+        reply = self._request("abort", fields).reply.header
+        return list(reply.get("aborted") or []) + list(reply.get("forwarded") or [])
+
+    def shutdown(self, targets: Any = "all", hub: bool = False, block: bool = True) -> None:
+        """Stop engines (``targets``; 'all' by default) and, with ``hub``, the controller."""
+        resolved = None if targets in (None, "all") else self._resolve_targets(targets)
+        fields = {"targets": resolved, "hub": hub}
+        if block:
+            self._request("shutdown", fields)
+        else:
+            header = {"type": "shutdown", "id": new_id(), "session": self.session.session_id, **fields}
+            self._conn.send(self.session.pack(header))
+
+    def purge_local_results(self, jobs: Any = "all") -> None:
+        """Forget results this client keeps for earlier tasks (AsyncResults you
+        hold keep theirs)."""
+        if jobs == "all":
+            self._dispatcher.finished.clear()
+            self.history.clear()
+            return
+        for msg_id in msg_ids_of(jobs):
+            self._dispatcher.finished.pop(msg_id, None)
+
+
+__all__ = ["AsyncMapResult", "AsyncResult", "Client", "DirectView", "LoadBalancedView", "open_ssh_tunnel"]

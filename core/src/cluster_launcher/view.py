@@ -1,0 +1,387 @@
+"""Views: how work is submitted (as ipyparallel's DirectView and
+LoadBalancedView).
+
+A :class:`DirectView` sends each call to every one of its engines (queue
+"mux"); a :class:`LoadBalancedView` sends each call once and the controller
+picks the engine (queue "task").  ``execute``/``push``/``pull``/``scatter``/
+``gather`` are ``apply`` calls of the small functions at the bottom of this
+module: they run on the engine, reach its user namespace through
+``cluster_launcher.engine.user_namespace()``, and live here (not in the
+user's ``__main__``) so the engine can import them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .asyncresult import AsyncMapResult, AsyncResult, join_parts
+from .serialize import pack_apply
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+def msg_ids_of(jobs: Any) -> list[str]:
+    """Message ids from a msg id, an AsyncResult, or a list of either (None: [])."""
+    if jobs is None:
+        return []
+    if isinstance(jobs, str):
+        return [jobs]
+    if isinstance(jobs, AsyncResult):
+        return jobs.msg_ids
+    ids: list[str] = []
+    for job in jobs:
+        if isinstance(job, str):
+            ids.append(job)
+        elif isinstance(job, AsyncResult):
+            ids.extend(job.msg_ids)
+        else:
+            raise TypeError(f"expected a msg id or an AsyncResult, not {type(job).__name__} ({job!r})")
+    return ids
+
+
+def partition(length: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous (start, stop) ranges covering ``range(length)``,
+    sizes differing by at most one (earlier ranges are the longer ones)."""
+    base, extra = divmod(length, parts)
+    bounds, start = [], 0
+    for i in range(parts):
+        stop = start + base + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _as_sequences(seqs: Sequence[Any]) -> tuple[list[Any], int]:
+    if not seqs:
+        raise TypeError("map() needs at least one sequence")
+    seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in seqs]
+    lengths = {len(s) for s in seqs}
+    if len(lengths) > 1:
+        raise ValueError(f"map(): the sequences differ in length ({sorted(lengths)})")
+    return seqs, lengths.pop()
+
+
+class View:
+    """What both views share: flags, blocking, map."""
+
+    _flag_names: tuple[str, ...] = ("block",)
+
+    def __init__(self, client: Client, targets: Any):
+        self.client = client
+        self.targets = targets
+        self.block = False
+
+    # --- flags -----------------------------------------------------------------
+
+    def set_flags(self, **flags: Any) -> None:
+        """Set flags (``block``, and for load-balanced views ``retries``,
+        ``after``, ``follow``, ``timeout``, ``targets``)."""
+        for name, value in flags.items():
+            if name not in self._flag_names:
+                raise KeyError(f"{type(self).__name__}.set_flags: unknown flag {name!r} "
+                               f"(flags: {', '.join(self._flag_names)})")
+            setattr(self, name, value)
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags: Any) -> Iterator[View]:
+        """Set flags for the duration of a ``with`` block."""
+        saved = {name: getattr(self, name) for name in flags if name in self._flag_names}
+        self.set_flags(**flags)
+        try:
+            yield self
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    # --- apply -----------------------------------------------------------------
+
+    def apply(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Call ``f(*args, **kwargs)`` remotely; an AsyncResult, or the result
+        itself if ``self.block``."""
+        return self._apply(f, args, kwargs, self.block)
+
+    def apply_async(self, f: Callable, *args: Any, **kwargs: Any) -> AsyncResult:
+        """``apply`` that always returns an AsyncResult."""
+        return self._apply(f, args, kwargs, False)
+
+    def apply_sync(self, f: Callable, *args: Any, **kwargs: Any) -> Any:
+        """``apply`` that waits and returns the result."""
+        return self._apply(f, args, kwargs, True)
+
+    def _apply(self, f: Callable, args: tuple, kwargs: dict, block: bool) -> Any:
+        raise NotImplementedError
+
+    def map(self, f: Callable, *sequences: Any, block: bool | None = None, **flags: Any) -> Any:
+        """``f`` over the items of ``sequences`` in parallel (as builtin ``map``);
+        an AsyncMapResult, or the list of results if blocking."""
+        return self._map(f, sequences, self.block if block is None else block, **flags)
+
+    def map_async(self, f: Callable, *sequences: Any, **flags: Any) -> AsyncMapResult:
+        return self._map(f, sequences, False, **flags)
+
+    def map_sync(self, f: Callable, *sequences: Any, **flags: Any) -> list:
+        return self._map(f, sequences, True, **flags)
+
+    def _map(self, f: Callable, sequences: tuple, block: bool, **flags: Any) -> Any:
+        raise NotImplementedError
+
+    def abort(self, jobs: Any = None) -> list[str]:
+        """Abort queued tasks (see :meth:`Client.abort`)."""
+        return self.client.abort(jobs, targets=self.targets if isinstance(self, DirectView) else None)
+
+    def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
+        return self.client.wait(jobs, timeout)
+
+
+class DirectView(View):
+    """Runs every call on each of its engines (``client[:]``, ``client[0]``).
+
+    A single int target gives single results; a list gives lists ordered as
+    the targets.  ``view['a'] = 1`` pushes, ``view['a']`` pulls.
+    """
+
+    def __repr__(self) -> str:
+        return f"<DirectView {self.targets!r}>"
+
+    def _engine_ids(self, targets: Any = None) -> list[int]:
+        return self.client._resolve_targets(self.targets if targets is None else targets)
+
+    def _single(self, targets: Any = None) -> bool:
+        return isinstance(self.targets if targets is None else targets, int)
+
+    def _apply(self, f: Callable, args: tuple, kwargs: dict, block: bool, targets: Any = None) -> Any:
+        tasks = self.client._submit(pack_apply(f, args, kwargs), "mux", self._engine_ids(targets))
+        ar = AsyncResult(self.client, tasks, fname=getattr(f, "__name__", ""), single=self._single(targets))
+        return ar.get() if block else ar
+
+    def _map(self, f: Callable, sequences: tuple, block: bool, **flags: Any) -> Any:
+        if flags:
+            raise TypeError(f"DirectView.map: unexpected arguments {', '.join(flags)}")
+        seqs, length = _as_sequences(sequences)
+        engine_ids = self._engine_ids()
+        tasks = []
+        for engine_id, (start, stop) in zip(engine_ids, partition(length, len(engine_ids))):
+            chunks = [s[start:stop] for s in seqs]
+            tasks += self.client._submit(pack_apply(_map_chunk, (f, *chunks), {}), "mux", [engine_id])
+        ar = AsyncMapResult(self.client, tasks, fname=getattr(f, "__name__", ""), item_count=length)
+        return ar.get() if block else ar
+
+    def _call(self, helper: Callable, args: tuple, block: bool | None, targets: Any) -> Any:
+        return self._apply(helper, args, {}, self.block if block is None else block, targets)
+
+    def execute(self, code: str, block: bool | None = None, targets: Any = None) -> Any:
+        """Run ``code`` (a string of Python) in each engine's namespace."""
+        return self._call(_execute, (code,), block, targets)
+
+    def run(self, filename: str, block: bool | None = None, targets: Any = None) -> Any:
+        """Run the Python file ``filename`` (read here) in each engine's namespace."""
+        with open(filename, encoding="utf-8") as f:
+            code = f.read()
+        return self._call(_execute, (code, filename), block, targets)
+
+    def push(self, namespace: dict[str, Any], block: bool | None = None, targets: Any = None) -> Any:
+        """Copy the names and values of ``namespace`` into each engine's namespace."""
+        if not isinstance(namespace, dict):
+            raise TypeError(f"push() takes a dict of names to values, not {type(namespace).__name__}")
+        return self._call(_push, (namespace,), block, targets)
+
+    def pull(self, names: str | Sequence[str], block: bool | None = None, targets: Any = None) -> Any:
+        """The value of ``names`` (one name, or a list of names) on each engine."""
+        return self._call(_pull, (names if isinstance(names, str) else list(names),), block, targets)
+
+    def scatter(self, name: str, seq: Sequence[Any], block: bool | None = None, targets: Any = None,
+                flatten: bool = False) -> Any:
+        """Split ``seq`` in contiguous parts, one per engine, stored as ``name``;
+        with ``flatten``, one-item parts are stored as the item itself."""
+        block = self.block if block is None else block
+        (seq,), length = _as_sequences([seq])
+        engine_ids = self._engine_ids(targets)
+        tasks = []
+        for engine_id, (start, stop) in zip(engine_ids, partition(length, len(engine_ids))):
+            part = seq[start:stop]
+            if flatten and stop - start == 1:
+                part = part[0]
+            tasks += self.client._submit(pack_apply(_push, ({name: part},), {}), "mux", [engine_id])
+        ar = AsyncResult(self.client, tasks, fname="scatter")
+        if block:
+            ar.get()
+        return None if block else ar
+
+    def gather(self, name: str, block: bool | None = None, targets: Any = None) -> Any:
+        """``name`` from each engine, joined into one sequence (the inverse of scatter)."""
+        block = self.block if block is None else block
+        engine_ids = self._engine_ids(targets)
+        tasks = self.client._submit(pack_apply(_pull, (name,), {}), "mux", engine_ids)
+        ar = AsyncMapResult(self.client, tasks, fname="gather", joiner=_join_gathered)
+        return ar.get() if block else ar
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.push({name: value}, block=True)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.pull(name, block=True)
+
+    def update(self, namespace: dict[str, Any]) -> Any:
+        return self.push(namespace)
+
+    def get(self, name: str) -> Any:
+        return self[name]
+
+    @contextlib.contextmanager
+    def sync_imports(self, local: bool = True, quiet: bool = False) -> Iterator[None]:
+        """Import modules here and on the engines at once::
+
+            with view.sync_imports():
+                import numpy
+
+        ``import a.b`` binds ``a``, ``from a import b`` binds ``b`` on the
+        engines; ``import a as x`` binds ``a`` there (the alias is not seen).
+        """
+        original_import = builtins.__import__
+        owner = threading.get_ident()
+        depth = [0]
+
+        def synced_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0):
+            outermost = depth[0] == 0 and threading.get_ident() == owner and level == 0
+            depth[0] += 1
+            try:
+                module = original_import(name, globals, locals, fromlist, level) if local else None
+            finally:
+                depth[0] -= 1
+            if outermost:
+                if not quiet:
+                    what = f"{', '.join(fromlist)} from {name}" if fromlist else name
+                    print(f"importing {what} on engine(s)")
+                depth[0] += 1  # imports made while sending are not the user's
+                try:
+                    self.apply_sync(_import, name, tuple(fromlist or ()))
+                finally:
+                    depth[0] -= 1
+            return module
+
+        builtins.__import__ = synced_import
+        try:
+            yield
+        finally:
+            builtins.__import__ = original_import
+
+
+class LoadBalancedView(View):
+    """Sends each call once; the controller's scheduler picks the engine.
+
+    Flags: ``retries`` (times a task whose engine died is rerun elsewhere),
+    ``after`` / ``follow`` (msg ids or AsyncResults that must finish first /
+    whose engine must run this task), ``timeout`` (seconds the task may wait
+    for its dependencies), ``targets`` (the engines allowed; None: any).
+    """
+
+    _flag_names = ("block", "retries", "after", "follow", "timeout", "targets")
+
+    def __init__(self, client: Client, targets: Any = None):
+        super().__init__(client, targets)
+        self.retries = 0
+        self.after: Any = None
+        self.follow: Any = None
+        self.timeout: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<LoadBalancedView targets={self.targets!r}>"
+
+    def _task_options(self) -> dict[str, Any]:
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"LoadBalancedView.retries: a count >= 0, not {self.retries!r}")
+        if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout < 0):
+            raise ValueError(f"LoadBalancedView.timeout: seconds >= 0 or None, not {self.timeout!r}")
+        targets = None if self.targets is None else self.client._resolve_targets(self.targets)
+        return {"targets": targets, "after": msg_ids_of(self.after), "follow": msg_ids_of(self.follow),
+                "timeout": self.timeout, "retries": self.retries}
+
+    def _send_task(self, buffers: list) -> list:
+        options = self._task_options()
+        targets = options.pop("targets")
+        return self.client._submit(buffers, "task", targets, **options)
+
+    def _apply(self, f: Callable, args: tuple, kwargs: dict, block: bool) -> Any:
+        tasks = self._send_task(pack_apply(f, args, kwargs))
+        ar = AsyncResult(self.client, tasks, fname=getattr(f, "__name__", ""), single=True)
+        return ar.get() if block else ar
+
+    def _map(self, f: Callable, sequences: tuple, block: bool, chunksize: int = 1, ordered: bool = True,
+             **flags: Any) -> Any:
+        if flags:
+            raise TypeError(f"LoadBalancedView.map: unexpected arguments {', '.join(flags)}")
+        if not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"map: chunksize must be an int >= 1, not {chunksize!r}")
+        seqs, length = _as_sequences(sequences)
+        tasks = []
+        for start in range(0, length, chunksize):
+            chunks = [s[start:start + chunksize] for s in seqs]
+            tasks += self._send_task(pack_apply(_map_chunk, (f, *chunks), {}))
+        ar = AsyncMapResult(self.client, tasks, fname=getattr(f, "__name__", ""), ordered=ordered,
+                            item_count=length)
+        return ar.get() if block else ar
+
+    def map(self, f: Callable, *sequences: Any, block: bool | None = None, chunksize: int = 1,
+            ordered: bool = True) -> Any:
+        """``f`` over the items of ``sequences``, ``chunksize`` items per task;
+        with ``ordered=False`` the result iterates in completion order."""
+        return self._map(f, sequences, self.block if block is None else block, chunksize=chunksize,
+                         ordered=ordered)
+
+
+def _join_gathered(parts: list) -> Any:
+    # A part may be a single item (scatter with flatten=True).
+    return join_parts([p if isinstance(p, (list, tuple, str)) or type(p).__name__ == "ndarray" else [p]
+                       for p in parts])
+
+
+# --- functions that run on the engine -------------------------------------------
+
+
+def _namespace() -> dict[str, Any]:
+    from cluster_launcher.engine import user_namespace
+    return user_namespace()
+
+
+def _execute(code: str, filename: str = "<execute>") -> None:
+    exec(compile(code, filename, "exec"), _namespace())
+
+
+def _push(namespace: dict[str, Any]) -> None:
+    _namespace().update(namespace)
+
+
+def _pull(names: str | list[str]) -> Any:
+    namespace = _namespace()
+    try:
+        return namespace[names] if isinstance(names, str) else [namespace[n] for n in names]
+    except KeyError as exc:
+        raise NameError(f"name {exc.args[0]!r} is not defined") from None
+
+
+def _map_chunk(f: Callable, *chunks: Any) -> list:
+    from cluster_launcher.serialize import rebind_main
+    return list(map(rebind_main(f, _namespace()), *chunks))
+
+
+def _import(name: str, fromlist: tuple) -> None:
+    import importlib
+    namespace = _namespace()
+    module = importlib.import_module(name)
+    if not fromlist:
+        top = name.partition(".")[0]
+        namespace[top] = importlib.import_module(top)
+        return
+    for attr in fromlist:
+        if attr == "*":
+            public = getattr(module, "__all__", [n for n in vars(module) if not n.startswith("_")])
+            namespace.update({n: getattr(module, n) for n in public})
+        elif hasattr(module, attr):
+            namespace[attr] = getattr(module, attr)
+        else:
+            namespace[attr] = importlib.import_module(f"{name}.{attr}")
