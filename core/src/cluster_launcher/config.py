@@ -337,7 +337,7 @@ def check(config: Config, origins: Origins) -> Config:
                 value = _from_command_line(traits[option], value)
                 config[section][option] = value
             if not isinstance(value, LazyConfigValue):
-                traits[option].validate(cls.__new__(cls), value)
+                traits[option]._validate(cls.__new__(cls), value)  # honours allow_none
         except (TraitError, ValueError, SyntaxError) as exc:
             raise ConfigError(f"{where}bad value for {section}.{option}: {' '.join(str(exc).split())}") from None
     return config
