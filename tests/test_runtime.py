@@ -164,3 +164,34 @@ def test_corrupted_connection_file_gives_a_clear_error(tmp_path):
                                        "client_port": "not a port", "ssh": "", "cluster_id": "", "transport": "tcp"}))
     with pytest.raises(ConnectionFileError, match="client_port"):
         Client(url_file=str(client_file), timeout=2)
+
+
+def _our_shm_files() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if name.startswith("cluster-launcher-")}
+
+
+def test_large_buffers_through_shared_memory_arrive_intact_and_leave_nothing(cluster):
+    import numpy as np
+
+    before = _our_shm_files()
+    cluster.start_controller()
+    cluster.start_engines(1)
+    with connect(cluster.profile_dir, 1) as client:
+        data = np.arange(3 * 1024 * 1024 // 8, dtype="float64")  # 3 MB: over the 1 MiB bulk threshold
+        client[0].push({"data": data}, block=True)
+        ar = client[0].apply_async(lambda: data * 2)
+        doubled = ar.get(timeout=20)
+        assert np.array_equal(doubled, data * 2)
+        doubled[0] = -1.0  # what a client receives is writable
+        # The controller kept its own copy for the task database (ask it from a client without a cache).
+        with Client(profile_dir=cluster.profile_dir, timeout=10) as other:
+            again = other.get_result(ar.msg_ids[0]).get(timeout=10)
+        assert np.array_equal(again, data * 2)
+        # A task aborted before it ran: the client removes the file an engine never read.
+        blocker = client[0].apply_async(time.sleep, 1)
+        doomed = client[0].apply_async(lambda x: x, data)
+        client.abort(doomed)
+        with pytest.raises(Exception):
+            doomed.get(timeout=10)
+        blocker.get(timeout=10)
+    wait_for(lambda: _our_shm_files() == before, 5, "shared-memory files to be removed")

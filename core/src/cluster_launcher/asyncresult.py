@@ -66,7 +66,7 @@ class TaskState:
     """What the client knows about one task.  Written by the IO thread only;
     ``done`` is set last, so a reader that sees it sees everything else."""
 
-    __slots__ = ("__weakref__", "_value", "buffers", "done", "error", "metadata", "msg_id", "status")
+    __slots__ = ("__weakref__", "_value", "buffers", "bulk_refs", "done", "error", "metadata", "msg_id", "status")
 
     def __init__(self, msg_id: str, submitted: datetime | None):
         self.msg_id = msg_id
@@ -76,6 +76,7 @@ class TaskState:
         self._value: Any = _UNSET
         self.error: BaseException | dict | None = None
         self.metadata = new_metadata(msg_id, submitted)
+        self.bulk_refs: list[dict] = []  # shared-memory files of the request, removed at the reply
 
     def add_stream(self, name: str, text: str) -> None:
         if name in ("stdout", "stderr"):

@@ -84,6 +84,8 @@ class Dispatcher:
                 return
             buffers = Session.resolve_bulk(msg) if "bulk" in header else msg.buffers
             task.finish(header, buffers)
+            for ref in task.bulk_refs:  # gone already if an engine read them; not if the task never ran
+                bulk.discard(ref)
             self.finished[task.msg_id] = task
         elif kind == "stream":
             task = self.pending.get(header.get("parent"))
@@ -394,21 +396,14 @@ class Client:
         base = {"type": "apply", "session": session.session_id, "queue": queue, "after": after or [],
                 "follow": follow or [], "timeout": timeout, "retries": retries, "hostname": session.hostname}
         per_message = [[t] for t in targets] if queue == "mux" else [list(targets) if targets is not None else None]
-        large = self._large_buffers(buffers)
         tasks = []
         for target_list in per_message:
             msg_id = new_id()
             header = {**base, "id": msg_id, "targets": target_list}
-            message_buffers = buffers
-            if large and self._all_on_this_host(target_list):
-                # Each receiver removes its shared-memory file, so each message gets its own.
-                message_buffers = list(buffers)
-                header["bulk"] = {}
-                for i in large:
-                    header["bulk"][str(i)] = bulk.put(buffers[i])
-                    message_buffers[i] = b""
-            frames = session.pack(header, message_buffers)
+            # Each receiver removes its shared-memory files, so each message gets its own.
+            frames = session.pack(header, buffers, bulk=not copy and self._all_on_this_host(target_list))
             tasks.append(dispatcher.new_task(msg_id, submitted))
+            tasks[-1].bulk_refs = list(header.get("bulk", {}).values())
             try:
                 self._conn.send(frames, copy)
             except BaseException:
@@ -416,13 +411,6 @@ class Client:
                 raise
             self.history.append(msg_id)
         return tasks
-
-    def _large_buffers(self, buffers: list) -> list[int]:
-        """Indices of buffers big enough to travel through shared memory."""
-        threshold = self.session.bulk_threshold
-        if not threshold or not bulk.available():
-            return []
-        return [i for i, b in enumerate(buffers) if memoryview(b).nbytes >= threshold]
 
     def _all_on_this_host(self, targets: list[int] | None) -> bool:
         engines = self._dispatcher.engines

@@ -469,6 +469,7 @@ def start_main(config: Config, profile_dir: str) -> int:
     cluster.n = n
     cluster.report = _say
     previous = _on_signals(_raise_signalled)
+    ready = False
     try:
         try:
             cluster.start_controller()
@@ -476,18 +477,22 @@ def start_main(config: Config, profile_dir: str) -> int:
                 time.sleep(cluster.delay)
             cluster.start_engines(n)
             cluster.wait_for_engines(n)
+            ready = True
+            how = f"--profile-dir={cluster.profile_dir}"
+            how += f" --cluster-id={cluster.cluster_id}" if cluster.cluster_id else ""
+            if cluster.daemonize:
+                _say(f"cluster ready with {n} engines; stop it with: cluster-launcher stop {how}")
+                return 0
+            # Still inside the try: a Ctrl-C while this prints must clean up too.
+            _say(f"cluster ready with {n} engines; Ctrl-C (or cluster-launcher stop {how}) stops it")
         except (ClusterLauncherError, _Signalled) as exc:
+            if ready:  # signalled while announcing: as in _supervise
+                return _stop_on_signal(cluster, exc)
             _on_signals(signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
             if isinstance(exc, _Signalled):
                 _say(f"{exc}: stopping the cluster")
             cluster.stop()
             return 1 if isinstance(exc, _Signalled) else _fail("start", exc)
-        how = f"--profile-dir={cluster.profile_dir}"
-        how += f" --cluster-id={cluster.cluster_id}" if cluster.cluster_id else ""
-        if cluster.daemonize:
-            _say(f"cluster ready with {n} engines; stop it with: cluster-launcher stop {how}")
-            return 0
-        _say(f"cluster ready with {n} engines; Ctrl-C (or cluster-launcher stop {how}) stops it")
         return _supervise(cluster)
     finally:
         _restore_signals(previous)
@@ -506,12 +511,7 @@ def _supervise(cluster: Cluster) -> int:
             time.sleep(POLL_INTERVAL * 2)
             _adopt_recorded_engines(cluster)
     except _Signalled as exc:
-        _on_signals(signal.SIG_IGN)
-        _adopt_recorded_engines(cluster)
-        _say(f"{exc}: stopping {sum(s.running_engines() for s in cluster.engine_sets)} engines, then the controller")
-        cluster.stop()
-        _say("cluster stopped")
-        return 0
+        return _stop_on_signal(cluster, exc)
     _on_signals(signal.SIG_IGN)
     _adopt_recorded_engines(cluster)
     if _stop_requested(cluster.state_path):
@@ -525,6 +525,15 @@ def _supervise(cluster: Cluster) -> int:
         return 0
     return _fail("start", ClusterError(f"the controller exited with code {code}; stopped the engines"
                                        + (f"; see {log_path}" if log_path else ""), lines))
+
+
+def _stop_on_signal(cluster: Cluster, signalled: Exception) -> int:
+    _on_signals(signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+    _adopt_recorded_engines(cluster)
+    _say(f"{signalled}: stopping {sum(s.running_engines() for s in cluster.engine_sets)} engines, then the controller")
+    cluster.stop()
+    _say("cluster stopped")
+    return 0
 
 
 def _stop_requested(path: str) -> bool:

@@ -150,7 +150,8 @@ class Controller(LoggingConfigurable):
         log.info("controller listening: clients %s, engines %s", self.ports[self.client_socket], self.ports[self.engine_socket])
         next_check = time.monotonic() + self.heartbeat_period
         while self.running:
-            timeout = max(0.0, next_check - time.monotonic())
+            wake_at = min(next_check, self.deadlines[0][0]) if self.deadlines else next_check
+            timeout = max(0.0, wake_at - time.monotonic())
             for sock, _ in poller.poll(timeout * 1000):
                 # Drain each ready socket (bounded) before polling again: fewer syscalls under load.
                 for _ in range(1000):
@@ -160,9 +161,10 @@ class Controller(LoggingConfigurable):
                         break
                     if msg is not None:
                         handlers[sock](msg)
+            if self.deadlines and self.deadlines[0][0] <= time.monotonic():
+                self.check_deadlines()
             if time.monotonic() >= next_check:
                 self.check_heartbeats()
-                self.check_deadlines()
                 next_check = time.monotonic() + self.heartbeat_period
 
     def close(self) -> None:
@@ -209,7 +211,7 @@ class Controller(LoggingConfigurable):
                     retries=int(header.get("retries") or 0))
         self.tasks[task.msg_id] = task
         self.db.add_record(task.msg_id, {
-            "msg_id": task.msg_id, "header": header, "content": {}, "buffers": self.stored_buffers(msg),
+            "msg_id": task.msg_id, "header": _without_bulk(header), "content": {}, "buffers": self.stored_buffers(msg),
             "submitted": task.submitted, "client_uuid": header.get("session"), "engine_uuid": None,
             "started": None, "completed": None, "received": None, "resubmitted": None,
             "queue": "mux" if task.queue == "mux" else "task", "result_header": None,
@@ -528,7 +530,7 @@ class Controller(LoggingConfigurable):
             self.finished.popitem(last=False)
         self.db.update_record(task.msg_id, {
             "started": parse_time(header.get("started")), "completed": parse_time(header.get("completed")),
-            "received": parse_time(utcnow()), "result_header": header,
+            "received": parse_time(utcnow()), "result_header": _without_bulk(header),
             "result_content": {"status": header.get("status"), "error": header.get("error")},
             "result_buffers": list(buffers), "stdout": header.get("stdout", ""),
             "stderr": header.get("stderr", "")})
@@ -599,6 +601,12 @@ def _error_header(msg_id: str, kind: str, ename: str, evalue: str, engine_id: in
             "aborted" if kind == "aborted" else "error", "engine_id": engine_id, "started": None,
             "completed": utcnow(), "stdout": "", "stderr": "",
             "error": {"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id, "kind": kind}}
+
+
+def _without_bulk(header: dict[str, Any]) -> dict[str, Any]:
+    """A header as stored in the DB, whose buffers are stored in full: the
+    shared-memory files it named are the receiver's, and gone once read."""
+    return {k: v for k, v in header.items() if k != "bulk"} if "bulk" in header else header
 
 
 def _call_hook(name: str, **kwargs: Any) -> None:

@@ -96,28 +96,28 @@ class Session(Configurable):
             mac.update(frame)
         return mac.digest()
 
-    def pack(self, header: dict[str, Any], buffers: Sequence = ()) -> list:
-        """The frames of a message, from the delimiter on."""
+    def pack(self, header: dict[str, Any], buffers: Sequence = (), bulk: bool = False) -> list:
+        """The frames of a message, from the delimiter on.  ``bulk``: the
+        receiver runs on this host, so buffers of at least ``bulk_threshold``
+        bytes go through shared memory (:mod:`cluster_launcher.bulk`) and the
+        header names their files."""
+        if bulk and self.bulk_threshold and bulk_module.available():
+            large = [i for i, b in enumerate(buffers) if memoryview(b).nbytes >= self.bulk_threshold]
+            if large:
+                buffers = list(buffers)
+                header["bulk"] = {}
+                for i in large:
+                    header["bulk"][str(i)] = bulk_module.put(buffers[i])
+                    buffers[i] = b""
         head = json.dumps(header, separators=(",", ":")).encode()
         return [DELIM, self.sign((head, *buffers)), head, *buffers]
 
     def send(self, sock: zmq.Socket, msg_type: str, fields: dict[str, Any] | None = None,
              buffers: Sequence = (), idents: Sequence[bytes] = (), bulk: bool = False) -> dict[str, Any]:
-        """Sign and send a new message; returns its header (with its ``id``).
-        ``bulk``: the receiver runs on this host, so large buffers may go
-        through shared memory (:mod:`cluster_launcher.bulk`)."""
+        """Sign and send a new message (see :meth:`pack`); returns its header
+        (with its ``id``)."""
         header = {"type": msg_type, "id": new_id(), **(fields or {})}
-        if bulk and self.bulk_threshold and bulk_module.available():
-            buffers = list(buffers)
-            refs = {}
-            for i, buffer in enumerate(buffers):
-                if memoryview(buffer).nbytes >= self.bulk_threshold:
-                    refs[str(i)] = bulk_module.put(buffer)
-                    buffers[i] = b""
-            if refs:
-                header["bulk"] = refs
-        frames = self.pack(header, buffers)
-        sock.send_multipart([*idents, *frames], copy=False)
+        sock.send_multipart([*idents, *self.pack(header, buffers, bulk)], copy=False)
         return header
 
     def unpack(self, frames: list) -> Message | None:
