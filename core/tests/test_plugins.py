@@ -175,3 +175,11 @@ def test_env_vars_in_this_process_after_reset(monkeypatch):
     monkeypatch.setenv("CLUSTER_LAUNCHER_DISABLE_PLUGIN_AUTOLOAD", "1")
     plugins.reset()
     assert plugins.describe() == []
+
+
+def test_seed_mpiexec_names_resolve_to_the_mpi_launcher_names():
+    """The 0.11 name MPIExec… is today's MPI…: with no MPI plugin installed the
+    error names the MPI launcher and its distribution, not MPIExec."""
+    for name in ("IPython.parallel.apps.launcher.MPIExecEngineSetLauncher", "MPIExecEngineSetLauncher", "MPIExec"):
+        with pytest.raises(UnknownNameError, match=r"'MPI(EngineSetLauncher)?'.*pip install cluster-launcher-mpi"):
+            plugins.resolve("launcher", name, role="engines")

@@ -39,6 +39,7 @@ from traitlets.config import Config, Configurable, PyFileConfigLoader
 from traitlets.config.loader import ConfigFileNotFound, DeferredConfigString, LazyConfigValue
 
 from . import plugins
+from .plugins import LEGACY_CLASS_NAMES
 from .error import ConfigError, UnknownNameError
 
 log = logging.getLogger("cluster_launcher")
@@ -82,9 +83,7 @@ LEGACY_OPTIONS = {
 OBSOLETE_OPTIONS = {"log_level", "log_to_file", "log_url", "clean_logs", "auto_create", "copy_config_files",
                     "overwrite", "early_shutdown", "monitor_ip", "registration_timeout", "use_threads"}
 # The 0.11 launcher class names.
-LEGACY_LAUNCHER_SECTIONS = {"MPIExecEngineSetLauncher": "MPIEngineSetLauncher",
-                            "MPIExecControllerLauncher": "MPIControllerLauncher",
-                            "MPIExecLauncher": "MPILauncher"}
+LEGACY_LAUNCHER_SECTIONS = {old: new for old, new in LEGACY_CLASS_NAMES.items() if old.endswith("Launcher")}
 # Launcher options renamed since 0.11 (SSHControllerLauncher.program_args).
 LEGACY_LAUNCHER_OPTIONS = {"program_args": {"ControllerLauncher": "controller_args",
                                             "EngineSetLauncher": "engine_args"}}

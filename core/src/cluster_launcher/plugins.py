@@ -36,6 +36,10 @@ ROLES = {"engines": "EngineSetLauncher", "controller": "ControllerLauncher"}
 # Dotted prefixes of the seed's (and ipyparallel's) class paths: their last
 # component names our plugin class.
 LEGACY_PREFIXES = ("IPython.parallel.", "ipyparallel.", "IPython.kernel.")
+# Launcher classes the seed (0.11) named differently.
+LEGACY_CLASS_NAMES = {"MPIExecEngineSetLauncher": "MPIEngineSetLauncher",
+                      "MPIExecControllerLauncher": "MPIControllerLauncher", "MPIExecLauncher": "MPILauncher",
+                      "MPIExec": "MPI"}
 # Builtins that live in their own distribution, so an unknown name can say what to install.
 KNOWN_DISTRIBUTIONS = {name: f"cluster-launcher-{dist}" for name, dist in (
     ("local", "local"), ("mpi", "mpi"), ("ssh", "ssh"), ("pbs", "pbs"), ("sge", "sge"), ("lsf", "lsf"),
@@ -95,6 +99,8 @@ class Registry:
                                    + " or ".join(c.__name__ for c in found))
         if name.startswith(LEGACY_PREFIXES):
             return self.resolve(kind, name.rsplit(".", 1)[1], role)
+        if name in LEGACY_CLASS_NAMES:
+            return self.resolve(kind, LEGACY_CLASS_NAMES[name], role)
         if "." in name:
             module, _, attr = name.rpartition(".")
             try:
