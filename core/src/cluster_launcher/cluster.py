@@ -24,7 +24,7 @@ from typing import Any, Callable
 from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
-from . import plugins
+from . import connection, plugins
 from .connection import connection_file
 from .error import ClusterLauncherError
 from .launcher import ControllerLauncher, EngineSetLauncher, Launcher
@@ -72,14 +72,7 @@ def read_state(path: str) -> dict[str, Any] | None:
     return state
 
 
-def write_state(path: str, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically with mode 0600."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    partial = f"{path}.partial-{os.getpid()}"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(state, out, indent=1, sort_keys=True)
-    os.replace(partial, path)
+write_state = connection.write_private_json
 
 
 def launcher_from_dict(data: dict[str, Any], config: Config | None = None) -> Launcher:

@@ -28,15 +28,18 @@ def new_key() -> str:
     return secrets.token_hex(32)
 
 
-def write_connection_file(path: str, info: dict[str, Any]) -> None:
-    """Write ``info`` to ``path`` with mode 0600, atomically (a reader never
-    sees half a file, and the key is never world-readable even briefly)."""
+def write_private_json(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically (a reader never
+    sees half a file, and a key in it is never world-readable even briefly)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     partial = f"{path}.partial-{os.getpid()}"
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump(info, out, indent=1, sort_keys=True)
+        json.dump(data, out, indent=1, sort_keys=True)
     os.replace(partial, path)
+
+
+write_connection_file = write_private_json
 
 
 def read_connection_file(path: str, role: str) -> dict[str, Any]:
