@@ -1,0 +1,45 @@
+"""The benchmark harness runs end to end on our side (``--ours-only --quick``)
+and prints its table.  No timing is asserted: speed is what the benchmark
+reports, not what a test checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "benchmarks" / "run.py"
+
+
+@pytest.mark.timeout(90)
+def test_quick_run_of_our_side_prints_the_table(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    completed = subprocess.run(
+        [sys.executable, str(RUN), "--ours-only", "--quick", "--json", str(results)],
+        capture_output=True, text=True, timeout=80, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    header = out.splitlines()[0].split()
+    assert header == ["workload", "unit", "ours", "theirs", "ratio", "target", "result"], out
+    for label in ("local start, 4 engines ready", "LB apply_async no-op", "apply_sync round trip",
+                  "push+pull", "raw pyzmq round trip", "LB map chunked", "controller RSS"):
+        assert label in out, f"{label!r} missing from the table:\n{out}"
+
+    report = json.loads(results.read_text())
+    assert report["theirs"] is None
+    assert report["ours"]["errors"] == {}, report["ours"]["errors"]
+    measured = {row["key"]: row["ours"] for row in report["table"]}
+    # Every row has a positive number from our side: each workload really ran.
+    missing = [key for key, value in measured.items() if not (value and value > 0)]
+    assert not missing, f"no measurement for {missing}:\n{out}"
+
+
+def test_unknown_workload_is_refused_in_one_line(tmp_path: Path) -> None:
+    completed = subprocess.run([sys.executable, str(RUN), "--only", "nosuch"],
+                               capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert completed.returncode == 2
+    assert "--only" in completed.stderr and "nosuch" in completed.stderr
