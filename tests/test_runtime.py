@@ -177,7 +177,7 @@ def test_large_buffers_through_shared_memory_arrive_intact_and_leave_nothing(clu
     cluster.start_controller()
     cluster.start_engines(1)
     with connect(cluster.profile_dir, 1) as client:
-        data = np.arange(3 * 1024 * 1024 // 8, dtype="float64")  # 3 MB: over the 1 MiB bulk threshold
+        data = np.arange(3 * 1024 * 1024 // 8, dtype="float64")  # 3 MB: over the 256 KiB bulk threshold
         client[0].push({"data": data}, block=True)
         ar = client[0].apply_async(lambda: data * 2)
         doubled = ar.get(timeout=20)

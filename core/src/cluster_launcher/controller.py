@@ -54,8 +54,9 @@ class Controller(LoggingConfigurable):
     enginessh = Unicode("", help="SSH server engines should tunnel through to reach the controller "
                         "(written into controller-engine.json).").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile (names its files).").tag(config=True)
-    dependency_memory = Integer(100_000, help="How many finished tasks the controller remembers for "
-                                "resolving after/follow dependencies without asking the DB.").tag(config=True)
+    dependency_memory = Integer(10_000, help="How many finished tasks the controller remembers (about "
+                                "250 bytes each) for after/follow dependencies; older ones are looked "
+                                "up in the task DB.").tag(config=True)
 
     def __init__(self, profile_dir: str, **kwargs: Any):
         super().__init__(**kwargs)

@@ -71,7 +71,7 @@ class Session(Configurable):
                                "zero-copy frames.").tag(config=True)
     copy_threshold = Integer(64 * 1024, help="Frames smaller than this are copied on receive "
                              "(cheaper than zero-copy bookkeeping).").tag(config=True)
-    bulk_threshold = Integer(1024 * 1024, help="Buffers of at least this many bytes bound for a "
+    bulk_threshold = Integer(256 * 1024, help="Buffers of at least this many bytes bound for a "
                              "process on the same host travel through shared memory instead of "
                              "zmq (0 disables).").tag(config=True)
 
