@@ -195,3 +195,11 @@ def test_large_buffers_through_shared_memory_arrive_intact_and_leave_nothing(clu
             doomed.get(timeout=10)
         blocker.get(timeout=10)
     wait_for(lambda: _our_shm_files() == before, 5, "shared-memory files to be removed")
+
+
+def test_seed_controller_args_log_to_file(cluster):
+    """The seed's ``c.LocalControllerLauncher.controller_args = ['--log-to-file', '--log-level=20']``."""
+    cluster.start_controller("--log-to-file", "--log-level=20")
+    log_dir = os.path.join(cluster.profile_dir, "log")
+    path = os.path.join(log_dir, f"controller-{cluster.controller.pid}.log")
+    wait_for(lambda: os.path.exists(path) and "listening" in open(path).read(), 10, "the controller's log file")

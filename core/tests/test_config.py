@@ -211,7 +211,7 @@ def test_legacy_lines_land_on_our_traits(profile_dir):
     controller_cfg = config.build_config("controller", profile_dir)
     controller = configured(Controller, controller_cfg)
     assert controller.ip == "*" and controller.reuse is True and controller.ssh == "login.example.com"
-    assert "log_level" not in controller_cfg.Controller
+    assert controller.log_level == 30  # IPControllerApp.log_level: the seed's numeric level
     scheduler = configured(TaskScheduler, controller_cfg)
     assert scheduler.hwm == 1 and scheduler.scheme_name == "lru"
     assert controller_cfg.SQLiteDB.filename == "tasks.db"

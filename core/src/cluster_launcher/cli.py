@@ -143,12 +143,18 @@ RUNTIME_COMMANDS = [
         (("--enginessh",), "enginessh", "Controller.enginessh",
          {"metavar": "[USER@]HOST", "help": "SSH server engines tunnel through (written to controller-engine.json)."}),
         (("--ssh",), "ssh", "Controller.ssh",
-         {"metavar": "[USER@]HOST", "help": "SSH server clients tunnel through (written to controller-client.json)."}),
+         {"metavar": "[USER@]HOST", "help": "SSH server clients tunnel through (written to controller-client.json)."}),        (("--log-to-file",), "log_to_file", ("Controller.log_to_file", "True"),
+         {"action": "store_true", "help": "Also write the log to the profile's log/ folder."}),
+        (("--log-level",), "log_level", "Controller.log_level",
+         {"metavar": "LEVEL", "help": "DEBUG, INFO, WARNING, ERROR or a number (default: INFO)."}),
     ]),
     ("engine", "Run an engine in this process.", "engine", "main", "engine", [
         (("--file",), "file", "Engine.file",
          {"metavar": "PATH", "help": "The controller-engine.json to use (default: the profile's security/ one)."}),
-        (("--ssh",), "ssh", "Engine.ssh", {"metavar": "[USER@]HOST", "help": "SSH server to tunnel through."}),
+        (("--ssh",), "ssh", "Engine.ssh", {"metavar": "[USER@]HOST", "help": "SSH server to tunnel through."}),        (("--log-to-file",), "log_to_file", ("Engine.log_to_file", "True"),
+         {"action": "store_true", "help": "Also write the log to the profile's log/ folder."}),
+        (("--log-level",), "log_level", "Engine.log_level",
+         {"metavar": "LEVEL", "help": "DEBUG, INFO, WARNING, ERROR or a number (default: INFO)."}),
     ]),
 ]
 

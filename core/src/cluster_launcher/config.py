@@ -80,7 +80,7 @@ LEGACY_OPTIONS = {
 # Options of the seed's application classes that have no counterpart here
 # (logging goes to the profile's log/ folder; there is no separate monitor
 # port): accepted and ignored, with a notice.
-OBSOLETE_OPTIONS = {"log_level", "log_to_file", "log_url", "clean_logs", "auto_create", "copy_config_files",
+OBSOLETE_OPTIONS = {"log_url", "clean_logs", "auto_create", "copy_config_files",
                     "overwrite", "early_shutdown", "monitor_ip", "registration_timeout", "use_threads"}
 # The 0.11 launcher class names.
 LEGACY_LAUNCHER_SECTIONS = {old: new for old, new in LEGACY_CLASS_NAMES.items() if old.endswith("Launcher")}

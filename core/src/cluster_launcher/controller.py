@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-from traitlets import Bool, Float, Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode, Union
 from traitlets.config import Config, LoggingConfigurable
 
 from . import connection, plugins
+from .profile import start_logging
 from .db import BaseDB, check_query
 from .error import ClusterLauncherError
 from .scheduler import TaskScheduler
@@ -54,6 +55,10 @@ class Controller(LoggingConfigurable):
     enginessh = Unicode("", help="SSH server engines should tunnel through to reach the controller "
                         "(written into controller-engine.json).").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile (names its files).").tag(config=True)
+    log_level = Union([Integer(), Unicode()], default_value="INFO", help="Log level: DEBUG, INFO, WARNING, "
+                      "ERROR or a number.").tag(config=True)
+    log_to_file = Bool(False, help="Also write the log to the profile's log/ folder (launchers "
+                       "capture the output there anyway; this is for controllers started by hand).").tag(config=True)
     dependency_memory = Integer(10_000, help="How many finished tasks the controller remembers (about "
                                 "250 bytes each) for after/follow dependencies; older ones are looked "
                                 "up in the task DB.").tag(config=True)
@@ -626,8 +631,8 @@ def _remove(path: str) -> None:
 
 def main(config: Config, profile_dir: str) -> int:
     """Run a controller until it is told to stop (``cluster-launcher controller``)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s controller %(levelname)s %(message)s")
     controller = Controller(profile_dir=profile_dir, config=config)
+    start_logging("controller", profile_dir, controller.cluster_id, controller.log_to_file, controller.log_level)
     controller.setup()
 
     def stop(signum: int, frame: Any) -> None:

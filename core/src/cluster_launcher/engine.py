@@ -22,10 +22,11 @@ from collections import deque
 from typing import Any
 
 import zmq
-from traitlets import Float, List, Unicode
+from traitlets import Bool, Float, Integer, List, Unicode, Union
 from traitlets.config import Config, LoggingConfigurable
 
 from . import connection
+from .profile import start_logging
 from .error import ClusterLauncherError
 from .serialize import serialize, unpack_apply
 from .session import Message, Session, new_id, utcnow
@@ -55,6 +56,10 @@ class Engine(LoggingConfigurable):
                   "mpi4py.MPI (which calls MPI_Init), '' does nothing.  The seed's c.MPI.use."
                   ).tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
+    log_level = Union([Integer(), Unicode()], default_value="INFO", help="Log level: DEBUG, INFO, WARNING, "
+                      "ERROR or a number.").tag(config=True)
+    log_to_file = Bool(False, help="Also write the log to the profile's log/ folder (launchers "
+                       "capture the output there anyway; this is for engines started by hand).").tag(config=True)
 
     def __init__(self, profile_dir: str = "", **kwargs: Any):
         super().__init__(**kwargs)
@@ -273,8 +278,8 @@ def _user_traceback(exc: BaseException) -> str:
 
 def main(config: Config, profile_dir: str) -> int:
     """Run an engine until the controller shuts it down or goes away."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     engine = Engine(profile_dir=profile_dir, config=config)
+    start_logging("engine", profile_dir, engine.cluster_id, engine.log_to_file, engine.log_level)
     import signal
 
     def stop(signum: int, frame: Any) -> None:
