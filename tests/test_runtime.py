@@ -203,3 +203,11 @@ def test_seed_controller_args_log_to_file(cluster):
     log_dir = os.path.join(cluster.profile_dir, "log")
     path = os.path.join(log_dir, f"controller-{cluster.controller.pid}.log")
     wait_for(lambda: os.path.exists(path) and "listening" in open(path).read(), 10, "the controller's log file")
+
+
+def test_unsupported_mpi_binding_is_a_one_line_error(tmp_path):
+    engine = Process("engine", str(tmp_path), "--Engine.mpi=pypar")
+    assert engine.wait(timeout=20) == 2
+    assert engine.output().strip().splitlines()[-1] == (
+        "cluster-launcher: error: Engine.mpi='pypar': the only MPI binding supported is 'mpi4py'")
+    engine.stop()

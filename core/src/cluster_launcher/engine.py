@@ -85,6 +85,13 @@ class Engine(LoggingConfigurable):
         if self.work_dir:
             os.chdir(os.path.expanduser(self.work_dir))
         sys.path[:0] = [*self.extra_paths, os.getcwd()]
+        if self.mpi == "mpi4py":
+            try:
+                import mpi4py.MPI  # noqa: F401 - importing it initializes MPI
+            except ImportError as exc:
+                raise ClusterLauncherError(f"Engine.mpi='mpi4py' but mpi4py cannot be imported: {exc}") from None
+        elif self.mpi:
+            raise ClusterLauncherError(f"Engine.mpi={self.mpi!r}: the only MPI binding supported is 'mpi4py'")
         self.info = info = self.connection_info()
         self.session = Session(key=info["key"], parent=self)
         self.context = zmq.Context()
