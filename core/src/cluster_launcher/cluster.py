@@ -26,21 +26,12 @@ from traitlets.config import Config, LoggingConfigurable
 
 from . import connection, plugins
 from .connection import connection_file
-from .error import ClusterLauncherError
+from .error import ClusterError, ClusterLauncherError
 from .launcher import ControllerLauncher, EngineSetLauncher, Launcher
 from .profile import ensure_profile_dir, home_dir, profile_dir_for
 
 POLL_INTERVAL = 0.1
 CLIENT_SHUTDOWN_TIMEOUT = 5.0  # how long `stop` lets the controller shut engines down before killing
-
-
-class ClusterError(ClusterLauncherError):
-    """A cluster failed to start, or there is no cluster to stop.  ``log_lines``
-    are the last lines of the log of the process that failed, if any."""
-
-    def __init__(self, message: str, log_lines: list[str] | None = None):
-        super().__init__(message)
-        self.log_lines = log_lines or []
 
 
 class _Signalled(Exception):

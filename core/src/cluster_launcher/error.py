@@ -24,6 +24,15 @@ class ConnectionFileError(ClusterLauncherError):
     """A connection file is missing, unreadable or incomplete."""
 
 
+class ClusterError(ClusterLauncherError):
+    """A cluster failed to start, or there is no cluster to stop.  ``log_lines``
+    are the last lines of the log of the process that failed, if any."""
+
+    def __init__(self, message: str, log_lines: list[str] | None = None):
+        super().__init__(message)
+        self.log_lines = log_lines or []
+
+
 class NoEnginesRegistered(ClusterLauncherError):
     """Work was submitted while no engine is registered."""
 
