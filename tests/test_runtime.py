@@ -211,3 +211,12 @@ def test_unsupported_mpi_binding_is_a_one_line_error(tmp_path):
     assert engine.output().strip().splitlines()[-1] == (
         "cluster-launcher: error: Engine.mpi='pypar': the only MPI binding supported is 'mpi4py'")
     engine.stop()
+
+
+def test_engines_started_before_the_controller_wait_for_it(cluster):
+    cluster.start_engines(2)
+    time.sleep(1.0)  # the engines are up and waiting for the connection file
+    assert all(engine.popen.poll() is None for engine in cluster.engines)
+    cluster.start_controller()
+    with connect(cluster.profile_dir, 2) as client:
+        assert sorted(client[:].apply_sync(os.getpid)) == sorted(e.pid for e in cluster.engines)
