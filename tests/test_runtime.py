@@ -220,3 +220,35 @@ def test_engines_started_before_the_controller_wait_for_it(cluster):
     cluster.start_controller()
     with connect(cluster.profile_dir, 2) as client:
         assert sorted(client[:].apply_sync(os.getpid)) == sorted(e.pid for e in cluster.engines)
+
+
+def test_malformed_but_signed_requests_get_errors_and_the_controller_goes_on(cluster):
+    """A client with the key but a bug: wrong field types get an error reply."""
+    cluster.start_controller()
+    cluster.start_engines(1)
+    with connect(cluster.profile_dir, 1) as client:
+        info = connection.read_connection_file(connection.connection_file(cluster.profile_dir, "client"), "client")
+        session = Session(key=info["key"])
+        context = zmq.Context()
+        request, reply = context.socket(zmq.DEALER), context.socket(zmq.DEALER)
+        reply.setsockopt(zmq.IDENTITY, b"r-" + session.session_id.encode())
+        try:
+            for sock in (request, reply):
+                sock.connect(connection.url(info, "client_port"))
+            wait_for(lambda: (session.send(request, "connect", {"session": session.session_id}),
+                              reply.poll(200))[1], 10, "connect_reply")
+            session.recv(reply)
+            for fields in ({"msg_ids": 5}, {"targets": "all", "msg_ids": None}):
+                session.send(request, "abort", {"session": session.session_id, **fields})
+                assert reply.poll(5000), "no reply to a malformed request"
+                answer = session.recv(reply)
+                assert answer.type == "abort_reply" and answer.header["status"] == "error", answer.header
+            session.send(request, "apply", {"session": session.session_id, "queue": "task", "targets": 7})
+            assert reply.poll(5000)
+            assert session.recv(reply).header["status"] == "error"
+        finally:
+            request.close(0)
+            reply.close(0)
+            context.term()
+        assert client[0].apply_sync(lambda: "still serving") == "still serving"
+    assert cluster.controller.popen.poll() is None

@@ -165,8 +165,12 @@ class Controller(LoggingConfigurable):
                         msg = self.session.recv(sock, zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    if msg is not None:
+                    if msg is None:
+                        continue
+                    try:
                         handlers[sock](msg)
+                    except Exception:  # one malformed message must not stop the cluster
+                        log.exception("error handling a %s message", msg.type)
             if self.deadlines and self.deadlines[0][0] <= time.monotonic():
                 self.check_deadlines()
             if time.monotonic() >= next_check:
@@ -198,7 +202,9 @@ class Controller(LoggingConfigurable):
             return
         try:
             handler(msg)
-        except (ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # a bad request gets an error reply; the controller goes on
+            if not isinstance(exc, (ValueError, KeyError, TypeError)):
+                log.exception("error handling a client %s message", msg.type)
             self.send_client(self.reply_to(msg), msg.type + "_reply",
                              {"parent": msg.header["id"], "status": "error",
                               "error": {"ename": type(exc).__name__, "evalue": str(exc)}})
@@ -212,6 +218,7 @@ class Controller(LoggingConfigurable):
 
     def client_apply(self, msg: Message) -> None:
         header = msg.header
+        _check_apply(header)
         task = Task(msg_id=header["id"], reply_to=self.reply_to(msg), frames=msg.frames, header=header,
                     queue=header.get("queue", "task"), targets=header.get("targets"),
                     retries=int(header.get("retries") or 0))
@@ -247,7 +254,12 @@ class Controller(LoggingConfigurable):
                   for e in self.engines.values() if targets is None or e.id in targets}
         self.send_client(self.reply_to(msg), "queue_status_reply", {
             "parent": msg.header["id"], "status": "ok", "engines": status,
-            "unassigned": len(self.ready) + sum(len(t) for t in self.blocked.values())})
+            "unassigned": len(self.ready) + len(self.waiting_on_dependencies())})
+
+    def waiting_on_dependencies(self) -> set[str]:
+        """Ids of the tasks blocked on a dependency, each once: a task waiting
+        on several is listed under each of them in ``self.blocked``."""
+        return {task.msg_id for waiting in self.blocked.values() for task in waiting}
 
     def client_db_query(self, msg: Message) -> None:
         query = decode_record(msg.header.get("query") or {}, list(msg.buffers))
@@ -309,8 +321,8 @@ class Controller(LoggingConfigurable):
 
     def client_abort(self, msg: Message) -> None:
         header = msg.header
-        targets = header.get("targets")
-        msg_ids = header.get("msg_ids")
+        targets = _id_list(header, "targets", int)
+        msg_ids = _id_list(header, "msg_ids", str)
         if msg_ids is None:
             msg_ids = [t.msg_id for t in self.tasks.values()
                        if targets is None or (t.engine_id in targets if t.engine_id is not None else True)]
@@ -607,6 +619,30 @@ def _error_header(msg_id: str, kind: str, ename: str, evalue: str, engine_id: in
             "aborted" if kind == "aborted" else "error", "engine_id": engine_id, "started": None,
             "completed": utcnow(), "stdout": "", "stderr": "",
             "error": {"ename": ename, "evalue": evalue, "traceback": "", "engine_id": engine_id, "kind": kind}}
+
+
+def _id_list(header: dict[str, Any], name: str, kind: type) -> list | None:
+    """``header[name]``: ``None`` or a list of ``kind``; TypeError naming the field otherwise."""
+    value = header.get(name)
+    if value is not None and not (isinstance(value, list) and all(type(v) is kind for v in value)):
+        raise TypeError(f"{header.get('type')}: field {name!r} must be a list of {kind.__name__} or null")
+    return value
+
+
+def _check_apply(header: dict[str, Any]) -> None:
+    """Reject a malformed ``apply`` before it can reach the task queue."""
+    if header.get("queue", "task") not in ("mux", "task"):
+        raise ValueError(f"apply: field 'queue' must be 'mux' or 'task', not {header.get('queue')!r}")
+    targets = _id_list(header, "targets", int)
+    if header.get("queue") == "mux" and (targets is None or len(targets) != 1):
+        raise ValueError("apply: a 'mux' task names exactly one engine in 'targets'")
+    _id_list(header, "after", str)
+    _id_list(header, "follow", str)
+    if not isinstance(header.get("retries") or 0, int) or (header.get("retries") or 0) < 0:
+        raise TypeError("apply: field 'retries' must be a non-negative integer")
+    timeout = header.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)):
+        raise TypeError("apply: field 'timeout' must be a number of seconds or null")
 
 
 def _without_bulk(header: dict[str, Any]) -> dict[str, Any]:
