@@ -51,9 +51,31 @@ def cluster_launcher_register_schedulers():
     return [DemoScheduler]
 
 
+def _event(*words):
+    import os
+    if os.environ.get("DEMO_EVENTS"):
+        with open(os.environ["DEMO_EVENTS"], "a") as log:
+            log.write(" ".join(str(w) for w in words) + "\\n")
+
+
+@hookimpl
+def cluster_launcher_controller_started(connection_info, profile_dir):
+    _event("controller_started", connection_info["client_port"] > 0)
+
+
 @hookimpl
 def cluster_launcher_engine_registered(engine_id, info):
-    pass
+    _event("engine_registered", engine_id, info["pid"] > 0)
+
+
+@hookimpl
+def cluster_launcher_engine_unregistered(engine_id, reason):
+    _event("engine_unregistered", engine_id, reason)
+
+
+@hookimpl
+def cluster_launcher_cluster_stopping(profile_dir, cluster_id):
+    _event("cluster_stopping", bool(cluster_id))
 '''
 BROKEN_MODULE = "import cluster_launcher_no_such_dependency\n"
 DUPLICATE_MODULE = '''
@@ -238,3 +260,19 @@ def test_doc_shell_commands_run(good_venv, page):
         result = good_venv.run(command, shell=True)
         assert result.returncode == exit_code, f"{page.name}: `{command}`\n{result.stdout}{result.stderr}"
         assert "Traceback" not in result.stderr, f"{page.name}: `{command}`\n{result.stderr}"
+
+
+def test_lifecycle_hooks_are_called_in_the_running_cluster(good_venv, tmp_path):
+    """The demo plugin's lifecycle hooks fire in the controller and in the
+    process stopping the cluster (a real cluster, started in the plugin's venv)."""
+    good_venv.install("-e", str(ROOT / "plugins" / "schedulers" / "leastload"))
+    events = tmp_path / "events.log"
+    code = ("from cluster_launcher import Cluster\n"
+            "with Cluster(n=1, profile_dir=%r) as client:\n"
+            "    assert client[:].apply_sync(lambda: 1) == [1]\n" % str(tmp_path / "profile"))
+    result = good_venv.run([good_venv.python, "-c", code], DEMO_EVENTS=str(events))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = events.read_text().splitlines()
+    assert lines[:2] == ["controller_started True", "engine_registered 0 True"], lines
+    assert "cluster_stopping True" in lines
+    assert any(line.startswith("engine_unregistered 0 ") for line in lines), lines

@@ -59,6 +59,8 @@ class Controller(LoggingConfigurable):
                       "ERROR or a number.").tag(config=True)
     log_to_file = Bool(False, help="Also write the log to the profile's log/ folder (launchers "
                        "capture the output there anyway; this is for controllers started by hand).").tag(config=True)
+    shutdown_grace = Float(2.0, help="Seconds a shutdown request waits for engines to leave before "
+                           "the controller exits.").tag(config=True)
     dependency_memory = Integer(10_000, help="How many finished tasks the controller remembers (about "
                                 "250 bytes each) for after/follow dependencies; older ones are looked "
                                 "up in the task DB.").tag(config=True)
@@ -76,6 +78,7 @@ class Controller(LoggingConfigurable):
         self.finished: OrderedDict[str, tuple[bool, int | None]] = OrderedDict()
         self.deadlines: list[tuple[float, str]] = []
         self.running = False
+        self.exit_at: float | None = None  # set by a shutdown request
 
     # --- set-up -------------------------------------------------------
 
@@ -156,7 +159,11 @@ class Controller(LoggingConfigurable):
         log.info("controller listening: clients %s, engines %s", self.ports[self.client_socket], self.ports[self.engine_socket])
         next_check = time.monotonic() + self.heartbeat_period
         while self.running:
+            if self.exit_at is not None and (not self.engines or time.monotonic() >= self.exit_at):
+                break
             wake_at = min(next_check, self.deadlines[0][0]) if self.deadlines else next_check
+            if self.exit_at is not None:
+                wake_at = min(wake_at, self.exit_at)
             timeout = max(0.0, wake_at - time.monotonic())
             for sock, _ in poller.poll(timeout * 1000):
                 # Drain each ready socket (bounded) before polling again: fewer syscalls under load.
@@ -350,7 +357,9 @@ class Controller(LoggingConfigurable):
         self.send_client(self.reply_to(msg), "shutdown_reply", {"parent": msg.header["id"], "status": "ok"})
         if msg.header.get("hub"):
             log.info("shutdown requested by a client")
-            self.running = False
+            # Stop once the engines told to stop have left (bounded), so their
+            # unregistration is seen and reported like any other.
+            self.exit_at = time.monotonic() + self.shutdown_grace
 
     # --- engines --------------------------------------------------------
 
