@@ -27,7 +27,7 @@ from traitlets.config import Config, LoggingConfigurable
 
 from . import connection
 from .profile import start_logging
-from .error import ClusterLauncherError
+from .error import ClusterLauncherError, ConfigError
 from .serialize import serialize, unpack_apply
 from .session import Message, Session, new_id, utcnow
 
@@ -82,8 +82,13 @@ class Engine(LoggingConfigurable):
         return connection.read_connection_file(path, "engine")
 
     def setup(self) -> None:
+        if self.file:  # as the user meant it, not relative to work_dir
+            self.file = os.path.abspath(os.path.expanduser(self.file))
         if self.work_dir:
-            os.chdir(os.path.expanduser(self.work_dir))
+            try:
+                os.chdir(os.path.expanduser(self.work_dir))
+            except OSError as exc:
+                raise ConfigError(f"Engine.work_dir={self.work_dir!r}: cannot change to it: {exc.strerror}") from None
         sys.path[:0] = [*self.extra_paths, os.getcwd()]
         if self.mpi == "mpi4py":
             try:
@@ -92,6 +97,8 @@ class Engine(LoggingConfigurable):
                 raise ClusterLauncherError(f"Engine.mpi='mpi4py' but mpi4py cannot be imported: {exc}") from None
         elif self.mpi:
             raise ClusterLauncherError(f"Engine.mpi={self.mpi!r}: the only MPI binding supported is 'mpi4py'")
+        # Before registering: an engine whose start-up fails never shows up in client.ids.
+        self.run_startup()
         self.info = info = self.connection_info()
         self.session = Session(key=info["key"], parent=self)
         self.context = zmq.Context()
@@ -101,10 +108,10 @@ class Engine(LoggingConfigurable):
             self.socket.setsockopt(option, 0)
         self.socket.setsockopt(zmq.LINGER, 2000)
         self.socket.connect(connection.url(info, "engine_port"))
+        self.streams = _StreamSender(self)
         self.register()
         self.heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.heartbeat.start()
-        self.run_startup()
 
     def register(self) -> None:
         self.session.send(self.socket, "register", {"uuid": self.uuid, "hostname": _socket.gethostname(),
@@ -129,13 +136,19 @@ class Engine(LoggingConfigurable):
                                    f"within {self.timeout}s (Engine.timeout); is it running?")
 
     def run_startup(self) -> None:
-        namespace = user_namespace()
+        """Run ``startup_script`` then ``startup_command`` in the user namespace;
+        a failure is a one-line ConfigError naming the option and the line."""
         if self.startup_script:
             path = os.path.expanduser(self.startup_script)
-            with open(path) as f:
-                exec(compile(f.read(), path, "exec"), namespace)
+            try:
+                with open(path) as f:
+                    source = f.read()
+            except OSError as exc:
+                raise ConfigError(f"Engine.startup_script={self.startup_script!r}: cannot read it: "
+                                  f"{exc.strerror}") from None
+            _run_startup_code(source, path, f"Engine.startup_script {path}")
         if self.startup_command:
-            exec(compile(self.startup_command, "<startup_command>", "exec"), namespace)
+            _run_startup_code(self.startup_command, "<startup_command>", "Engine.startup_command")
 
     # --- heartbeat ----------------------------------------------------
 
@@ -212,8 +225,9 @@ class Engine(LoggingConfigurable):
 
     def apply(self, msg: Message) -> None:
         parent = msg.header["id"]
-        out = _TaskStream(self, parent, "stdout")
-        err = _TaskStream(self, parent, "stderr")
+        out = _TaskStream(self.streams, parent, "stdout")
+        err = _TaskStream(self.streams, parent, "stderr")
+        self.streams.watch(out, err)
         saved = sys.stdout, sys.stderr
         started = utcnow()
         error = None
@@ -231,6 +245,7 @@ class Engine(LoggingConfigurable):
                      "engine_id": self.engine_id, "kind": "remote"}
         finally:
             sys.stdout, sys.stderr = saved
+            self.streams.watch()
         self.session.send(self.socket, "apply_reply", {
             "parent": parent, "status": "error" if error else "ok", "engine_id": self.engine_id,
             "engine_uuid": self.uuid, "started": started, "completed": utcnow(),
@@ -245,34 +260,80 @@ class Engine(LoggingConfigurable):
             except zmq.ZMQError:
                 pass
         self.socket.close(linger=1000 if not self.controller_lost.is_set() else 0)
+        if hasattr(self, "streams"):
+            self.streams.close()
         if hasattr(self, "heartbeat"):
             self.heartbeat.join(timeout=2 * self.heartbeat_period + 1)
         self.context.term()
 
 
+class _StreamSender:
+    """Sends the running task's output as ``stream`` messages every
+    ``INTERVAL`` seconds from a thread of its own, so output shows up while the
+    task computes, flushed or not.  Its own socket and session: the main
+    thread's are busy with the task and zmq sockets are not shared between
+    threads.  All stream messages go through here, in order, under one lock."""
+
+    INTERVAL = 0.1
+
+    def __init__(self, engine: Engine):
+        self.session = Session(key=engine.info["key"])
+        self.socket = engine.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, engine.uuid.encode() + b"-io")
+        self.socket.setsockopt(zmq.LINGER, 0)  # the reply carries the full output anyway
+        self.socket.connect(connection.url(engine.info, "engine_port"))
+        self.lock = threading.Lock()
+        self.watched: tuple[_TaskStream, ...] = ()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="streams", daemon=True)
+        self.thread.start()
+
+    def watch(self, *streams: _TaskStream) -> None:
+        """Send these streams' new output from now on (none: stop)."""
+        self.watched = streams
+
+    def send(self, stream: _TaskStream) -> None:
+        with self.lock:
+            value = stream.getvalue()
+            if len(value) > stream.sent and not self.stopped.is_set():
+                self.session.send(self.socket, "stream",
+                                  {"parent": stream.parent, "name": stream.name, "text": value[stream.sent:]})
+                stream.sent = len(value)
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.INTERVAL):
+            for stream in self.watched:
+                self.send(stream)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=2)
+        with self.lock:
+            self.socket.close(0)
+
+
 class _TaskStream(io.StringIO):
-    """Captures a task's output; sends what it has to the client at most every
-    0.1 s so a long task's prints show up while it runs."""
+    """Captures a task's output for its reply; :class:`_StreamSender` sends
+    what is new while the task runs, ``flush()`` sends it at once."""
 
-    def __init__(self, engine: Engine, parent: str, name: str):
+    def __init__(self, sender: _StreamSender, parent: str, name: str):
         super().__init__()
-        self.engine, self.parent, self.name = engine, parent, name
+        self.sender, self.parent, self.name = sender, parent, name
         self.sent = 0
-        self.last_send = time.monotonic()
-
-    def write(self, text: str) -> int:
-        written = super().write(text)
-        if "\n" in text and time.monotonic() - self.last_send > 0.1:
-            self.flush()
-        return written
 
     def flush(self) -> None:
-        value = self.getvalue()
-        if len(value) > self.sent:
-            self.engine.session.send(self.engine.socket, "stream",
-                                     {"parent": self.parent, "name": self.name, "text": value[self.sent:]})
-            self.sent = len(value)
-            self.last_send = time.monotonic()
+        self.sender.send(self)
+
+
+def _run_startup_code(source: str, filename: str, option: str) -> None:
+    try:
+        exec(compile(source, filename, "exec"), user_namespace())
+    except Exception as exc:
+        lines = [frame.lineno for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == filename]
+        if isinstance(exc, SyntaxError) and exc.filename == filename:
+            lines.append(exc.lineno)
+        at = f" at line {lines[-1]}" if lines and lines[-1] else ""
+        raise ConfigError(f"{option} failed{at}: {type(exc).__name__}: {exc}") from None
 
 
 def _user_traceback(exc: BaseException) -> str:

@@ -1,0 +1,169 @@
+"""Engine start-up options against a real controller and engines: start-up
+command and script, working directory (new and legacy spellings), and a
+task's output streamed to the client while it runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+from cluster_launcher import Client
+from cluster_launcher.testing.processes import LocalCluster, Process
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    """Engine 0 takes its options from the command line, engine 1 from the
+    profile's engine_config.py written with the seed's section name."""
+    root = tmp_path_factory.mktemp("engine-options")
+    paths = {name: root / name for name in ("profile", "work0", "work1")}
+    for path in paths.values():
+        path.mkdir()
+    paths["script"] = root / "setup_engine.py"
+    paths["script"].write_text("import os\nfrom_script = 'ran in ' + os.getcwd()\nx = 1  # overwritten by the command\n")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cluster(dirs):
+    running = LocalCluster(str(dirs["profile"]))
+    try:
+        running.start_controller()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(cluster, dirs):
+    client = Client(profile_dir=cluster.profile_dir, timeout=10)
+    try:
+        cluster.start_engines(1, "--Engine.startup_command=x = 41", f"--Engine.startup_script={dirs['script']}",
+                              f"--Engine.work_dir={dirs['work0']}")
+        client.wait_for_engines(1, timeout=20)
+        # Written after engine 0 started, so only engine 1 reads it.
+        (dirs["profile"] / "engine_config.py").write_text(textwrap.dedent(f"""\
+            c = get_config()
+            c.IPEngineApp.startup_command = 'y = 42'
+            c.IPEngineApp.work_dir = {str(dirs['work1'])!r}
+            """))
+        cluster.start_engines(1)
+        client.wait_for_engines(2, timeout=20)
+        yield client
+    finally:
+        client.close()
+
+
+def test_startup_command_runs_in_the_namespace(client):
+    assert client[0].pull("x", block=True) == 41  # the command ran after the script
+
+
+def test_startup_script_runs_in_the_namespace_after_changing_directory(client, dirs):
+    assert client[0].pull("from_script", block=True) == f"ran in {dirs['work0']}"
+
+
+def test_work_dir(client, dirs):
+    assert client[0].apply_sync(os.getcwd) == str(dirs["work0"])
+    lview = client.load_balanced_view()
+    with lview.temp_flags(targets=[0]):
+        assert lview.apply_sync(os.getcwd) == str(dirs["work0"])
+
+
+def test_legacy_ipengineapp_options_from_the_profile(client, dirs):
+    assert client[1].pull("y", block=True) == 42
+    assert client[1].apply_sync(os.getcwd) == str(dirs["work1"])
+    assert client[1].apply_sync(lambda: "x" in globals()) is False  # command-line options were engine 0's
+
+
+# --- output streams -------------------------------------------------------------
+
+
+def _print_flush_sleep():
+    print("working on it", flush=True)
+    time.sleep(1)
+    print("done", file=sys.stderr)
+    return 7
+
+
+def _print_sleep():
+    print("no explicit flush")
+    time.sleep(1)
+
+
+def _progress_without_newline():
+    sys.stdout.write("50% ")
+    time.sleep(1)
+
+
+def _print_many_quickly(lines: int):
+    for i in range(lines):
+        print(f"line {i}", flush=i % 3 == 0)
+    time.sleep(0.3)
+
+
+def _wait_for_text(ar, text: str, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in ar.stdout and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("task, text", [(_print_flush_sleep, "working on it\n"), (_print_sleep, "no explicit flush\n"),
+                                        (_progress_without_newline, "50% ")])
+def test_output_reaches_the_client_while_the_task_runs(client, task, text):
+    client[:].apply_sync(os.getpid)  # engines warmed up: the task's output is all that is timed
+    ar = client.load_balanced_view().apply_async(task)
+    _wait_for_text(ar, text, timeout=0.8)
+    assert ar.stdout == ar.metadata["stdout"] == text and not ar.ready()
+    ar.get(5)
+    assert ar.stdout == text  # the reply's full output replaces the preview, nothing doubled
+
+
+def test_final_output_is_exactly_what_was_printed(client):
+    ar = client[0].apply(_print_flush_sleep)
+    assert ar.get(5) == 7
+    assert ar.stdout == "working on it\n" and ar.stderr == "done\n"
+    many = client[1].apply(_print_many_quickly, 200)
+    many.get(5)
+    assert many.stdout == "".join(f"line {i}\n" for i in range(200))
+
+
+# --- bad options ------------------------------------------------------------------
+
+
+def _error_line(process: Process) -> str:
+    assert process.wait(20) not in (None, 0), process.output()
+    errors = [line for line in process.output().splitlines() if "error:" in line]
+    assert len(errors) == 1, process.output()
+    return errors[0]
+
+
+def test_missing_work_dir_is_a_one_line_error(cluster, tmp_path):
+    engine = Process("engine", cluster.profile_dir, f"--Engine.work_dir={tmp_path / 'nowhere'}")
+    try:
+        line = _error_line(engine)
+    finally:
+        engine.stop()
+    assert "Engine.work_dir" in line and "nowhere" in line
+
+
+def test_missing_startup_script_is_a_one_line_error(cluster, tmp_path):
+    engine = Process("engine", cluster.profile_dir, f"--Engine.startup_script={tmp_path / 'missing.py'}")
+    try:
+        line = _error_line(engine)
+    finally:
+        engine.stop()
+    assert "Engine.startup_script" in line and "missing.py" in line
+
+
+def test_failing_startup_command_is_a_one_line_error(cluster):
+    engine = Process("engine", cluster.profile_dir, "--Engine.startup_command=import no_such_module_here")
+    try:
+        line = _error_line(engine)
+    finally:
+        engine.stop()
+    assert "Engine.startup_command" in line and "no_such_module_here" in line

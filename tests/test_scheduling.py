@@ -1,0 +1,132 @@
+"""Load balancing against a real controller and engines: every scheduler
+plugin by name, the high-water mark, retries on another engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from cluster_launcher import plugins
+from cluster_launcher.error import RemoteError
+
+pytestmark = pytest.mark.timeout(60)
+
+SCHEMES = ["leastload", "lru", "twobin", "weighted", "plainrandom"]
+SAMPLES = 200  # queue_status polls at most, 20 ms apart
+
+
+@pytest.fixture
+def client(local_cluster):
+    c = local_cluster.client()
+    yield c
+    c.close()
+
+
+def _fail_on(bad_pid: int, attempts_file: str) -> int:
+    with open(attempts_file, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    if os.getpid() == bad_pid:
+        raise RuntimeError(f"refusing to run in pid {bad_pid}")
+    return os.getpid()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_each_scheme_runs_load_balanced_tasks(make_cluster, scheme):
+    cluster = make_cluster(n=2, controller_args=(f"--TaskScheduler.scheme_name={scheme}",))
+    with cluster.client() as client:
+        lview = client.load_balanced_view()
+        results = [lview.apply_async(pow, i, 2) for i in range(20)]
+        assert [ar.get(10) for ar in results] == [i * i for i in range(20)]
+        used = {ar.metadata.engine_id for ar in results}
+        assert used <= set(client.ids)
+        if scheme in ("leastload", "lru"):  # deterministic: idle engines take turns
+            assert used == {0, 1}
+
+
+def test_unknown_scheme_is_a_one_line_error_listing_the_installed(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "cluster_launcher", "controller", f"--profile-dir={tmp_path}",
+         "--TaskScheduler.scheme_name=leastloaded"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "TaskScheduler.scheme_name" in lines[0] and "'leastloaded'" in lines[0]
+    for name in plugins.get_registry().names("scheduler"):
+        assert name in lines[0]
+    assert not os.path.exists(tmp_path / "security" / "controller-client.json")
+
+
+def _sample_while_running(client, results, on_sample) -> int:
+    """Call ``on_sample(queue_status)`` until every task finished (bounded); the number of samples."""
+    for samples in range(1, SAMPLES + 1):
+        on_sample(client.queue_status())
+        if all(ar.ready() for ar in results):
+            return samples
+        time.sleep(0.02)
+    raise AssertionError("tasks still running after the last sample")
+
+
+def test_hwm_1_keeps_one_task_per_engine_and_the_rest_unassigned(make_cluster):
+    cluster = make_cluster(n=2, controller_args=("--TaskScheduler.hwm=1",))
+    with cluster.client() as client:
+        lview = client.load_balanced_view()
+        results = [lview.apply_async(time.sleep, 0.5) for _ in range(6)]
+        seen_unassigned = []
+
+        def check(status):
+            in_flight = [status[e]["tasks"] for e in (0, 1)]
+            assert max(in_flight) <= 1 and max(status[e]["queue"] for e in (0, 1)) <= 1, status
+            done = sum(status[e]["completed"] for e in (0, 1))
+            assert sum(in_flight) + status["unassigned"] + done == 6, status
+            seen_unassigned.append(status["unassigned"])
+
+        _sample_while_running(client, results, check)
+        assert [ar.get(5) for ar in results] == [None] * 6
+        assert seen_unassigned[0] == 4  # both engines busy, four waiting in the controller
+        assert seen_unassigned[-1] == 0
+        assert {ar.metadata.engine_id for ar in results} == {0, 1}
+
+
+def test_hwm_0_hands_every_task_out_at_once(client):
+    # hwm=0 is the default of the module's cluster
+    lview = client.load_balanced_view()
+    results = [lview.apply_async(time.sleep, 0.5) for _ in range(6)]
+    status = client.queue_status()  # answered after the controller took the tasks (same socket, in order)
+    assert status["unassigned"] == 0
+    assert status[0]["tasks"] + status[1]["tasks"] == 6 and status[0]["tasks"] == status[1]["tasks"] == 3
+    assert [ar.get(5) for ar in results] == [None] * 6
+
+
+def test_unassigned_counts_a_task_waiting_on_two_dependencies_once(client):
+    lview = client.load_balanced_view()
+    first, second = (lview.apply_async(time.sleep, 0.5) for _ in range(2))
+    with lview.temp_flags(after=[first, second]):
+        waiting = lview.apply_async(pow, 2, 5)
+    assert client.queue_status()["unassigned"] == 1
+    assert waiting.get(5) == 32
+
+
+def test_a_failed_task_is_retried_on_the_other_engine(client, tmp_path):
+    bad_pid = client[0].apply_sync(os.getpid)
+    good_pid = client[1].apply_sync(os.getpid)
+    lview = client.load_balanced_view()
+    # Keep engine 1 busy so that leastload sends the task to engine 0 first, and
+    # would send the retry there again if failed engines were not excluded.
+    with lview.temp_flags(targets=[1]):
+        busy = lview.apply_async(time.sleep, 0.5)
+    attempts = tmp_path / "attempts"
+    with lview.temp_flags(retries=1):
+        flaky = lview.apply_async(_fail_on, bad_pid, str(attempts))
+    assert flaky.get(10) == good_pid
+    first_engine = next(e for e, info in client.engines.items() if info["pid"] == bad_pid)
+    assert attempts.read_text().split() == [str(bad_pid), str(good_pid)]
+    assert flaky.metadata.engine_id == 1 != first_engine
+    busy.get(5)
+    # Without retries, the same task fails where it first landed.
+    with lview.temp_flags(targets=[0]):
+        with pytest.raises(RemoteError, match="refusing"):
+            lview.apply_sync(_fail_on, bad_pid, str(attempts))
