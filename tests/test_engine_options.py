@@ -25,7 +25,8 @@ def dirs(tmp_path_factory):
     for path in paths.values():
         path.mkdir()
     paths["script"] = root / "setup_engine.py"
-    paths["script"].write_text("import os\nfrom_script = 'ran in ' + os.getcwd()\nx = 1  # overwritten by the command\n")
+    paths["script"].write_text("import os\nfrom_script = 'ran in ' + os.getcwd()\n"
+                               "x = 1  # overwritten by the command\n")
     return paths
 
 
