@@ -130,3 +130,14 @@ def test_a_failed_task_is_retried_on_the_other_engine(client, tmp_path):
     with lview.temp_flags(targets=[0]):
         with pytest.raises(RemoteError, match="refusing"):
             lview.apply_sync(_fail_on, bad_pid, str(attempts))
+
+
+def test_retry_with_no_other_engine_ends_with_the_tasks_own_error(make_cluster):
+    cluster = make_cluster(n=1)
+    with cluster.client() as client:
+        view = client.load_balanced_view()
+        with view.temp_flags(retries=3):
+            ar = view.apply_async(lambda: 1 / 0)
+        with pytest.raises(RemoteError) as failure:
+            ar.get(timeout=10)
+        assert failure.value.ename == "ZeroDivisionError"

@@ -532,7 +532,7 @@ class Controller(LoggingConfigurable):
             engine.completed += 1
             if task.queue == "task":
                 engine.lb_load -= 1
-        if header.get("status") == "error" and task.retries > 0 and task.queue == "task":
+        if header.get("status") == "error" and task.retries > 0 and task.queue == "task" and self.can_retry(task, engine):
             task.retries -= 1
             if engine is not None:
                 task.blacklist.add(engine.id)
@@ -542,6 +542,12 @@ class Controller(LoggingConfigurable):
             return
         self.finish(task, header, self.stored_buffers(msg), msg.frames)
         self.schedule()
+
+    def can_retry(self, task: Task, failed_on: EngineState | None) -> bool:
+        """Whether an engine other than the one the task failed on may run it;
+        if none, the task ends with its own error rather than a retry that cannot run."""
+        allowed = set(task.targets) if task.targets is not None else set(self.engines)
+        return bool((allowed & set(self.engines)) - task.blacklist - {failed_on.id if failed_on else None})
 
     def fail(self, task: Task, kind: str, ename: str, evalue: str, engine_id: int | None = None) -> None:
         header = _error_header(task.msg_id, kind, ename, evalue, engine_id)
