@@ -252,3 +252,27 @@ def test_malformed_but_signed_requests_get_errors_and_the_controller_goes_on(clu
             context.term()
         assert client[0].apply_sync(lambda: "still serving") == "still serving"
     assert cluster.controller.popen.poll() is None
+
+
+def test_curve_encryption(cluster):
+    """With --curve every socket is encrypted: engines and clients that read the
+    connection file talk; a peer speaking plain zmq never completes a handshake."""
+    cluster.start_controller("--curve", "--reuse")
+    info = connection.read_connection_file(connection.connection_file(cluster.profile_dir, "client"), "client")
+    assert len(info["curve_serverkey"]) == 40
+    key_file = connection.connection_file(cluster.profile_dir, "curve")
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600  # the server's secret key
+    cluster.start_engines(1, "--Engine.timeout=20")
+    with connect(cluster.profile_dir, 1) as client:
+        assert client[0].apply_sync(lambda: "secret") == "secret"
+    plain_file = os.path.join(cluster.profile_dir, "plain-client.json")
+    connection.write_private_json(plain_file, dict(info, curve_serverkey=""))
+    with pytest.raises(TimeoutError):
+        Client(url_file=plain_file, timeout=2)
+    # A --reuse restart keeps the key pair, so the running engine comes back.
+    cluster.controller.stop()
+    cluster.start_controller("--curve", "--reuse")
+    again = connection.read_connection_file(connection.connection_file(cluster.profile_dir, "client"), "client")
+    assert again["curve_serverkey"] == info["curve_serverkey"]
+    with connect(cluster.profile_dir, 1) as client:
+        assert client[0].apply_sync(lambda: "again") == "again"

@@ -138,6 +138,8 @@ RUNTIME_COMMANDS = [
          {"metavar": "HOST", "help": "Host name or address engines and clients connect to."}),
         (("--reuse",), "reuse", "Controller.reuse",
          {"action": "store_true", "help": "Reuse the ports and key of the existing connection files."}),
+        (("--curve",), "curve", ("Controller.curve", "True"),
+         {"action": "store_true", "help": "Encrypt all traffic with CurveZMQ."}),
         (("--nodb",), "nodb", ("Controller.db_class", "NoDB"),
          {"action": "store_true", "help": "Keep no task database (Controller.db_class=NoDB)."}),
         (("--enginessh",), "enginessh", "Controller.enginessh",

@@ -177,9 +177,11 @@ class _Connection:
         self._wake_send: zmq.Socket | None = None
         self._closed = False
 
-    def connect(self, url: str, timeout: float) -> None:
+    def connect(self, url: str, timeout: float, info: dict[str, Any]) -> None:
         """Connect both sockets; return once the reply socket has completed its
         handshake (so the controller can route replies to it)."""
+        for sock in (self.request, self.reply):
+            connection.secure(sock, info)
         monitor = self.reply.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         try:
             self.reply.connect(url)
@@ -303,7 +305,7 @@ class Client:
                 self._conn.tunnel, local_port = open_ssh_tunnel(sshserver, info["location"], info["client_port"],
                                                                 timeout, sshkey)
                 connect_url = f"tcp://127.0.0.1:{local_port}"
-            self._conn.connect(connect_url, timeout)
+            self._conn.connect(connect_url, timeout, info)
             # Sent again each second: the controller may not have attached the
             # reply socket yet when the first one arrives, and would drop its reply.
             self._connect_reply = self._request("connect", {}, timeout, resend_every=1.0)

@@ -349,7 +349,8 @@ class Cluster(LoggingConfigurable):
         for launcher in [*self.engine_sets, self.controller]:
             if launcher is not None:
                 launcher.stop()
-        for path in [self.state_path] + ([] if self.reuse else self.connection_files()):
+        curve_key = connection_file(self.profile_dir, "curve", self.cluster_id)
+        for path in [self.state_path] + ([] if self.reuse else [*self.connection_files(), curve_key]):
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -9,6 +9,8 @@ import os
 import secrets
 from typing import Any
 
+import zmq
+
 from .error import ConnectionFileError
 
 CLIENT_FIELDS = {"key": str, "signature_scheme": str, "location": str, "client_port": int,
@@ -64,6 +66,8 @@ def read_connection_file(path: str, role: str) -> dict[str, Any]:
         if not isinstance(info[field], kind) or isinstance(info[field], bool):
             raise ConnectionFileError(f"{path}: field {field!r} should be {kind.__name__}, "
                                       f"not {type(info[field]).__name__}")
+    if not isinstance(info.get("curve_serverkey", ""), str):
+        raise ConnectionFileError(f"{path}: field 'curve_serverkey' should be str")
     if not info["key"]:
         raise ConnectionFileError(f"{path}: field 'key' is empty; messages cannot be signed")
     if not 0 < info.get("client_port", info.get("engine_port", 0)) < 65536:
@@ -76,3 +80,28 @@ def url(info: dict[str, Any], port_field: str) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"  # IPv6
     return f"{info['transport']}://{host}:{info[port_field]}"
+
+
+def secure(sock: zmq.Socket, info: dict[str, Any]) -> None:
+    """Encrypt ``sock``'s traffic with CurveZMQ if the controller offers it
+    (``curve_serverkey`` in its connection file; call before ``connect``).
+    Each connection gets a fresh key pair: who may talk is decided by the
+    HMAC key, the encryption only keeps the traffic private."""
+    server_key = info.get("curve_serverkey")
+    if server_key:
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey = server_key.encode()
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+
+
+def curve_server_keys(profile_dir: str, cluster_id: str, reuse: bool) -> tuple[bytes, bytes]:
+    """The controller's CurveZMQ key pair: reused from its 0600 key file with
+    ``reuse``, else new (and saved, so a ``--reuse`` restart keeps it)."""
+    path = connection_file(profile_dir, "curve", cluster_id)
+    if reuse and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        return saved["public"].encode(), saved["secret"].encode()
+    public, secret = zmq.curve_keypair()
+    write_private_json(path, {"public": public.decode(), "secret": secret.decode()})
+    return public, secret

@@ -59,6 +59,9 @@ class Controller(LoggingConfigurable):
                       "ERROR or a number.").tag(config=True)
     log_to_file = Bool(False, help="Also write the log to the profile's log/ folder (launchers "
                        "capture the output there anyway; this is for controllers started by hand).").tag(config=True)
+    curve = Bool(False, help="Encrypt all traffic with CurveZMQ (messages are signed either way). "
+                 "The server key goes into the connection files; clients and engines use it "
+                 "by themselves.").tag(config=True)
     shutdown_grace = Float(2.0, help="Seconds a shutdown request waits for engines to leave before "
                            "the controller exits.").tag(config=True)
     dependency_memory = Integer(10_000, help="How many finished tasks the controller remembers (about "
@@ -90,6 +93,7 @@ class Controller(LoggingConfigurable):
         key, ports = self._reused_key_and_ports()
         self.session = Session(key=key, parent=self)
         self.context = zmq.Context()
+        self.curve_keys = connection.curve_server_keys(self.profile_dir, self.cluster_id, self.reuse) if self.curve else None
         self.ports: dict[zmq.Socket, int] = {}
         self.client_socket = self._bind(ports["client_port"])
         self.engine_socket = self._bind(ports["engine_port"])
@@ -122,6 +126,9 @@ class Controller(LoggingConfigurable):
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted engine/client takes over its identity
+        if self.curve_keys:
+            sock.curve_server = True
+            sock.curve_publickey, sock.curve_secretkey = self.curve_keys
         ip = "*" if self.ip in ("*", "0.0.0.0", "") else self.ip
         try:
             if port:
@@ -138,7 +145,8 @@ class Controller(LoggingConfigurable):
     def _write_connection_files(self, key: str) -> None:
         location = self.location or (_socket.gethostname() if self.ip in ("*", "0.0.0.0", "") else self.ip)
         common = {"key": key, "signature_scheme": "hmac-sha256", "location": location,
-                  "cluster_id": self.cluster_id, "transport": "tcp"}
+                  "cluster_id": self.cluster_id, "transport": "tcp",
+                  "curve_serverkey": self.curve_keys[0].decode() if self.curve_keys else ""}
         self.client_info = {**common, "client_port": self.ports[self.client_socket], "ssh": self.ssh}
         self.engine_info = {**common, "engine_port": self.ports[self.engine_socket],
                             "heartbeat_port": self.ports[self.heartbeat_socket], "ssh": self.enginessh}
@@ -190,7 +198,7 @@ class Controller(LoggingConfigurable):
             sock.close(linger=200)
         self.context.term()
         if not self.reuse:
-            for role in ("client", "engine"):
+            for role in ("client", "engine", "curve"):
                 _remove(connection.connection_file(self.profile_dir, role, self.cluster_id))
         _remove(self.pid_file)
 

@@ -107,6 +107,7 @@ class Engine(LoggingConfigurable):
         for option in (zmq.SNDHWM, zmq.RCVHWM):
             self.socket.setsockopt(option, 0)
         self.socket.setsockopt(zmq.LINGER, 2000)
+        connection.secure(self.socket, info)
         self.socket.connect(connection.url(info, "engine_port"))
         self.streams = _StreamSender(self)
         self.register()
@@ -156,6 +157,7 @@ class Engine(LoggingConfigurable):
         sock = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self.uuid.encode() + b"-hb")
         sock.setsockopt(zmq.LINGER, 0)
+        connection.secure(sock, self.info)
         sock.connect(connection.url(self.info, "heartbeat_port"))
         session = Session(key=self.info["key"])  # its own: the main thread's is not shared across threads
         last_pong = time.monotonic()
@@ -281,6 +283,7 @@ class _StreamSender:
         self.socket = engine.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, engine.uuid.encode() + b"-io")
         self.socket.setsockopt(zmq.LINGER, 0)  # the reply carries the full output anyway
+        connection.secure(self.socket, engine.info)
         self.socket.connect(connection.url(engine.info, "engine_port"))
         self.lock = threading.Lock()
         self.watched: tuple[_TaskStream, ...] = ()
