@@ -31,6 +31,9 @@ class Process:
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
     def wait(self, timeout: float) -> int | None:
         try:
             return self.popen.wait(timeout)
@@ -62,11 +65,19 @@ class LocalCluster:
     """A controller and engines as separate processes (what ``cluster-launcher
     controller`` and ``engine`` run), for tests that need to kill one of them."""
 
-    def __init__(self, profile_dir: str, controller_args: tuple[str, ...] = (), engine_args: tuple[str, ...] = ()):
-        self.profile_dir = profile_dir
+    def __init__(self, profile_dir: str, n: int = 2, controller_args: tuple[str, ...] = (),
+                 engine_args: tuple[str, ...] = ()):
+        self.profile_dir = str(profile_dir)
+        self.n = n
         self.controller_args, self.engine_args = controller_args, engine_args
         self.controller: Process | None = None
         self.engines: list[Process] = []
+
+    def start(self) -> LocalCluster:
+        """The controller, then ``n`` engines."""
+        self.start_controller()
+        self.start_engines(self.n)
+        return self
 
     def start_controller(self, *extra: str) -> Process:
         client_file = connection.connection_file(self.profile_dir, "client")
@@ -82,8 +93,29 @@ class LocalCluster:
         self.engines += started
         return started
 
+    add_engines = start_engines
+
+    def client(self, n: int | None = None, **kwargs: object):
+        """A connected Client once ``n`` (default: every engine started) engines registered."""
+        from ..client import Client
+
+        client = Client(profile_dir=self.profile_dir, timeout=10, **kwargs)
+        try:
+            client.wait_for_engines(len(self.engines) if n is None else n, timeout=20)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def processes(self) -> list[Process]:
+        return [*self.engines, *([self.controller] if self.controller else [])]
+
     def stop(self) -> None:
-        for process in [*self.engines, *([self.controller] if self.controller else [])]:
+        """Stop every process by its PID; AssertionError naming any still running."""
+        for process in self.processes():
             process.stop()
-        for process in [*self.engines, *([self.controller] if self.controller else [])]:
-            assert process.popen.poll() is not None, f"{process.role} pid {process.pid} still running"
+        left = [f"{p.role} pid {p.pid}" for p in self.processes() if p.popen.poll() is None]
+        assert not left, f"still running after stop: {', '.join(left)}"
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.role} pid {p.pid}\n{p.output()[-3000:]}" for p in self.processes())
