@@ -35,3 +35,16 @@ def test_doc_example_runs(code, tmp_path):
 
 def test_examples_are_found():
     assert len(examples()) >= 2
+
+
+def test_readme_main_job_runs(tmp_path):
+    """The README's first command runs examples/monte_carlo_pi.py; here with fewer darts."""
+    example = DOCS.parent / "examples" / "monte_carlo_pi.py"
+    code = (f"import runpy; main = runpy.run_path({str(example)!r})['main']\n"
+            "pi = main(engines=2, darts=400_000, chunks=8)\n"
+            "assert abs(pi - 3.14159) < 0.05, pi\n")
+    env = {**os.environ, "CLUSTER_LAUNCHER_DIR": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "pi ~= 3.1" in done.stdout and "on 2 engines" in done.stdout
