@@ -276,3 +276,18 @@ def test_curve_encryption(cluster):
     assert again["curve_serverkey"] == info["curve_serverkey"]
     with connect(cluster.profile_dir, 1) as client:
         assert client[0].apply_sync(lambda: "again") == "again"
+
+
+def test_a_large_result_reaches_every_client_waiting_for_it(cluster):
+    """The submitter reads the shared-memory result; another client waiting on
+    the same task (get_result while it runs) gets the bytes too."""
+    import numpy as np
+
+    cluster.start_controller("--nodb")  # the controller keeps no copy for the DB, yet must for the waiter
+    cluster.start_engines(1)
+    with connect(cluster.profile_dir, 1) as submitter, Client(profile_dir=cluster.profile_dir, timeout=10) as other:
+        ar = submitter[0].apply_async(lambda: (time.sleep(1), np.ones(1024 * 1024))[1])  # 8 MB
+        wait_for(lambda: submitter.queue_status()[0]["queue"] == 1, 10, "the task to reach the engine")
+        waiting = other.get_result(ar.msg_ids[0])
+        assert np.array_equal(ar.get(timeout=20), np.ones(1024 * 1024))
+        assert np.array_equal(waiting.get(timeout=20), np.ones(1024 * 1024))

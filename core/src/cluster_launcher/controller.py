@@ -256,10 +256,11 @@ class Controller(LoggingConfigurable):
             heapq.heappush(self.deadlines, (task.deadline, task.msg_id))
         self.enqueue(task, header.get("after") or [], header.get("follow") or [])
 
-    def stored_buffers(self, msg: Message) -> list:
-        """The buffers to keep in the task database, shared-memory ones read in
-        (their file stays for the receiver) unless the DB keeps nothing."""
-        if self.db_class == "NoDB" or not msg.header.get("bulk"):
+    def stored_buffers(self, msg: Message, needed: bool = False) -> list:
+        """The buffers to keep in the task database, shared-memory ones mapped
+        in (their file stays for the receiver) unless the DB keeps nothing and
+        they are not ``needed`` otherwise."""
+        if not msg.header.get("bulk") or (self.db_class == "NoDB" and not needed):
             return list(msg.buffers)
         return self.session.resolve_bulk(msg, remove=False)
 
@@ -548,7 +549,7 @@ class Controller(LoggingConfigurable):
             self.ready.appendleft(task)
             self.schedule()
             return
-        self.finish(task, header, self.stored_buffers(msg), msg.frames)
+        self.finish(task, header, self.stored_buffers(msg, needed=bool(task.waiters)), msg.frames)
         self.schedule()
 
     def can_retry(self, task: Task, failed_on: EngineState | None) -> bool:
@@ -563,8 +564,14 @@ class Controller(LoggingConfigurable):
 
     def finish(self, task: Task, header: dict[str, Any], buffers: list, frames: list) -> None:
         self.tasks.pop(task.msg_id, None)
-        for ident in (task.reply_to, *task.waiters):
-            self.client_socket.send_multipart([ident, *frames], copy=False)
+        self.client_socket.send_multipart([task.reply_to, *frames], copy=False)
+        if task.waiters:
+            # Shared-memory files are read once, by the submitter: the other
+            # clients waiting for this result get the bytes themselves.
+            if "bulk" in header:
+                frames = self.session.pack(_without_bulk(header), buffers)
+            for ident in task.waiters:
+                self.client_socket.send_multipart([ident, *frames], copy=False)
         ok = header.get("status") == "ok"
         self.finished[task.msg_id] = (ok, task.engine_id)
         if len(self.finished) > self.dependency_memory:
