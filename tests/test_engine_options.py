@@ -143,28 +143,15 @@ def _error_line(process: Process) -> str:
     return errors[0]
 
 
-def test_missing_work_dir_is_a_one_line_error(cluster, tmp_path):
-    engine = Process("engine", cluster.profile_dir, f"--Engine.work_dir={tmp_path / 'nowhere'}")
+@pytest.mark.parametrize("option, named", [
+    ("--Engine.work_dir={tmp}/nowhere", ("Engine.work_dir", "nowhere")),
+    ("--Engine.startup_script={tmp}/missing.py", ("Engine.startup_script", "missing.py")),
+    ("--Engine.startup_command=import no_such_module_here", ("Engine.startup_command", "no_such_module_here")),
+], ids=["work_dir", "startup_script", "startup_command"])
+def test_bad_start_up_option_is_a_one_line_error(cluster, tmp_path, option, named):
+    engine = Process("engine", cluster.profile_dir, option.format(tmp=tmp_path))
     try:
         line = _error_line(engine)
     finally:
         engine.stop()
-    assert "Engine.work_dir" in line and "nowhere" in line
-
-
-def test_missing_startup_script_is_a_one_line_error(cluster, tmp_path):
-    engine = Process("engine", cluster.profile_dir, f"--Engine.startup_script={tmp_path / 'missing.py'}")
-    try:
-        line = _error_line(engine)
-    finally:
-        engine.stop()
-    assert "Engine.startup_script" in line and "missing.py" in line
-
-
-def test_failing_startup_command_is_a_one_line_error(cluster):
-    engine = Process("engine", cluster.profile_dir, "--Engine.startup_command=import no_such_module_here")
-    try:
-        line = _error_line(engine)
-    finally:
-        engine.stop()
-    assert "Engine.startup_command" in line and "no_such_module_here" in line
+    assert all(word in line for word in named), line
