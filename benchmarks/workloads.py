@@ -18,7 +18,6 @@ import argparse
 import gc
 import json
 import logging
-import os
 import statistics
 import sys
 import time

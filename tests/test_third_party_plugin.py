@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(shutil.which("uv") is None, reason="needs `uv` on PATH to build throwaway venvs")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDOR_EXAMPLE = ROOT / "examples" / "cluster-launcher-condor"
@@ -118,7 +115,8 @@ def write_plugin(parent: Path, name: str, version: str, module_source: str) -> P
 
 
 class Venv:
-    """A throwaway venv with the workspace's core and the Local and Dict builtins (editable), plus ``requirements``."""
+    """A throwaway venv with the workspace's core and the Local and Dict builtins (editable), plus ``requirements``.
+    Built with uv, which .ci/run installs: without it these tests fail rather than skip."""
 
     def __init__(self, path: Path, *requirements: str):
         self.path = path
