@@ -132,7 +132,6 @@ def _io_loop(sock: zmq.Socket, wake: zmq.Socket, session: Session, dispatcher: D
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(wake, zmq.POLLIN)
-    copy_threshold = session.copy_threshold
     try:
         while True:
             events = dict(poller.poll())
@@ -140,10 +139,9 @@ def _io_loop(sock: zmq.Socket, wake: zmq.Socket, session: Session, dispatcher: D
                 return
             for _ in range(_BATCH):
                 try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    msg = session.recv(sock, zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                msg = session.unpack([f.bytes if len(f) < copy_threshold else f for f in frames])
                 if msg is not None:
                     try:
                         dispatcher.handle(msg)
