@@ -6,11 +6,17 @@ started as ``python -m cluster_launcher controller|engine --profile-dir=...``
 in a temp profile; ``make_cluster`` starts extra ones a test may break (shut
 down, kill).  Every process is stopped by the PID it was started with, and
 teardown fails the test if one is left running.
+
+``make_gate`` makes gates: files a task running on an engine waits for (each
+test module's ``_wait_for_gate``) and the test creates when it lets the task
+finish.  A test that needs "still running" or "still queued" holds a task at a
+gate instead of counting on a sleep being long enough.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from cluster_launcher.testing.processes import LocalCluster
@@ -23,6 +29,36 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         yield cluster.start()
     finally:
         cluster.stop()
+
+
+class Gate:
+    """A file that does not exist yet: a task waits for it until the test calls ``open()``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def open(self) -> None:
+        with open(self.path, "a"):
+            pass
+
+
+@pytest.fixture
+def make_gate(tmp_path: Path) -> Iterator:
+    """``make_gate()`` -> a new closed :class:`Gate` under this test's tmp dir.
+    Every gate is opened at teardown, so no engine of a shared cluster stays
+    held by a test that failed before opening it."""
+    made: list[Gate] = []
+
+    def make() -> Gate:
+        gate = Gate(str(tmp_path / f"gate-{len(made)}"))
+        made.append(gate)
+        return gate
+
+    try:
+        yield make
+    finally:
+        for gate in made:
+            gate.open()
 
 
 @pytest.fixture

@@ -9,16 +9,19 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import datetime, timezone
 
 import pytest
 from cluster_launcher.asyncresult import AsyncMapResult, AsyncResult
 from cluster_launcher.error import (
+    ClusterLauncherError,
     CompositeError,
     DependencyError,
     RemoteError,
     TaskAborted,
     TaskTimeout,
 )
+from cluster_launcher.testing.processes import wait_for
 from cluster_launcher.view import DirectView, LoadBalancedView
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,12 +38,23 @@ def _io_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "cluster-launcher-client-io"]
 
 
+def _wait_for_gate(gate: str | None, value=None):
+    """Run on an engine: wait until the test opens ``gate`` (conftest's
+    ``make_gate``; None: do not wait), then return ``value``."""
+    deadline = time.monotonic() + 60  # only so that an engine is never held for ever
+    while gate is not None and not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} was not opened within 60 s")
+        time.sleep(0.01)
+    return value
+
+
 # --- connecting, engines, views ----------------------------------------------
 
 
 def test_ids_and_views(client):
     assert client.ids == [0, 1]
-    assert set(client.engines[0]) == {"uuid", "hostname", "pid"}
+    assert set(client.engines[0]) == {"uuid", "hostname", "pid", "domain"}
     assert isinstance(client[0], DirectView) and client[0].targets == 0
     assert client[:].targets == [0, 1]
     assert client[[1]].targets == [1]
@@ -168,38 +182,43 @@ def test_composite_error(client):
         err.raise_exception(1)
 
 
-def test_get_timeout(client):
-    ar = client[0].apply(time.sleep, 0.5)
-    started = time.monotonic()
-    with pytest.raises(TimeoutError):
+def test_get_timeout(client, make_gate):
+    gate = make_gate()
+    ar = client[0].apply(_wait_for_gate, gate.path)
+    with pytest.raises(TimeoutError, match="0/1 tasks finished after 0.05 s"):
         ar.get(timeout=0.05)
-    assert time.monotonic() - started < 0.4
+    # get gave up while the task was still held at the gate: it did not wait for the result.
     assert not ar.ready() and ar.progress == 0
-    assert ar.get(5) is None and ar.progress == 1
+    gate.open()
+    assert ar.get(20) is None and ar.progress == 1
 
 
 # --- metadata, streams, AsyncResult --------------------------------------------
 
 
-def _talk_then_sleep():
+def _talk_then_wait(gate):
     print("hello from the engine", flush=True)
-    time.sleep(0.6)
+    _wait_for_gate(gate)
+    time.sleep(0.5)  # a lower bound for the timings below
     print("bye")
     return "done"
 
 
-def test_metadata_and_streams(client):
-    ar = client[1].apply(_talk_then_sleep)
-    deadline = time.monotonic() + 5
-    while "hello" not in ar.metadata.stdout and time.monotonic() < deadline:
-        time.sleep(0.02)
+def test_metadata_and_streams(client, make_gate):
+    gate = make_gate()
+    before = datetime.now(timezone.utc)
+    ar = client[1].apply(_talk_then_wait, gate.path)
+    wait_for(lambda: "hello" in ar.metadata.stdout, 20, "the task's first line to be streamed")
     assert "hello from the engine" in ar.stdout and not ar.ready()  # streamed while running
-    assert ar.get(5) == "done"
+    gate.open()
+    assert ar.get(20) == "done"
+    after = datetime.now(timezone.utc)
     md = ar.metadata
     assert md.engine_id == 1 == ar["engine_id"] and md["status"] == "ok"
-    assert md.submitted <= md.started <= md.completed <= md.received
+    assert before <= md.submitted <= md.started <= md.completed <= md.received <= after
     assert md.stdout == "hello from the engine\nbye\n"
-    assert 0.5 < ar.elapsed < 5 and ar.serial_time >= 0.5 and ar.wall_time >= ar.serial_time
+    assert 0.5 < ar.elapsed <= (after - before).total_seconds()
+    assert ar.serial_time >= 0.5 and ar.wall_time >= ar.serial_time
     assert ar.msg_ids == [ar.msg_id] and len(ar) == 1
 
 
@@ -223,15 +242,23 @@ def test_wait_interactive(client, capsys):
 # --- load balancing --------------------------------------------------------------
 
 
-def test_lb_map_ordered_and_unordered(client):
+def test_lb_map_ordered_and_unordered(client, make_gate):
     lview = client.load_balanced_view()
     assert lview.map_sync(lambda x: x * x, range(10), chunksize=3) == [x * x for x in range(10)]
-    ar = lview.map(time.sleep, [0.6, 0.05], ordered=True)
-    assert list(ar) == [None, None]
+    # Two idle engines: leastload gives each task an engine of its own.  The
+    # first is held at a gate, so the second (quick) one finishes first.
+    gate = make_gate()
+    ar = lview.map(_wait_for_gate, [gate.path, None], ["slow", "quick"], ordered=True)
+    wait_for(lambda: ar.progress == 1, 20, "the quick task to finish")
+    assert not ar.ready()
+    gate.open()
+    assert list(ar) == ["slow", "quick"]  # ordered: in submission order, not finishing order
     # unordered: the quick task's result comes first although it was submitted second
-    ar = lview.map(lambda t: time.sleep(t) or t, [0.6, 0.05], ordered=False)
-    assert next(iter(ar)) == 0.05
-    assert sorted(ar) == [0.05, 0.6] and ar.get(5) == [0.6, 0.05]
+    gate = make_gate()
+    ar = lview.map(_wait_for_gate, [gate.path, None], ["slow", "quick"], ordered=False)
+    assert next(iter(ar)) == "quick"
+    gate.open()
+    assert sorted(ar) == ["quick", "slow"] and ar.get(20) == ["slow", "quick"]
 
 
 def test_lb_after_follow(client):
@@ -254,7 +281,7 @@ def test_lb_targets(client):
     assert {lview.apply(os.getpid).get(5) for _ in range(4)} == {client.engines[1]["pid"]}
 
 
-def test_lb_dependency_failure_and_timeout(client):
+def test_lb_dependency_failure_and_timeout(client, make_gate):
     lview = client.load_balanced_view()
     bad = lview.apply(_fails, 0)
     with lview.temp_flags(after=bad):
@@ -262,13 +289,15 @@ def test_lb_dependency_failure_and_timeout(client):
     with pytest.raises(DependencyError):
         dependent.get(5)
     # The controller checks deadlines once per heartbeat period (1 s by default).
-    blocker = client[0].apply(time.sleep, 1.5)
+    gate = make_gate()
+    blocker = client[0].apply(_wait_for_gate, gate.path)
     with lview.temp_flags(after=[blocker], timeout=0.05):
         late = lview.apply(pow, 2, 2)
     with pytest.raises(TaskTimeout):
-        late.get(5)
-    assert not blocker.ready()
-    blocker.get(5)
+        late.get(20)
+    assert not blocker.ready()  # timed out waiting for it, not after it
+    gate.open()
+    blocker.get(20)
 
 
 def _fail_once(marker):
@@ -286,37 +315,45 @@ def test_lb_retries(client, tmp_path):
     assert lview.apply_sync(_fail_once, str(tmp_path / "b")) == "second attempt"
 
 
-def test_abort(client):
-    running = client[0].apply(time.sleep, 0.5)
-    queued = client[0].apply(pow, 2, 10)
+def test_abort(client, make_gate):
+    gate = make_gate()
+    running = client[0].apply(_wait_for_gate, gate.path)
+    queued = client[0].apply(pow, 2, 10)  # behind `running`, which waits at the gate
     aborted = client.abort(queued)
     assert queued.msg_id in aborted
+    gate.open()  # the engine acts on the abort when it takes its next task
     with pytest.raises(TaskAborted):
-        queued.get(5)
-    assert running.get(5) is None
+        queued.get(20)
+    assert running.get(20) is None
     lview = client.load_balanced_view()
-    blockers = client[:].apply(time.sleep, 0.5)
-    waiting = lview.apply(pow, 2, 2)
+    gate = make_gate()
+    blockers = client[:].apply(_wait_for_gate, gate.path)
+    waiting = lview.apply(pow, 2, 2)  # queued behind a blocker, whichever engine it went to
     waiting.abort()
+    gate.open()
     with pytest.raises(TaskAborted):
-        waiting.get(5)
-    blockers.get(5)
+        waiting.get(20)
+    blockers.get(20)
 
 
 # --- client-level operations --------------------------------------------------------
 
 
-def test_history_get_result_db_query_resubmit_purge(client, local_cluster):
+def test_history_get_result_db_query_resubmit_purge(client, local_cluster, make_gate):
     ar = client[0].apply(pow, 3, 4)
     assert ar.get(5) == 81
     assert client.get_result(ar.msg_id).get(5) == 81  # answered locally
     with local_cluster.client() as other:  # through the controller's database
         remote = other.get_result(ar.msg_id)
         assert remote.get(5) == 81 and remote.metadata.engine_id == 0
-        slow = client[1].apply(time.sleep, 0.3)
+        gate = make_gate()
+        slow = client[1].apply(_wait_for_gate, gate.path)
         client.queue_status()  # answered after the controller took `slow` (same socket, in order)
         pending = other.get_result([slow.msg_id])  # delivered when it finishes
-        assert pending.get(5) == [None]
+        other.queue_status()  # answered after the controller took the get_result request
+        assert not pending.ready()
+        gate.open()
+        assert pending.get(20) == [None]
         with pytest.raises(RemoteError, match="KeyError"):
             other.get_result("no-such-task").get(5)
     records = client.db_query({"msg_id": ar.msg_id}, keys=["msg_id", "completed", "engine_uuid"])
@@ -332,14 +369,16 @@ def test_history_get_result_db_query_resubmit_purge(client, local_cluster):
         client.purge_results()
 
 
-def test_queue_status_and_wait(client):
-    ars = [client[0].apply(time.sleep, 0.1) for _ in range(3)]
+def test_queue_status_and_wait(client, make_gate):
+    gate = make_gate()
+    ars = [client[0].apply(_wait_for_gate, gate.path) for _ in range(3)]  # all held until the gate opens
     status = client.queue_status()
-    assert set(status) == {0, 1, "unassigned"} and status[0]["queue"] >= 1
+    assert set(status) == {0, 1, "unassigned"} and status[0]["queue"] >= 3
     assert set(client.queue_status(targets=0)) >= {"queue", "completed", "tasks"}
-    assert client.outstanding >= {a.msg_id for a in ars[1:]}
+    assert client.outstanding >= {a.msg_id for a in ars}
     assert not client.wait(ars, timeout=0.01)
-    assert client.wait(timeout=5) and not client.outstanding
+    gate.open()
+    assert client.wait(timeout=20) and not client.outstanding
 
 
 def test_sync_imports(client, capsys):
@@ -352,23 +391,26 @@ def test_sync_imports(client, capsys):
     assert dview["synced"] == ['["/"]', '["/"]']
 
 
-def test_close_gc_and_context_manager(local_cluster):
+def test_close_gc_and_context_manager(local_cluster, make_gate):
     before = len(_io_threads())
     with local_cluster.client() as c:
         assert len(_io_threads()) == before + 1
     assert len(_io_threads()) == before
-    with pytest.raises(Exception, match="closed"):
+    with pytest.raises(ClusterLauncherError, match="^the client is closed$") as info:
         c[0].apply(pow, 1, 1)
+    assert type(info.value) is ClusterLauncherError
     c = local_cluster.client()
     c[0].apply(time.sleep, 0.2)  # an AsyncResult kept would keep its client alive
     del c
     gc.collect()
     assert len(_io_threads()) == before  # forgotten clients close themselves
     c = local_cluster.client()
-    pending = c[0].apply(time.sleep, 0.5)
+    gate = make_gate()
+    pending = c[0].apply(_wait_for_gate, gate.path)  # cannot finish before the close
     c.close()
-    with pytest.raises(Exception, match="closed before the result arrived"):
+    with pytest.raises(ClusterLauncherError, match="^the client was closed before the result arrived$") as info:
         pending.get(1)
+    assert type(info.value) is ClusterLauncherError
 
 
 def test_shutdown(make_cluster):
@@ -377,10 +419,7 @@ def test_shutdown(make_cluster):
         by_pid = {p.pid: p for p in cluster.engines}
         first, second = by_pid[c.engines[0]["pid"]], by_pid[c.engines[1]["pid"]]
         c.shutdown(targets=[1])
-        deadline = time.monotonic() + 10
-        while c.ids != [0] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert c.ids == [0]  # unregistration reached the client
+        wait_for(lambda: c.ids == [0], 20, "the unregistration to reach the client")
         assert second.wait(10) == 0 and first.poll() is None
         c.shutdown(hub=True)
     assert cluster.controller.wait(10) == 0

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from cluster_launcher import Client
-from cluster_launcher.testing.processes import LocalCluster, Process
+from cluster_launcher.testing.processes import LocalCluster, Process, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,21 +84,31 @@ def test_legacy_ipengineapp_options_from_the_profile(client, dirs):
 # --- output streams -------------------------------------------------------------
 
 
-def _print_flush_sleep():
+def _wait_for_gate(gate: str) -> None:
+    """Wait until the test opens ``gate`` (conftest's ``make_gate``): the task
+    runs, its output printed, for as long as the test needs."""
+    deadline = time.monotonic() + 60  # only so that an engine is never held for ever
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} was not opened within 60 s")
+        time.sleep(0.01)
+
+
+def _print_flush_then_wait(gate: str):
     print("working on it", flush=True)
-    time.sleep(1)
+    _wait_for_gate(gate)
     print("done", file=sys.stderr)
     return 7
 
 
-def _print_sleep():
+def _print_then_wait(gate: str):
     print("no explicit flush")
-    time.sleep(1)
+    _wait_for_gate(gate)
 
 
-def _progress_without_newline():
+def _progress_without_newline(gate: str):
     sys.stdout.write("50% ")
-    time.sleep(1)
+    _wait_for_gate(gate)
 
 
 def _print_many_quickly(lines: int):
@@ -107,26 +117,26 @@ def _print_many_quickly(lines: int):
     time.sleep(0.3)
 
 
-def _wait_for_text(ar, text: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in ar.stdout and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-@pytest.mark.parametrize("task, text", [(_print_flush_sleep, "working on it\n"), (_print_sleep, "no explicit flush\n"),
+@pytest.mark.parametrize("task, text", [(_print_flush_then_wait, "working on it\n"),
+                                        (_print_then_wait, "no explicit flush\n"),
                                         (_progress_without_newline, "50% ")])
-def test_output_reaches_the_client_while_the_task_runs(client, task, text):
-    client[:].apply_sync(os.getpid)  # engines warmed up: the task's output is all that is timed
-    ar = client.load_balanced_view().apply_async(task)
-    _wait_for_text(ar, text, timeout=0.8)
+def test_output_reaches_the_client_while_the_task_runs(client, make_gate, task, text):
+    gate = make_gate()
+    ar = client.load_balanced_view().apply_async(task, gate.path)
+    # The task cannot end before the gate opens: what arrives now was streamed while it runs.
+    wait_for(lambda: text in ar.stdout, 20, f"{text!r} to be streamed while the task runs")
     assert ar.stdout == ar.metadata["stdout"] == text and not ar.ready()
-    ar.get(5)
+    gate.open()
+    ar.get(20)
     assert ar.stdout == text  # the reply's full output replaces the preview, nothing doubled
 
 
-def test_final_output_is_exactly_what_was_printed(client):
-    ar = client[0].apply(_print_flush_sleep)
-    assert ar.get(5) == 7
+def test_final_output_is_exactly_what_was_printed(client, make_gate):
+    gate = make_gate()
+    ar = client[0].apply(_print_flush_then_wait, gate.path)
+    wait_for(lambda: "working on it" in ar.stdout, 20, "the streamed preview of the output")
+    gate.open()
+    assert ar.get(20) == 7
     assert ar.stdout == "working on it\n" and ar.stderr == "done\n"
     many = client[1].apply(_print_many_quickly, 200)
     many.get(5)

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from cluster_launcher import Client, connection
-from cluster_launcher.error import ConnectionFileError, EngineError
+from cluster_launcher.error import ConnectionFileError, EngineError, TaskAborted
 from cluster_launcher.session import Session
 from cluster_launcher.testing.processes import LocalCluster, Process, wait_for
 
@@ -31,6 +31,30 @@ def connect(profile_dir: str, engines: int) -> Client:
     client = Client(profile_dir=profile_dir, timeout=10)
     wait_for(lambda: len(client.ids) >= engines, 15, f"{engines} engines to register")
     return client
+
+
+def _wait_for_gate(gate: str):
+    """Run on an engine: wait until the test opens ``gate`` (conftest's ``make_gate``)."""
+    deadline = time.monotonic() + 60  # only so that an engine is never held for ever
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} was not opened within 60 s")
+        time.sleep(0.01)
+
+
+def _started_then_wait(started: str, gate: str) -> int:
+    """Run on an engine: append this engine's pid to ``started`` (the test's
+    sign that the task runs, and where), then wait at ``gate``."""
+    with open(started, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    _wait_for_gate(gate)
+    return os.getpid()
+
+
+def _started_pids(started) -> list[int]:
+    """The pids ``_started_then_wait`` wrote to ``started`` (a Path), complete lines only."""
+    text = started.read_text() if started.exists() else ""
+    return [int(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
 def test_connection_files_are_private_and_carry_ip_and_location(cluster):
@@ -79,13 +103,13 @@ def test_forged_message_is_dropped_and_logged(cluster):
         context.term()
 
 
-def test_engine_killed_mid_task_fails_the_task_with_engine_error(cluster):
+def test_engine_killed_mid_task_fails_the_task_with_engine_error(cluster, tmp_path, make_gate):
     cluster.start_controller()
     cluster.start_engines(1)
+    started = tmp_path / "started"
     with connect(cluster.profile_dir, 1) as client:
-        ar = client.load_balanced_view().apply_async(time.sleep, 60)
-        wait_for(lambda: client.queue_status()[0]["queue"] == 1, 10, "the task to reach the engine")
-        time.sleep(0.3)
+        ar = client.load_balanced_view().apply_async(_started_then_wait, str(started), make_gate().path)
+        wait_for(lambda: _started_pids(started), 15, "the task to start on the engine")
         cluster.engines[0].stop(signal.SIGKILL)
         with pytest.raises(EngineError) as failure:
             ar.get(timeout=15)
@@ -93,21 +117,26 @@ def test_engine_killed_mid_task_fails_the_task_with_engine_error(cluster):
         wait_for(lambda: client.ids == [], 5, "the dead engine to leave client.ids")
 
 
-def test_engine_killed_mid_task_is_retried_elsewhere(cluster):
+def test_engine_killed_mid_task_is_retried_elsewhere(cluster, tmp_path, make_gate):
     cluster.start_controller()
     cluster.start_engines(2)
     with connect(cluster.profile_dir, 2) as client:
         pids = {eid: client[eid].apply_sync(os.getpid) for eid in client.ids}
-        victim_id = client.ids[0]
+        victim_id, other_id = client.ids
         view = client.load_balanced_view(targets=None)
         view.retries = 1
-        # follow nothing; pin the first attempt by making the other engine busy first
-        busy = client[client.ids[1]].apply_async(time.sleep, 1.5)
-        ar = view.apply_async(lambda: (time.sleep(1), os.getpid())[1])
-        wait_for(lambda: client.queue_status()[victim_id]["queue"] == 1, 10, "the task to reach an engine")
+        # follow nothing; pin the first attempt by keeping the other engine busy (at a gate) first
+        gate = make_gate()
+        busy = client[other_id].apply_async(_wait_for_gate, gate.path)
+        started = tmp_path / "started"
+        ar = view.apply_async(_started_then_wait, str(started), gate.path)
+        wait_for(lambda: _started_pids(started), 15, "the task to start on an engine")
+        assert _started_pids(started) == [pids[victim_id]]
         victim = next(p for p in cluster.engines if p.pid == pids[victim_id])
         victim.stop(signal.SIGKILL)
-        assert ar.get(timeout=20) == pids[client.ids[-1]] != pids[victim_id]
+        gate.open()  # the other engine finishes `busy`, then takes the retry
+        assert ar.get(timeout=20) == pids[other_id] != pids[victim_id]
+        assert _started_pids(started) == [pids[victim_id], pids[other_id]]
         busy.get(timeout=10)
 
 
@@ -170,7 +199,7 @@ def _our_shm_files() -> set[str]:
     return {name for name in os.listdir("/dev/shm") if name.startswith("cluster-launcher-")}
 
 
-def test_large_buffers_through_shared_memory_arrive_intact_and_leave_nothing(cluster):
+def test_large_buffers_through_shared_memory_arrive_intact_and_leave_nothing(cluster, make_gate):
     import numpy as np
 
     before = _our_shm_files()
@@ -188,10 +217,12 @@ def test_large_buffers_through_shared_memory_arrive_intact_and_leave_nothing(clu
             again = other.get_result(ar.msg_ids[0]).get(timeout=10)
         assert np.array_equal(again, data * 2)
         # A task aborted before it ran: the client removes the file an engine never read.
-        blocker = client[0].apply_async(time.sleep, 1)
-        doomed = client[0].apply_async(lambda x: x, data)
-        client.abort(doomed)
-        with pytest.raises(Exception):
+        gate = make_gate()
+        blocker = client[0].apply_async(_wait_for_gate, gate.path)
+        doomed = client[0].apply_async(lambda x: x, data)  # queued behind `blocker`
+        assert client.abort(doomed) == doomed.msg_ids
+        gate.open()
+        with pytest.raises(TaskAborted, match="the task was aborted before it ran"):
             doomed.get(timeout=10)
         blocker.get(timeout=10)
     wait_for(lambda: _our_shm_files() == before, 5, "shared-memory files to be removed")
@@ -213,9 +244,16 @@ def test_unsupported_mpi_binding_is_a_one_line_error(tmp_path):
     engine.stop()
 
 
-def test_engines_started_before_the_controller_wait_for_it(cluster):
-    cluster.start_engines(2)
-    time.sleep(1.0)  # the engines are up and waiting for the connection file
+def test_engines_started_before_the_controller_wait_for_it(cluster, tmp_path):
+    # An engine runs its start-up script just before it looks for the
+    # connection file: the script's mark says the engine is up and waiting.
+    marks = tmp_path / "waiting"
+    marks.mkdir()
+    script = tmp_path / "mark_waiting.py"
+    script.write_text(f"import os\nopen(os.path.join({str(marks)!r}, str(os.getpid())), 'w').close()\n")
+    engines = cluster.start_engines(2, f"--Engine.startup_script={script}")
+    wait_for(lambda: sorted(os.listdir(marks)) == sorted(str(e.pid) for e in engines), 20,
+             "both engines to be up and waiting for the connection file")
     assert all(engine.popen.poll() is None for engine in cluster.engines)
     cluster.start_controller()
     with connect(cluster.profile_dir, 2) as client:
@@ -278,7 +316,7 @@ def test_curve_encryption(cluster):
         assert client[0].apply_sync(lambda: "again") == "again"
 
 
-def test_a_large_result_reaches_every_client_waiting_for_it(cluster):
+def test_a_large_result_reaches_every_client_waiting_for_it(cluster, make_gate):
     """The submitter reads the shared-memory result; another client waiting on
     the same task (get_result while it runs) gets the bytes too."""
     import numpy as np
@@ -286,8 +324,12 @@ def test_a_large_result_reaches_every_client_waiting_for_it(cluster):
     cluster.start_controller("--nodb")  # the controller keeps no copy for the DB, yet must for the waiter
     cluster.start_engines(1)
     with connect(cluster.profile_dir, 1) as submitter, Client(profile_dir=cluster.profile_dir, timeout=10) as other:
-        ar = submitter[0].apply_async(lambda: (time.sleep(1), np.ones(1024 * 1024))[1])  # 8 MB
+        gate = make_gate()
+        ar = submitter[0].apply_async(lambda gate: (_wait_for_gate(gate), np.ones(1024 * 1024))[1], gate.path)  # 8 MB
         wait_for(lambda: submitter.queue_status()[0]["queue"] == 1, 10, "the task to reach the engine")
         waiting = other.get_result(ar.msg_ids[0])
+        other.queue_status()  # answered after the controller took the get_result request (same socket, in order)
+        assert not ar.ready() and not waiting.ready()
+        gate.open()
         assert np.array_equal(ar.get(timeout=20), np.ones(1024 * 1024))
         assert np.array_equal(waiting.get(timeout=20), np.ones(1024 * 1024))

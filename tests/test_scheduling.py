@@ -11,11 +11,11 @@ import time
 import pytest
 from cluster_launcher import plugins
 from cluster_launcher.error import RemoteError
+from cluster_launcher.testing.processes import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 SCHEMES = ["leastload", "lru", "twobin", "weighted", "plainrandom"]
-SAMPLES = 200  # queue_status polls at most, 20 ms apart
 
 
 @pytest.fixture
@@ -23,6 +23,18 @@ def client(local_cluster):
     c = local_cluster.client()
     yield c
     c.close()
+
+
+def _wait_for_gate(gate: str, started: str | None = None) -> None:
+    """Run on an engine: create ``started`` (if given), then wait until the
+    test opens ``gate`` (conftest's ``make_gate``)."""
+    if started is not None:
+        open(started, "w").close()
+    deadline = time.monotonic() + 60  # only so that an engine is never held for ever
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} was not opened within 60 s")
+        time.sleep(0.01)
 
 
 def _fail_on(bad_pid: int, attempts_file: str) -> int:
@@ -60,72 +72,86 @@ def test_unknown_scheme_is_a_one_line_error_listing_the_installed(tmp_path):
     assert not os.path.exists(tmp_path / "security" / "controller-client.json")
 
 
-def _sample_while_running(client, results, on_sample) -> int:
-    """Call ``on_sample(queue_status)`` until every task finished (bounded); the number of samples."""
-    for samples in range(1, SAMPLES + 1):
-        on_sample(client.queue_status())
-        if all(ar.ready() for ar in results):
-            return samples
-        time.sleep(0.02)
-    raise AssertionError("tasks still running after the last sample")
-
-
-def test_hwm_1_keeps_one_task_per_engine_and_the_rest_unassigned(make_cluster):
+def test_hwm_1_keeps_one_task_per_engine_and_the_rest_unassigned(make_cluster, make_gate, tmp_path):
     cluster = make_cluster(n=2, controller_args=("--TaskScheduler.hwm=1",))
     with cluster.client() as client:
         lview = client.load_balanced_view()
-        results = [lview.apply_async(time.sleep, 0.5) for _ in range(6)]
-        seen_unassigned = []
+        # Each task marks that it started, then waits at a gate of its own: the
+        # test lets the running ones finish, two at a time.
+        gates = [make_gate() for _ in range(6)]
+        started = [tmp_path / f"started-{i}" for i in range(6)]
+        results = [lview.apply_async(_wait_for_gate, gate.path, str(mark)) for gate, mark in zip(gates, started)]
+        released: set[int] = set()
+
+        def running() -> set[int]:
+            return {i for i, mark in enumerate(started) if mark.exists()} - released
 
         def check(status):
             in_flight = [status[e]["tasks"] for e in (0, 1)]
             assert max(in_flight) <= 1 and max(status[e]["queue"] for e in (0, 1)) <= 1, status
             done = sum(status[e]["completed"] for e in (0, 1))
             assert sum(in_flight) + status["unassigned"] + done == 6, status
-            seen_unassigned.append(status["unassigned"])
+            return in_flight, done
 
-        _sample_while_running(client, results, check)
-        assert [ar.get(5) for ar in results] == [None] * 6
-        assert seen_unassigned[0] == 4  # both engines busy, four waiting in the controller
-        assert seen_unassigned[-1] == 0
+        # Both engines busy, the rest waiting in the controller: four, then two, then none.
+        for unassigned in (4, 2, 0):
+            wait_for(lambda: len(running()) >= 2, 20, "a task to start on each engine")
+            now = running()
+            status = client.queue_status()
+            assert check(status) == ([1, 1], 4 - unassigned) and status["unassigned"] == unassigned, status
+            assert len(now) == 2, f"tasks {sorted(now)} run at once on two engines with hwm=1"
+            for i in now:
+                gates[i].open()
+            released |= now
+        assert [ar.get(20) for ar in results] == [None] * 6
+        assert check(client.queue_status()) == ([0, 0], 6)
         assert {ar.metadata.engine_id for ar in results} == {0, 1}
 
 
-def test_hwm_0_hands_every_task_out_at_once(client):
+def test_hwm_0_hands_every_task_out_at_once(client, make_gate):
     # hwm=0 is the default of the module's cluster
     lview = client.load_balanced_view()
-    results = [lview.apply_async(time.sleep, 0.5) for _ in range(6)]
+    gate = make_gate()
+    results = [lview.apply_async(_wait_for_gate, gate.path) for _ in range(6)]  # none can finish yet
     status = client.queue_status()  # answered after the controller took the tasks (same socket, in order)
     assert status["unassigned"] == 0
     assert status[0]["tasks"] + status[1]["tasks"] == 6 and status[0]["tasks"] == status[1]["tasks"] == 3
-    assert [ar.get(5) for ar in results] == [None] * 6
+    gate.open()
+    assert [ar.get(20) for ar in results] == [None] * 6
 
 
-def test_unassigned_counts_a_task_waiting_on_two_dependencies_once(client):
+def test_unassigned_counts_a_task_waiting_on_two_dependencies_once(client, make_gate):
     lview = client.load_balanced_view()
-    first, second = (lview.apply_async(time.sleep, 0.5) for _ in range(2))
+    gate = make_gate()
+    first, second = (lview.apply_async(_wait_for_gate, gate.path) for _ in range(2))  # unmet until the gate opens
     with lview.temp_flags(after=[first, second]):
         waiting = lview.apply_async(pow, 2, 5)
     assert client.queue_status()["unassigned"] == 1
-    assert waiting.get(5) == 32
+    gate.open()
+    assert waiting.get(20) == 32
 
 
-def test_a_failed_task_is_retried_on_the_other_engine(client, tmp_path):
+def test_a_failed_task_is_retried_on_the_other_engine(client, tmp_path, make_gate):
     bad_pid = client[0].apply_sync(os.getpid)
     good_pid = client[1].apply_sync(os.getpid)
     lview = client.load_balanced_view()
-    # Keep engine 1 busy so that leastload sends the task to engine 0 first, and
-    # would send the retry there again if failed engines were not excluded.
+    # Keep engine 1 busy (at a gate) so that leastload sends the task to engine 0
+    # first, and would send the retry there again if failed engines were not excluded.
+    gate = make_gate()
     with lview.temp_flags(targets=[1]):
-        busy = lview.apply_async(time.sleep, 0.5)
+        busy = lview.apply_async(_wait_for_gate, gate.path)
     attempts = tmp_path / "attempts"
     with lview.temp_flags(retries=1):
         flaky = lview.apply_async(_fail_on, bad_pid, str(attempts))
-    assert flaky.get(10) == good_pid
+    # The first attempt failed on engine 0 and the retry waits on engine 1, behind `busy`.
+    wait_for(lambda: client.queue_status()[1]["queue"] == 2, 20, "the retry to be sent to engine 1")
+    assert attempts.read_text().split() == [str(bad_pid)] and not flaky.ready()
+    gate.open()
+    assert flaky.get(20) == good_pid
     first_engine = next(e for e, info in client.engines.items() if info["pid"] == bad_pid)
     assert attempts.read_text().split() == [str(bad_pid), str(good_pid)]
     assert flaky.metadata.engine_id == 1 != first_engine
-    busy.get(5)
+    busy.get(20)
     # Without retries, the same task fails where it first landed.
     with lview.temp_flags(targets=[0]):
         with pytest.raises(RemoteError, match="refusing"):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
+from . import bulk
 from . import error as errors
 from .serialize import deserialize
 from .session import parse_time
@@ -105,6 +106,12 @@ class TaskState:
                 "ename": "ProtocolError", "evalue": f"reply with status {self.status!r} and no error",
                 "traceback": "", "kind": "remote"}
         self.done = True
+
+    def discard_files(self) -> None:
+        """Remove the request's shared-memory files an engine did not read."""
+        for ref in self.bulk_refs:
+            bulk.discard(ref)
+        self.bulk_refs = []
 
     def fail_locally(self, exc: BaseException) -> None:
         """End a task the client gave up on (e.g. the client was closed)."""

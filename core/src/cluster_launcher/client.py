@@ -25,15 +25,16 @@ from typing import Any
 
 import zmq
 
-from . import bulk, connection
+from . import connection
 from .asyncresult import AsyncMapResult, AsyncResult, Metadata, TaskState, Waiter
 from .error import (
+    BulkError,
     ClusterLauncherError,
     ConnectionFileError,
     NoEnginesRegistered,
     RemoteError,
 )
-from .session import Message, Session, decode_record, encode_record, new_id
+from .session import Message, Session, decode_record, discard_bulk, encode_record, new_id
 from .view import DirectView, LoadBalancedView, msg_ids_of
 
 log = logging.getLogger("cluster_launcher.client")
@@ -81,11 +82,16 @@ class Dispatcher:
             task = self.pending.pop(header.get("parent"), None)
             if task is None:
                 log.debug("apply_reply for unknown task %s", header.get("parent"))
+                discard_bulk(header)
                 return
-            buffers = Session.resolve_bulk(msg) if "bulk" in header else msg.buffers
-            task.finish(header, buffers)
-            for ref in task.bulk_refs:  # gone already if an engine read them; not if the task never ran
-                bulk.discard(ref)
+            task.discard_files()  # gone already if an engine read them; not if the task never ran
+            try:
+                buffers = Session.resolve_bulk(msg) if "bulk" in header else msg.buffers
+            except Exception as exc:  # whatever went wrong, the task ends with it: never left waiting
+                discard_bulk(header)
+                task.fail_locally(BulkError(f"the result of task {task.msg_id} could not be read: {exc}"))
+            else:
+                task.finish(header, buffers)
             self.finished[task.msg_id] = task
         elif kind == "stream":
             task = self.pending.get(header.get("parent"))
@@ -95,7 +101,7 @@ class Dispatcher:
                     engine = f"[stream {header.get('name')}:{header.get('parent', '')[:8]}] "
                     print(engine + header.get("text", ""), end="", flush=True)
         elif kind == "registration":
-            self.engines[int(header["engine_id"])] = {k: header.get(k) for k in ("uuid", "hostname", "pid")}
+            self.engines[int(header["engine_id"])] = {k: header.get(k) for k in ("uuid", "hostname", "pid", "domain")}
         elif kind == "unregistration":
             self.engines.pop(int(header["engine_id"]), None)
         else:
@@ -122,9 +128,22 @@ class Dispatcher:
     def fail_pending(self, why: str) -> None:
         for task in list(self.pending.values()):
             task.fail_locally(ClusterLauncherError(why))
+            task.discard_files()
         self.pending.clear()
         self.closed = True
         self.waiter.notify()
+
+
+def _discard_unread(sock: zmq.Socket, session: Session) -> None:
+    """At close: the shared-memory files of replies that arrived but were
+    never read would stay in /dev/shm (memory) until reboot."""
+    for _ in range(100_000):
+        try:
+            msg = session.recv(sock, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        if msg is not None:
+            discard_bulk(msg.header)
 
 
 def _io_loop(sock: zmq.Socket, wake: zmq.Socket, session: Session, dispatcher: Dispatcher) -> None:
@@ -136,6 +155,7 @@ def _io_loop(sock: zmq.Socket, wake: zmq.Socket, session: Session, dispatcher: D
         while True:
             events = dict(poller.poll())
             if wake in events:
+                _discard_unread(sock, session)
                 return
             for _ in range(_BATCH):
                 try:
@@ -199,6 +219,14 @@ class _Connection:
                                        args=(self.reply, wake_recv, self.session, self.dispatcher))
         self.thread.start()
 
+    def say_goodbye(self) -> None:
+        """Tell the controller this client is leaving (it forgets it at once)."""
+        header = {"type": "disconnect", "id": new_id(), "session": self.session.session_id}
+        try:
+            self.send(self.session.pack(header))
+        except (ClusterLauncherError, zmq.ZMQError):
+            pass
+
     def send(self, frames: list, copy: bool = True) -> None:
         with self.send_lock:
             if self._closed:
@@ -217,7 +245,7 @@ class _Connection:
             self._wake_send.close(linger=0)
         else:
             self.reply.close(linger=0)
-        self.request.close(linger=0)
+        self.request.close(linger=500)  # lets the goodbye leave
         self.dispatcher.fail_pending("the client was closed before the result arrived")
         self.context.term()
         if self.tunnel is not None and self.tunnel.poll() is None:
@@ -290,6 +318,7 @@ class Client:
         except ValueError as exc:
             raise ConnectionFileError(f"{self.url_file}: field 'signature_scheme': {exc}") from None
         self.cluster_id = info["cluster_id"]
+        self.max_message_size = info.get("max_message_size", -1)
         self.timeout = timeout
         self.url = connection.url(info, "client_port")
         self._dispatcher = Dispatcher(echo_streams)
@@ -317,6 +346,7 @@ class Client:
 
     def close(self) -> None:
         """Stop the IO thread and close the sockets (and the SSH tunnel)."""
+        self._conn.say_goodbye()
         self._conn.close()
 
     def __enter__(self) -> Client:
@@ -337,7 +367,7 @@ class Client:
 
     @property
     def engines(self) -> dict[int, dict[str, Any]]:
-        """Engine id -> {uuid, hostname, pid}."""
+        """Engine id -> {uuid, hostname, pid, domain}."""
         return dict(self._dispatcher.engines)
 
     def wait_for_engines(self, n: int, timeout: float = 30) -> list[int]:
@@ -393,29 +423,49 @@ class Client:
         copy = all(len(b) < _ZERO_COPY_BYTES for b in buffers)
         submitted = datetime.now(timezone.utc)
         session, dispatcher = self.session, self._dispatcher
+        # ``domain`` and ``pid`` tell the engine whether, and for whom, it may
+        # reply through shared memory.
         base = {"type": "apply", "session": session.session_id, "queue": queue, "after": after or [],
-                "follow": follow or [], "timeout": timeout, "retries": retries, "hostname": session.hostname}
+                "follow": follow or [], "timeout": timeout, "retries": retries, "hostname": session.hostname,
+                "domain": session.domain, "pid": os.getpid(), "submitted": submitted.isoformat()}
         per_message = [[t] for t in targets] if queue == "mux" else [list(targets) if targets is not None else None]
         tasks = []
         for target_list in per_message:
             msg_id = new_id()
             header = {**base, "id": msg_id, "targets": target_list}
-            # Each receiver removes its shared-memory files, so each message gets its own.
-            frames = session.pack(header, buffers, bulk=not copy and self._all_on_this_host(target_list))
-            tasks.append(dispatcher.new_task(msg_id, submitted))
-            tasks[-1].bulk_refs = list(header.get("bulk", {}).values())
+            # Each receiver removes its shared-memory files, so each message gets
+            # its own; this client removes any left when the reply comes.
+            shm_owner = os.getpid() if not copy and self._shares_memory_with(target_list) else None
+            frames = session.pack(header, buffers, shm_owner=shm_owner)
+            task = dispatcher.new_task(msg_id, submitted)
+            task.bulk_refs = list(header.get("bulk", {}).values())
             try:
+                self._check_size(frames)
                 self._conn.send(frames, copy)
             except BaseException:
                 dispatcher.pending.pop(msg_id, None)
+                task.discard_files()
                 raise
+            tasks.append(task)
             self.history.append(msg_id)
         return tasks
 
-    def _all_on_this_host(self, targets: list[int] | None) -> bool:
+    def _shares_memory_with(self, targets: list[int] | None) -> bool:
+        """Whether every engine the task may go to can read this process's
+        shared-memory files (same /dev/shm, same user: :func:`bulk.domain`)."""
         engines = self._dispatcher.engines
         ids = targets if targets is not None else list(engines)
-        return bool(ids) and all(engines.get(e, {}).get("hostname") == self.session.hostname for e in ids)
+        domain = self.session.domain
+        return domain is not None and bool(ids) and all(engines.get(e, {}).get("domain") == domain for e in ids)
+
+    def _check_size(self, frames: list) -> None:
+        """ValueError for a message the controller would refuse (it drops the
+        connection of a peer that sends one, and the task would never return)."""
+        size = sum(memoryview(f).nbytes for f in frames)
+        if 0 <= self.max_message_size < size:
+            raise ValueError(f"the task's arguments make a message of {size} bytes, more than the controller "
+                             f"accepts (Controller.max_message_size = {self.max_message_size}); send less, "
+                             "or raise that limit")
 
     def _request(self, msg_type: str, fields: dict[str, Any], timeout: float | None = None,
                  buffers: Sequence = (), resend_every: float | None = None) -> _Control:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 from typing import Any
 
 import zmq
@@ -33,12 +34,22 @@ def new_key() -> str:
 def write_private_json(path: str, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path`` with mode 0600, atomically (a reader never
     sees half a file, and a key in it is never world-readable even briefly)."""
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    partial = f"{path}.partial-{os.getpid()}"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(data, out, indent=1, sort_keys=True)
-    os.replace(partial, path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    # A new file of a random name, created O_EXCL and 0600 (mkstemp): nothing
+    # planted in the folder beforehand (a symlink, a file of someone else's)
+    # is opened or written through.
+    fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=1, sort_keys=True)
+        os.replace(partial, path)
+    except BaseException:
+        try:
+            os.unlink(partial)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 write_connection_file = write_private_json
@@ -68,6 +79,9 @@ def read_connection_file(path: str, role: str) -> dict[str, Any]:
                                       f"not {type(info[field]).__name__}")
     if not isinstance(info.get("curve_serverkey", ""), str):
         raise ConnectionFileError(f"{path}: field 'curve_serverkey' should be str")
+    max_size = info.get("max_message_size", -1)
+    if not isinstance(max_size, int) or isinstance(max_size, bool) or max_size < -1:
+        raise ConnectionFileError(f"{path}: field 'max_message_size' should be an int >= -1")
     if not info["key"]:
         raise ConnectionFileError(f"{path}: field 'key' is empty; messages cannot be signed")
     if not 0 < info.get("client_port", info.get("engine_port", 0)) < 65536:

@@ -8,8 +8,11 @@ only headers.  See docs/internals/protocol.md for the messages.
 
 from __future__ import annotations
 
+import errno
 import heapq
+import json
 import logging
+import math
 import os
 import signal
 import socket as _socket
@@ -22,12 +25,12 @@ import zmq
 from traitlets import Bool, Float, Integer, Unicode, Union
 from traitlets.config import Config, LoggingConfigurable
 
-from . import connection, plugins
+from . import bulk, connection, plugins
 from .profile import start_logging
 from .db import BaseDB, check_query
-from .error import ClusterLauncherError
+from .error import BulkError, ClusterLauncherError
 from .scheduler import TaskScheduler
-from .session import Message, Session, decode_record, encode_record, new_id, parse_time, utcnow
+from .session import Message, Session, decode_record, discard_bulk, encode_record, new_id, parse_time, utcnow
 
 log = logging.getLogger("cluster_launcher")
 
@@ -64,6 +67,14 @@ class Controller(LoggingConfigurable):
                  "by themselves.").tag(config=True)
     shutdown_grace = Float(2.0, help="Seconds a shutdown request waits for engines to leave before "
                            "the controller exits.").tag(config=True)
+    max_message_size = Integer(1 << 30, min=-1, help="Largest message (bytes, all frames) the controller "
+                               "accepts; a peer sending a larger one is disconnected before it is buffered. "
+                               "Buffers that go through shared memory do not count. -1: no limit.").tag(config=True)
+    reply_grace = Float(10.0, help="Seconds a task's result waits for a client whose reply socket is "
+                        "not connected (reconnecting after a controller restart, or a network hiccup) "
+                        "before it is dropped.").tag(config=True)
+    shm_sweep_interval = Float(30.0, help="Seconds between sweeps of /dev/shm for shared-memory files "
+                               "left by processes of this user that died.").tag(config=True)
     dependency_memory = Integer(10_000, help="How many finished tasks the controller remembers (about "
                                 "250 bytes each) for after/follow dependencies; older ones are looked "
                                 "up in the task DB.").tag(config=True)
@@ -72,9 +83,13 @@ class Controller(LoggingConfigurable):
         super().__init__(**kwargs)
         self.profile_dir = profile_dir
         self.engines: OrderedDict[int, EngineState] = OrderedDict()  # least recently used first
-        self.by_uuid: dict[bytes, int] = {}
+        self.by_ident: dict[bytes, int] = {}  # engine routing id (private) -> engine id
         self.next_engine_id = 0
-        self.clients: set[bytes] = set()
+        self.clients: set[bytes] = set()  # reply sockets of connected clients; gone ones pruned on send
+        # Results for known clients whose reply socket is not attached right
+        # now: sent again every heartbeat period, for up to reply_grace seconds.
+        self.held: dict[bytes, deque[list]] = {}
+        self.missing: dict[bytes, float] = {}  # client -> since when its reply socket is not attached
         self.tasks: dict[str, Task] = {}  # pending: queued or running
         self.ready: deque[Task] = deque()  # load-balanced tasks waiting for an engine
         self.blocked: dict[str, list[Task]] = {}  # dependency msg_id -> tasks waiting on it
@@ -92,6 +107,9 @@ class Controller(LoggingConfigurable):
         self.db: BaseDB = plugins.resolve("db", self.db_class)(parent=self)
         key, ports = self._reused_key_and_ports()
         self.session = Session(key=key, parent=self)
+        swept = bulk.sweep()
+        if swept:
+            log.info("removed %d shared-memory file(s) left by processes that died", swept)
         self.context = zmq.Context()
         self.curve_keys = connection.curve_server_keys(self.profile_dir, self.cluster_id, self.reuse) if self.curve else None
         self.ports: dict[zmq.Socket, int] = {}
@@ -125,7 +143,14 @@ class Controller(LoggingConfigurable):
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted engine/client takes over its identity
+        # No ROUTER_HANDOVER: a second connection claiming an identity in use
+        # is refused, so no peer can take over an engine's or client's stream.
+        # ROUTER_MANDATORY: a message to a peer that is gone raises
+        # EHOSTUNREACH instead of vanishing, so its shared-memory files can be
+        # removed and a client that left forgotten.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # Checked on the size prefix, before a byte of the message is buffered.
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         if self.curve_keys:
             sock.curve_server = True
             sock.curve_publickey, sock.curve_secretkey = self.curve_keys
@@ -145,7 +170,7 @@ class Controller(LoggingConfigurable):
     def _write_connection_files(self, key: str) -> None:
         location = self.location or (_socket.gethostname() if self.ip in ("*", "0.0.0.0", "") else self.ip)
         common = {"key": key, "signature_scheme": "hmac-sha256", "location": location,
-                  "cluster_id": self.cluster_id, "transport": "tcp",
+                  "cluster_id": self.cluster_id, "transport": "tcp", "max_message_size": self.max_message_size,
                   "curve_serverkey": self.curve_keys[0].decode() if self.curve_keys else ""}
         self.client_info = {**common, "client_port": self.ports[self.client_socket], "ssh": self.ssh}
         self.engine_info = {**common, "engine_port": self.ports[self.engine_socket],
@@ -166,6 +191,7 @@ class Controller(LoggingConfigurable):
             connection_info=dict(self.client_info), profile_dir=self.profile_dir)
         log.info("controller listening: clients %s, engines %s", self.ports[self.client_socket], self.ports[self.engine_socket])
         next_check = time.monotonic() + self.heartbeat_period
+        next_sweep = time.monotonic() + self.shm_sweep_interval
         while self.running:
             if self.exit_at is not None and (not self.engines or time.monotonic() >= self.exit_at):
                 break
@@ -180,6 +206,9 @@ class Controller(LoggingConfigurable):
                         msg = self.session.recv(sock, zmq.NOBLOCK)
                     except zmq.Again:
                         break
+                    except Exception:  # nothing a peer sends may stop the loop
+                        log.exception("error receiving a message")
+                        continue
                     if msg is None:
                         continue
                     try:
@@ -190,7 +219,12 @@ class Controller(LoggingConfigurable):
                 self.check_deadlines()
             if time.monotonic() >= next_check:
                 self.check_heartbeats()
+                self.send_heartbeats()
+                self.deliver_held()
                 next_check = time.monotonic() + self.heartbeat_period
+            if time.monotonic() >= next_sweep:
+                bulk.sweep()
+                next_sweep = time.monotonic() + self.shm_sweep_interval
 
     def close(self) -> None:
         self.db.close()
@@ -207,11 +241,78 @@ class Controller(LoggingConfigurable):
     def reply_to(self, msg: Message) -> bytes:
         return b"r-" + str(msg.header.get("session", "")).encode()
 
+    def route(self, sock: zmq.Socket, ident: bytes, frames: list, hold: bool = False) -> bool:
+        """Send ``frames`` to the peer ``ident``; False if it is not connected.
+        A known client whose reply socket is not attached (reconnecting after
+        a controller restart, a network hiccup) has ``reply_grace`` seconds to
+        come back: a task's result (``hold``) waits for it, other messages are
+        dropped.  After that, or for a peer that is simply gone, the message
+        is dropped with the shared-memory files it names (nobody else would
+        read them) and the client is forgotten."""
+        if hold and ident in self.held:  # behind the results already waiting
+            self.held[ident].append(frames)
+            return False
+        try:
+            sock.send_multipart([ident, *frames], copy=False)
+            if self.missing:
+                self.missing.pop(ident, None)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+        if sock is self.client_socket and ident in self.clients:
+            since = self.missing.setdefault(ident, time.monotonic())
+            if time.monotonic() - since < self.reply_grace:
+                if hold:
+                    self.held[ident] = deque([frames])
+                else:
+                    _discard_bulk_files(frames)
+                return False
+            self.forget_client(ident)
+        _discard_bulk_files(frames)
+        return False
+
+    def deliver_held(self) -> None:
+        """Send the results waiting for clients that were not attached; forget
+        the clients missing for longer than ``reply_grace``."""
+        for ident, waiting in list(self.held.items()):
+            while waiting:
+                try:
+                    self.client_socket.send_multipart([ident, *waiting[0]], copy=False)
+                except zmq.ZMQError as exc:
+                    if exc.errno != errno.EHOSTUNREACH:
+                        raise
+                    break
+                waiting.popleft()
+            if not waiting:
+                del self.held[ident]
+                self.missing.pop(ident, None)
+        limit = time.monotonic() - self.reply_grace
+        for ident in [i for i, since in self.missing.items() if since < limit]:
+            log.warning("forgot client %r: not connected for %gs (Controller.reply_grace); dropped %d result(s) "
+                        "waiting for it", ident[:18], self.reply_grace, len(self.held.get(ident, ())))
+            self.forget_client(ident)
+
+    def forget_client(self, ident: bytes) -> None:
+        self.clients.discard(ident)
+        self.missing.pop(ident, None)
+        for frames in self.held.pop(ident, ()):
+            _discard_bulk_files(frames)
+
     def send_client(self, ident: bytes, msg_type: str, fields: dict[str, Any], buffers: list = ()) -> None:
-        self.session.send(self.client_socket, msg_type, fields, buffers, idents=[ident])
+        header = {"type": msg_type, "id": new_id(), **fields}
+        self.route(self.client_socket, ident, self.session.pack(header, buffers))
+
+    def send_engine(self, engine: EngineState, msg_type: str, fields: dict[str, Any]) -> None:
+        header = {"type": msg_type, "id": new_id(), **fields}
+        self.route(self.engine_socket, engine.ident, self.session.pack(header))
 
     def on_client(self, msg: Message) -> None:
-        handler = getattr(self, "client_" + msg.type, None)
+        handler = self.client_handlers.get(msg.type)
+        if handler is not None and msg.type != "disconnect":
+            # Any request makes its client known (a client of a controller
+            # restarted with --reuse never sends connect again).
+            self.clients.add(self.reply_to(msg))
         if handler is None:
             log.warning("ignored a client message of unknown type %r", msg.type)
             return
@@ -224,6 +325,15 @@ class Controller(LoggingConfigurable):
                              {"parent": msg.header["id"], "status": "error",
                               "error": {"ename": type(exc).__name__, "evalue": str(exc)}})
 
+    @property
+    def client_handlers(self) -> dict[str, Any]:
+        """The requests a client may send, by message type (the protocol's index)."""
+        return {"connect": self.client_connect, "disconnect": self.client_disconnect,
+                "apply": self.client_apply, "queue_status": self.client_queue_status,
+                "db_query": self.client_db_query, "get_result": self.client_get_result,
+                "purge": self.client_purge, "resubmit": self.client_resubmit,
+                "abort": self.client_abort, "shutdown": self.client_shutdown}
+
     def client_connect(self, msg: Message) -> None:
         ident = self.reply_to(msg)
         self.clients.add(ident)
@@ -231,19 +341,31 @@ class Controller(LoggingConfigurable):
         self.send_client(ident, "connect_reply", {"parent": msg.header["id"], "status": "ok",
                                                   "engines": engines, "cluster_id": self.cluster_id})
 
+    def client_disconnect(self, msg: Message) -> None:
+        self.forget_client(self.reply_to(msg))
+
     def client_apply(self, msg: Message) -> None:
         header = msg.header
         _check_apply(header)
+        if header["id"] in self.tasks or header["id"] in self.finished:
+            # A replay with a fresh signature, or a client bug: never run a task twice.
+            log.warning("refused an apply whose id %s is already known", header["id"])
+            return
         task = Task(msg_id=header["id"], reply_to=self.reply_to(msg), frames=msg.frames, header=header,
                     queue=header.get("queue", "task"), targets=header.get("targets"),
                     retries=int(header.get("retries") or 0))
-        self.tasks[task.msg_id] = task
+        # Everything that can fail comes before the task is stored, so a
+        # failure leaves no task behind (the error reply goes to the client).
+        task.buffers = self.stored_buffers(msg, needed=task.retries > 0)
         self.db.add_record(task.msg_id, {
-            "msg_id": task.msg_id, "header": _without_bulk(header), "content": {}, "buffers": self.stored_buffers(msg),
+            "msg_id": task.msg_id, "header": _without_bulk(header), "content": {}, "buffers": task.buffers,
             "submitted": task.submitted, "client_uuid": header.get("session"), "engine_uuid": None,
             "started": None, "completed": None, "received": None, "resubmitted": None,
             "queue": "mux" if task.queue == "mux" else "task", "result_header": None,
             "result_content": None, "result_buffers": None, "stdout": "", "stderr": ""})
+        self.tasks[task.msg_id] = task
+        if task.retries == 0 and self.db_class == "NoDB":
+            task.buffers = []  # kept only for a retry or the DB
         if task.queue == "mux":
             engine = self.engines.get(task.targets[0] if task.targets else -1)
             if engine is None:
@@ -270,7 +392,7 @@ class Controller(LoggingConfigurable):
                   for e in self.engines.values() if targets is None or e.id in targets}
         self.send_client(self.reply_to(msg), "queue_status_reply", {
             "parent": msg.header["id"], "status": "ok", "engines": status,
-            "unassigned": len(self.ready) + len(self.waiting_on_dependencies())})
+            "unassigned": len(self.ready) + len(self.waiting_on_dependencies()), "clients": len(self.clients)})
 
     def waiting_on_dependencies(self) -> set[str]:
         """Ids of the tasks blocked on a dependency, each once: a task waiting
@@ -302,8 +424,10 @@ class Controller(LoggingConfigurable):
                 self.send_client(ident, "apply_reply", _error_header(
                     msg_id, "remote", "KeyError", reason if record is None else f"task {msg_id} has no result"))
                 continue
-            self.client_socket.send_multipart(
-                [ident, *self.session.pack(record["result_header"], record["result_buffers"] or [])], copy=False)
+            header = {**record["result_header"], "id": new_id()}  # a new message, not a replay
+            if record.get("submitted") and not header.get("submitted"):
+                header["submitted"] = record["submitted"].isoformat()
+            self.route(self.client_socket, ident, self.session.pack(header, record["result_buffers"] or []))
 
     def client_purge(self, msg: Message) -> None:
         header = msg.header
@@ -316,7 +440,7 @@ class Controller(LoggingConfigurable):
                 raise ValueError(f"cannot purge pending tasks: {', '.join(pending[:5])}")
             self.db.drop_matching_records({"msg_id": {"$in": msg_ids}})
         if header.get("targets"):
-            uuids = [self.engines[t].uuid.decode() for t in header["targets"] if t in self.engines]
+            uuids = [self.engines[t].uuid for t in header["targets"] if t in self.engines]
             self.db.drop_matching_records({"engine_uuid": {"$in": uuids}, "completed": {"$exists": True}})
         self.send_client(self.reply_to(msg), "purge_reply", {"parent": header["id"], "status": "ok"})
 
@@ -326,8 +450,10 @@ class Controller(LoggingConfigurable):
             if old_id in self.tasks:
                 raise ValueError(f"task {old_id} is still pending; wait for it before resubmitting")
             record = self.db.get_record(old_id)
-            header = {**record["header"], "id": new_id(),
-                      "session": msg.header.get("session"), "resubmit_of": old_id}
+            # Not the first submitter's pid and memory domain: the result goes
+            # inline to whoever resubmits.
+            header = {**{k: v for k, v in record["header"].items() if k not in ("pid", "domain")},
+                      "id": new_id(), "session": msg.header.get("session"), "resubmit_of": old_id}
             frames = self.session.pack(header, record["buffers"] or [])
             self.client_apply(Message([], header, list(record["buffers"] or []), frames))
             self.db.update_record(old_id, {"resubmitted": header["id"]})
@@ -339,9 +465,9 @@ class Controller(LoggingConfigurable):
         header = msg.header
         targets = _id_list(header, "targets", int)
         msg_ids = _id_list(header, "msg_ids", str)
-        if msg_ids is None:
-            msg_ids = [t.msg_id for t in self.tasks.values()
-                       if targets is None or (t.engine_id in targets if t.engine_id is not None else True)]
+        if msg_ids is None:  # as in ipyparallel: the caller's own outstanding tasks, not everyone's
+            msg_ids = [t.msg_id for t in self.tasks.values() if t.header.get("session") == header.get("session")
+                       and (targets is None or (t.engine_id in targets if t.engine_id is not None else True))]
         aborted, by_engine = [], {}
         for msg_id in msg_ids:
             task = self.tasks.get(msg_id)
@@ -354,7 +480,7 @@ class Controller(LoggingConfigurable):
             else:  # on an engine: it aborts it if it has not started it
                 by_engine.setdefault(task.engine_id, []).append(msg_id)
         for engine_id, ids in by_engine.items():
-            self.session.send(self.engine_socket, "abort", {"msg_ids": ids}, idents=[self.engines[engine_id].uuid])
+            self.send_engine(self.engines[engine_id], "abort", {"msg_ids": ids})
         self.send_client(self.reply_to(msg), "abort_reply", {"parent": header["id"], "status": "ok",
                                                              "aborted": aborted, "forwarded": sum(by_engine.values(), [])})
 
@@ -362,7 +488,7 @@ class Controller(LoggingConfigurable):
         targets = msg.header.get("targets")
         for engine in list(self.engines.values()):
             if targets is None or engine.id in targets:
-                self.session.send(self.engine_socket, "shutdown", {}, idents=[engine.uuid])
+                self.send_engine(engine, "shutdown", {})
         self.send_client(self.reply_to(msg), "shutdown_reply", {"parent": msg.header["id"], "status": "ok"})
         if msg.header.get("hub"):
             log.info("shutdown requested by a client")
@@ -373,8 +499,8 @@ class Controller(LoggingConfigurable):
     # --- engines --------------------------------------------------------
 
     def on_engine(self, msg: Message) -> None:
-        uuid = msg.idents[0]
-        engine_id = self.by_uuid.get(uuid)
+        ident = msg.idents[0]
+        engine_id = self.by_ident.get(ident)
         engine = self.engines.get(engine_id) if engine_id is not None else None
         if engine is not None:
             engine.last_seen = time.monotonic()
@@ -382,64 +508,78 @@ class Controller(LoggingConfigurable):
             self.on_reply(msg, engine)
         elif msg.type == "stream":
             task = self.tasks.get(msg.header.get("parent"))
-            if task is not None:
-                for ident in (task.reply_to, *task.waiters):
-                    self.client_socket.send_multipart([ident, *msg.frames], copy=False)
+            sender = self.engines.get(self.by_ident.get(ident.removesuffix(b"-io"), -1))
+            if task is not None and sender is not None and task.engine_id == sender.id:
+                for client in (task.reply_to, *task.waiters):
+                    self.route(self.client_socket, client, msg.frames)
         elif msg.type == "register":
-            self.register(uuid, msg)
+            self.register(ident, msg)
         elif msg.type == "unregister" and engine is not None:
             self.unregister(engine, "shutdown")
         else:
             log.warning("ignored an engine message of type %r", msg.type)
 
-    def register(self, uuid: bytes, msg: Message) -> None:
-        if uuid in self.by_uuid:
-            self.unregister(self.engines[self.by_uuid[uuid]], "re-registered")
-        engine = EngineState(id=self.next_engine_id, uuid=uuid, hostname=msg.header.get("hostname", ""),
-                             pid=msg.header.get("pid", 0))
+    def register(self, ident: bytes, msg: Message) -> None:
+        if ident in self.by_ident:
+            self.unregister(self.engines[self.by_ident[ident]], "re-registered")
+        header = msg.header
+        engine = EngineState(id=self.next_engine_id, ident=ident, uuid=str(header.get("uuid", "")),
+                             hostname=str(header.get("hostname", "")), pid=header.get("pid", 0),
+                             domain=header.get("domain"))
         self.next_engine_id += 1
         self.engines[engine.id] = engine
-        self.by_uuid[uuid] = engine.id
-        self.session.send(self.engine_socket, "register_reply", {
-            "parent": msg.header["id"], "status": "ok", "engine_id": engine.id,
-            "heartbeat_period": self.heartbeat_period, "heartbeat_timeout": self.heartbeat_timeout},
-            idents=[uuid])
+        self.by_ident[ident] = engine.id
+        self.send_engine(engine, "register_reply", {
+            "parent": header["id"], "status": "ok", "engine_id": engine.id,
+            "heartbeat_period": self.heartbeat_period, "heartbeat_timeout": self.heartbeat_timeout})
         log.info("engine %d registered (%s, pid %s)", engine.id, engine.hostname, engine.pid)
-        for ident in self.clients:
-            self.send_client(ident, "registration", {"engine_id": engine.id, **engine.info()})
+        for client in list(self.clients):
+            self.send_client(client, "registration", {"engine_id": engine.id, **engine.info()})
         _call_hook("cluster_launcher_engine_registered", engine_id=engine.id, info=engine.info())
         self.schedule()
 
     def unregister(self, engine: EngineState, reason: str) -> None:
         self.engines.pop(engine.id, None)
-        self.by_uuid.pop(engine.uuid, None)
+        self.by_ident.pop(engine.ident, None)
         log.info("engine %d unregistered (%s)", engine.id, reason)
         for task in list(engine.in_flight.values()):
             engine.in_flight.pop(task.msg_id)
             if task.queue == "task" and task.retries > 0:
                 task.retries -= 1
                 task.blacklist.add(engine.id)
-                task.engine_id = None
+                self.requeue(task)
                 log.info("retrying task %s after engine %d left", task.msg_id, engine.id)
-                self.ready.appendleft(task)
             else:
                 self.fail(task, "engine", "EngineError",
                           f"engine {engine.id} ({engine.hostname}, pid {engine.pid}) died or left "
                           f"({reason}) while running this task", engine_id=engine.id)
-        for ident in self.clients:
-            self.send_client(ident, "unregistration", {"engine_id": engine.id, "uuid": engine.uuid.decode(),
-                                                       "reason": reason})
+        for client in list(self.clients):
+            self.send_client(client, "unregistration", {"engine_id": engine.id, "uuid": engine.uuid,
+                                                        "reason": reason})
         _call_hook("cluster_launcher_engine_unregistered", engine_id=engine.id, reason=reason)
+        self.fail_unreachable()
         self.schedule()
 
     def on_heartbeat(self, msg: Message) -> None:
-        uuid = msg.idents[0].removesuffix(b"-hb")
-        engine_id = self.by_uuid.get(uuid)
+        ident = msg.idents[0]
+        if ident.endswith(b"-echo"):
+            # Our own ping, echoed by the engine's libzmq proxy thread: it
+            # answers even while a task holds the engine's GIL.
+            engine = self.engines.get(self.by_ident.get(ident.removesuffix(b"-echo"), -1))
+            if engine is not None and msg.type == "heartbeat" and msg.header.get("engine_id") == engine.id:
+                engine.last_seen = time.monotonic()
+            return
+        # The engine's own liveness check of the controller, from its Python thread.
+        engine_id = self.by_ident.get(ident.removesuffix(b"-hb"))
         if engine_id is not None:
             self.engines[engine_id].last_seen = time.monotonic()
-        self.session.send(self.heartbeat_socket, "pong", {"parent": msg.header["id"],
-                                                          "registered": engine_id is not None},
-                          idents=msg.idents)
+        header = {"type": "pong", "id": new_id(), "parent": msg.header["id"], "registered": engine_id is not None}
+        self.route(self.heartbeat_socket, ident, self.session.pack(header))
+
+    def send_heartbeats(self) -> None:
+        for engine in self.engines.values():
+            header = {"type": "heartbeat", "id": new_id(), "engine_id": engine.id}
+            self.route(self.heartbeat_socket, engine.ident + b"-echo", self.session.pack(header))
 
     def check_heartbeats(self) -> None:
         limit = time.monotonic() - self.heartbeat_timeout
@@ -451,6 +591,10 @@ class Controller(LoggingConfigurable):
 
     def enqueue(self, task: Task, after: list[str], follow: list[str]) -> None:
         task.follow = list(follow)
+        if task.targets is not None and not set(task.targets) & set(self.engines):
+            self.fail(task, "engine", "EngineError", f"none of the engines the task may run on "
+                      f"(targets {task.targets}) is registered")
+            return
         unmet = 0
         for dep in {*after, *follow}:
             state = self.dependency_state(dep)
@@ -476,7 +620,7 @@ class Controller(LoggingConfigurable):
         except KeyError:
             return (False, None)  # unknown: can never be met
         ok = (record.get("result_content") or {}).get("status") == "ok"
-        engine_id = next((e.id for e in self.engines.values() if e.uuid.decode() == record.get("engine_uuid")), None)
+        engine_id = next((e.id for e in self.engines.values() if e.uuid == record.get("engine_uuid")), None)
         return (ok, engine_id)
 
     def schedule(self) -> None:
@@ -501,25 +645,39 @@ class Controller(LoggingConfigurable):
     def candidates(self, task: Task) -> list[EngineState] | None:
         engines = self.engines.values()
         if task.targets is not None or task.follow or task.blacklist or "bulk" in task.header:
-            allowed = set(task.targets) if task.targets is not None else set(self.engines)
-            if "bulk" in task.header:  # its buffers are in this host's shared memory
-                allowed &= {e.id for e in engines if e.hostname == task.header.get("hostname")}
+            allowed = set(self.engines) if task.targets is None else set(task.targets) & set(self.engines)
+            if "bulk" in task.header:  # its buffers are in shared memory only some engines can read
+                allowed &= {e.id for e in engines if e.domain and e.domain == task.header.get("domain")}
             for dep in task.follow:
                 state = self.dependency_state(dep)
                 allowed &= {state[1]} if state and state[1] is not None else set()
             allowed -= task.blacklist
             if not allowed:
-                if task.blacklist and not (set(task.targets or self.engines) - task.blacklist):
+                if task.targets is not None and not set(task.targets) & set(self.engines):
+                    self.fail(task, "engine", "EngineError", f"none of the engines the task may run on "
+                              f"(targets {task.targets}) is registered any more")
+                elif task.blacklist and not (set(task.targets or self.engines) - task.blacklist):
                     self.fail(task, "engine", "EngineError", "no engine left to retry the task on")
                 else:
                     self.fail(task, "dependency", "DependencyError",
                               "no registered engine can take the task (its targets, follow dependencies, "
-                              "or same-host shared-memory buffers rule them all out)")
+                              "or shared-memory buffers rule them all out)")
                 return None
             engines = [e for e in engines if e.id in allowed]
         if self.hwm:
             return [e for e in engines if e.lb_load < self.hwm]
         return list(engines)
+
+    def fail_unreachable(self) -> None:
+        """Fail the waiting tasks none of whose target engines is registered
+        any more (engine ids are never reused, so they could never run)."""
+        registered = set(self.engines)
+        waiting = {t.msg_id: t for t in (*self.ready, *(t for ts in self.blocked.values() for t in ts))}
+        for task in waiting.values():
+            if task.targets is not None and not set(task.targets) & registered and task.msg_id in self.tasks:
+                self.discard_waiting(task)
+                self.fail(task, "engine", "EngineError", f"none of the engines the task may run on "
+                          f"(targets {task.targets}) is registered any more")
 
     def assign(self, task: Task, engine: EngineState) -> None:
         task.engine_id = engine.id
@@ -527,29 +685,51 @@ class Controller(LoggingConfigurable):
         if task.queue == "task":
             engine.lb_load += 1
             self.engines.move_to_end(engine.id)  # most recently used last
-        self.engine_socket.send_multipart([engine.uuid, *task.frames], copy=False)
-        self.db.update_record(task.msg_id, {"engine_uuid": engine.uuid.decode()})
+        # Not delivered means the engine is gone: its heartbeat runs out and
+        # the task is failed or retried like any task of a dead engine.
+        self.route(self.engine_socket, engine.ident, task.frames)
+        self.db.update_record(task.msg_id, {"engine_uuid": engine.uuid})
+
+    def requeue(self, task: Task) -> None:
+        """Put a task to be retried at the head of the queue.  Its shared-memory
+        files were consumed by the engine that had it, and a file of that name
+        could since be anyone's: the retry carries the buffers the controller
+        mapped at submission, inline and signed."""
+        task.engine_id = None
+        if "bulk" in task.header:
+            task.header = _without_bulk(task.header)
+            task.frames = self.session.pack(task.header, task.buffers)
+        self.ready.appendleft(task)
 
     def on_reply(self, msg: Message, engine: EngineState | None) -> None:
         header = msg.header
         task = self.tasks.get(header.get("parent"))
-        if task is None:
-            log.warning("reply for an unknown task %s", header.get("parent"))
+        if task is None or engine is None or task.engine_id != engine.id:
+            # Late (from an engine declared dead, its task since retried) or
+            # from an engine that never had the task: never a task's result.
+            log.warning("dropped a reply for task %s from %s, which does not run it", header.get("parent"),
+                        f"engine {engine.id}" if engine else "an unregistered engine")
+            _discard_bulk_files(msg.frames)
             return
-        if engine is not None:
-            engine.in_flight.pop(task.msg_id, None)
-            engine.completed += 1
-            if task.queue == "task":
-                engine.lb_load -= 1
+        engine.in_flight.pop(task.msg_id, None)
+        engine.completed += 1
+        if task.queue == "task":
+            engine.lb_load -= 1
         if header.get("status") == "error" and task.retries > 0 and task.queue == "task" and self.can_retry(task, engine):
             task.retries -= 1
-            if engine is not None:
-                task.blacklist.add(engine.id)
-            task.engine_id = None
-            self.ready.appendleft(task)
+            task.blacklist.add(engine.id)
+            _discard_bulk_files(msg.frames)
+            self.requeue(task)
             self.schedule()
             return
-        self.finish(task, header, self.stored_buffers(msg, needed=bool(task.waiters)), msg.frames)
+        try:
+            buffers = self.stored_buffers(msg, needed=bool(task.waiters))
+        except BulkError as exc:
+            _discard_bulk_files(msg.frames)
+            self.fail(task, "engine", "BulkError", f"the result of engine {engine.id} could not be read: {exc}",
+                      engine_id=engine.id)
+        else:
+            self.finish(task, header, buffers, msg.frames)
         self.schedule()
 
     def can_retry(self, task: Task, failed_on: EngineState | None) -> bool:
@@ -560,18 +740,20 @@ class Controller(LoggingConfigurable):
 
     def fail(self, task: Task, kind: str, ename: str, evalue: str, engine_id: int | None = None) -> None:
         header = _error_header(task.msg_id, kind, ename, evalue, engine_id)
+        header["submitted"] = task.submitted.isoformat()
         self.finish(task, header, [], self.session.pack(header))
 
     def finish(self, task: Task, header: dict[str, Any], buffers: list, frames: list) -> None:
         self.tasks.pop(task.msg_id, None)
-        self.client_socket.send_multipart([task.reply_to, *frames], copy=False)
+        task.buffers = []
+        self.route(self.client_socket, task.reply_to, frames, hold=True)
         if task.waiters:
             # Shared-memory files are read once, by the submitter: the other
-            # clients waiting for this result get the bytes themselves.
-            if "bulk" in header:
-                frames = self.session.pack(_without_bulk(header), buffers)
+            # clients waiting for this result get the bytes themselves (and
+            # each a message of its own, so none is taken for a replay).
             for ident in task.waiters:
-                self.client_socket.send_multipart([ident, *frames], copy=False)
+                self.route(self.client_socket, ident, self.session.pack({**_without_bulk(header), "id": new_id()},
+                                                                         buffers))
         ok = header.get("status") == "ok"
         self.finished[task.msg_id] = (ok, task.engine_id)
         if len(self.finished) > self.dependency_memory:
@@ -624,6 +806,7 @@ class Task:
     follow: list[str] = field(default_factory=list)
     blacklist: set[int] = field(default_factory=set)
     waiters: set[bytes] = field(default_factory=set)
+    buffers: list = field(default_factory=list)  # mapped at submission: for the DB and for retries
     unmet: int = 0
     deadline: float | None = None
     submitted: Any = field(default_factory=lambda: parse_time(utcnow()))
@@ -632,16 +815,18 @@ class Task:
 @dataclass(eq=False)
 class EngineState:
     id: int
-    uuid: bytes
+    ident: bytes  # zmq routing id: private to the engine and the controller
+    uuid: str  # public: shown to clients, stored in task records
     hostname: str
     pid: int
+    domain: str | None = None  # who can read its shared-memory files (cluster_launcher.bulk.domain)
     last_seen: float = field(default_factory=time.monotonic)
     in_flight: dict[str, Task] = field(default_factory=dict)
     lb_load: int = 0
     completed: int = 0
 
     def info(self) -> dict[str, Any]:
-        return {"uuid": self.uuid.decode(), "hostname": self.hostname, "pid": self.pid}
+        return {"uuid": self.uuid, "hostname": self.hostname, "pid": self.pid, "domain": self.domain}
 
 
 def _error_header(msg_id: str, kind: str, ename: str, evalue: str, engine_id: int | None = None) -> dict[str, Any]:
@@ -671,14 +856,26 @@ def _check_apply(header: dict[str, Any]) -> None:
     if not isinstance(header.get("retries") or 0, int) or (header.get("retries") or 0) < 0:
         raise TypeError("apply: field 'retries' must be a non-negative integer")
     timeout = header.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)):
-        raise TypeError("apply: field 'timeout' must be a number of seconds or null")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                or not math.isfinite(timeout) or timeout < 0):
+        raise TypeError("apply: field 'timeout' must be a finite number of seconds >= 0, or null")
 
 
 def _without_bulk(header: dict[str, Any]) -> dict[str, Any]:
     """A header as stored in the DB, whose buffers are stored in full: the
     shared-memory files it named are the receiver's, and gone once read."""
     return {k: v for k, v in header.items() if k != "bulk"} if "bulk" in header else header
+
+
+def _discard_bulk_files(frames: list) -> None:
+    """:func:`discard_bulk` for a message as signed frames (``[DELIM, signature,
+    header, *buffers]``), which is all :meth:`Controller.route` has."""
+    try:
+        header = json.loads(frames[2].bytes if isinstance(frames[2], zmq.Frame) else bytes(frames[2]))
+    except (ValueError, TypeError, IndexError, RecursionError):
+        return
+    if isinstance(header, dict):
+        discard_bulk(header)
 
 
 def _call_hook(name: str, **kwargs: Any) -> None:

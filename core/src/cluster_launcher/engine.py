@@ -1,10 +1,12 @@
 """The engine: runs tasks in a persistent namespace (``cluster-launcher engine``).
 
-The main thread receives ``apply`` messages and runs them one at a time; a
-heartbeat thread with its own socket answers the controller's liveness
-check, so a long task never looks like a dead engine.  If the controller
-stops answering for ``Engine.timeout`` seconds the engine exits (a task
-still running is interrupted first).
+The main thread receives ``apply`` messages and runs them one at a time.
+The controller's heartbeats are echoed by libzmq itself (``zmq.proxy`` on
+one socket, in a thread that never takes the GIL), so a task holding the
+GIL for minutes never looks like a dead engine.  A Python heartbeat thread
+checks the other way: if the controller stops answering for
+``Engine.timeout`` seconds the engine exits (a task still running is
+interrupted first).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from . import connection
 from .profile import start_logging
 from .error import ClusterLauncherError, ConfigError
 from .serialize import serialize, unpack_apply
-from .session import Message, Session, new_id, utcnow
+from .session import Message, Session, discard_bulk, new_id, utcnow
 
 log = logging.getLogger("cluster_launcher")
 _USER_NAMESPACE: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -64,13 +66,17 @@ class Engine(LoggingConfigurable):
     def __init__(self, profile_dir: str = "", **kwargs: Any):
         super().__init__(**kwargs)
         self.profile_dir = profile_dir
-        self.uuid = new_id()
+        self.uuid = new_id()  # public: clients see it
+        # The zmq routing id of this engine's sockets: known only to this
+        # engine and the controller, so no peer can claim its task stream.
+        self.ident = new_id().encode()
         self.engine_id: int | None = None
         self.pending: deque[Message] = deque()
         self.aborted: set[str] = set()
         self.stopping = False
         self.controller_lost = threading.Event()
         self.needs_registration = threading.Event()
+        self.registered_at = 0.0  # monotonic time of the last completed registration
 
     # --- set-up -------------------------------------------------------
 
@@ -103,20 +109,24 @@ class Engine(LoggingConfigurable):
         self.session = Session(key=info["key"], parent=self)
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.IDENTITY, self.uuid.encode())
+        self.socket.setsockopt(zmq.IDENTITY, self.ident)
         for option in (zmq.SNDHWM, zmq.RCVHWM):
             self.socket.setsockopt(option, 0)
         self.socket.setsockopt(zmq.LINGER, 2000)
         connection.secure(self.socket, info)
         self.socket.connect(connection.url(info, "engine_port"))
+        self.max_message_size = info.get("max_message_size", -1)
         self.streams = _StreamSender(self)
+        self.echo = threading.Thread(target=self._echo_heartbeats, args=(self._echo_socket(),),
+                                     name="heartbeat-echo", daemon=True)
+        self.echo.start()
         self.register()
         self.heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.heartbeat.start()
 
     def register(self) -> None:
         self.session.send(self.socket, "register", {"uuid": self.uuid, "hostname": _socket.gethostname(),
-                                                    "pid": os.getpid()})
+                                                    "pid": os.getpid(), "domain": self.session.domain})
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if not self.socket.poll(100):
@@ -130,6 +140,7 @@ class Engine(LoggingConfigurable):
             if msg.header.get("status") != "ok":
                 raise ClusterLauncherError(f"the controller refused registration: {msg.header.get('reason')}")
             self.engine_id = msg.header["engine_id"]
+            self.registered_at = time.monotonic()
             self.heartbeat_period = msg.header.get("heartbeat_period", 1.0)
             log.info("registered as engine %d", self.engine_id)
             return
@@ -153,25 +164,56 @@ class Engine(LoggingConfigurable):
 
     # --- heartbeat ----------------------------------------------------
 
+    def _echo_socket(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.ident + b"-echo")
+        sock.setsockopt(zmq.LINGER, 0)
+        connection.secure(sock, self.info)
+        sock.connect(connection.url(self.info, "heartbeat_port"))
+        return sock
+
+    @staticmethod
+    def _echo_heartbeats(sock: zmq.Socket) -> None:
+        """Send every heartbeat the controller sends back, unchanged, until the
+        context is terminated.  ``zmq.proxy`` runs in libzmq without the GIL."""
+        try:
+            zmq.proxy(sock, sock)
+        except zmq.ZMQError:  # the context was terminated: the engine is closing
+            pass
+        finally:
+            sock.close(0)
+
     def _heartbeat_loop(self) -> None:
         sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.uuid.encode() + b"-hb")
+        sock.setsockopt(zmq.IDENTITY, self.ident + b"-hb")
         sock.setsockopt(zmq.LINGER, 0)
         connection.secure(sock, self.info)
         sock.connect(connection.url(self.info, "heartbeat_port"))
         session = Session(key=self.info["key"])  # its own: the main thread's is not shared across threads
         last_pong = time.monotonic()
+        sent_at: dict[str, float] = {}  # ping id -> when it was sent
         try:
             while not self.stopping:
-                session.send(sock, "ping", {"engine_id": self.engine_id})
+                sent_at[session.send(sock, "ping", {"engine_id": self.engine_id})["id"]] = time.monotonic()
                 deadline = time.monotonic() + self.heartbeat_period
-                while (left := deadline - time.monotonic()) > 0 and not self.stopping:
+                # Poll at least once even when the deadline has passed: after a
+                # task held the GIL for long, the answers are waiting here.
+                while True:
+                    left = max(0.0, deadline - time.monotonic())
                     if sock.poll(left * 1000):
                         msg = session.recv(sock)
                         if msg is not None and msg.type == "pong":
                             last_pong = time.monotonic()
-                            if not msg.header.get("registered"):
+                            # "Not registered" about a ping sent before the last
+                            # registration completed is old news, not a reason
+                            # to register (and get a new engine id) again.
+                            pinged = sent_at.pop(msg.header.get("parent"), 0.0)
+                            if not msg.header.get("registered") and pinged > self.registered_at:
                                 self.needs_registration.set()
+                    elif left == 0.0 or self.stopping:
+                        break
+                for ping in [p for p, t in sent_at.items() if t < last_pong - self.timeout]:
+                    del sent_at[ping]  # never answered (a controller that went away)
                 if time.monotonic() - last_pong > self.timeout and not self.stopping:
                     log.error("no heartbeat answer from the controller for %.0fs (Engine.timeout): exiting",
                               self.timeout)
@@ -221,7 +263,8 @@ class Engine(LoggingConfigurable):
     def reply_aborted(self, msg: Message) -> None:
         self.session.send(self.socket, "apply_reply", {
             "parent": msg.header["id"], "status": "aborted", "engine_id": self.engine_id,
-            "engine_uuid": self.uuid, "started": None, "completed": utcnow(), "stdout": "", "stderr": "",
+            "engine_uuid": self.uuid, "submitted": msg.header.get("submitted"), "started": None,
+            "completed": utcnow(), "stdout": "", "stderr": "",
             "error": {"ename": "TaskAborted", "evalue": "the task was aborted before it ran",
                       "traceback": "", "engine_id": self.engine_id, "kind": "aborted"}})
 
@@ -243,16 +286,43 @@ class Engine(LoggingConfigurable):
             error = {"ename": "KeyboardInterrupt", "evalue": "the engine was interrupted",
                      "traceback": traceback.format_exc(), "engine_id": self.engine_id, "kind": "remote"}
         except BaseException as exc:  # a task's failure, whatever it is, is the client's to see
-            error = {"ename": type(exc).__name__, "evalue": str(exc), "traceback": _user_traceback(exc),
-                     "engine_id": self.engine_id, "kind": "remote"}
+            error = self.remote_error(exc)
         finally:
             sys.stdout, sys.stderr = saved
             self.streams.watch()
-        self.session.send(self.socket, "apply_reply", {
-            "parent": parent, "status": "error" if error else "ok", "engine_id": self.engine_id,
-            "engine_uuid": self.uuid, "started": started, "completed": utcnow(),
-            "stdout": out.getvalue(), "stderr": err.getvalue(), "error": error}, buffers,
-            bulk=msg.header.get("hostname") == self.session.hostname)
+        header = {"type": "apply_reply", "id": new_id(), "parent": parent, "status": "error" if error else "ok",
+                  "engine_id": self.engine_id, "engine_uuid": self.uuid, "submitted": msg.header.get("submitted"),
+                  "started": started, "completed": utcnow(), "stdout": out.getvalue(), "stderr": err.getvalue(),
+                  "error": error}
+        # The client's shared-memory files are removed by the client itself
+        # (pid in the file name) if it goes away before reading them.
+        same_memory = msg.header.get("domain") is not None and msg.header.get("domain") == self.session.domain
+        client_pid = msg.header.get("pid") if same_memory and isinstance(msg.header.get("pid"), int) else None
+        frames = self.session.pack(header, buffers, shm_owner=client_pid)
+        if 0 <= self.max_message_size < sum(memoryview(f).nbytes for f in frames):
+            discard_bulk(header)
+            header.pop("bulk", None)
+            size = sum(memoryview(b).nbytes for b in buffers)
+            header.update(status="error", error=self.remote_error(ClusterLauncherError(
+                f"the task's result ({size} bytes) is larger than the controller accepts "
+                f"(Controller.max_message_size = {self.max_message_size}); return less, or raise that limit")))
+            frames = self.session.pack(header)
+        self.socket.send_multipart(frames, copy=False)
+
+    def remote_error(self, exc: BaseException) -> dict[str, Any]:
+        """The error of a failed task as the client sees it.  Never raises:
+        an exception whose ``__str__`` or traceback is broken must not take the
+        engine down (and, through retries, every other engine)."""
+        try:
+            evalue = str(exc)
+        except BaseException:
+            evalue = f"<unprintable {type(exc).__name__} object>"
+        try:
+            tb = _user_traceback(exc)
+        except BaseException:
+            tb = ""
+        return {"ename": type(exc).__name__, "evalue": evalue, "traceback": tb,
+                "engine_id": self.engine_id, "kind": "remote"}
 
     def close(self) -> None:
         self.stopping = True
@@ -281,7 +351,7 @@ class _StreamSender:
     def __init__(self, engine: Engine):
         self.session = Session(key=engine.info["key"])
         self.socket = engine.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.IDENTITY, engine.uuid.encode() + b"-io")
+        self.socket.setsockopt(zmq.IDENTITY, engine.ident + b"-io")
         self.socket.setsockopt(zmq.LINGER, 0)  # the reply carries the full output anyway
         connection.secure(self.socket, engine.info)
         self.socket.connect(connection.url(engine.info, "engine_port"))

@@ -33,6 +33,11 @@ class ClusterError(ClusterLauncherError):
         self.log_lines = log_lines or []
 
 
+class BulkError(ClusterLauncherError):
+    """A shared-memory buffer could not be written or read safely: its file is
+    gone, is not ours, is not a plain file, or its content is not the signed one."""
+
+
 class NoEnginesRegistered(ClusterLauncherError):
     """Work was submitted while no engine is registered."""
 

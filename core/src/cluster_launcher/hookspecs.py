@@ -112,7 +112,8 @@ def cluster_launcher_controller_started(connection_info: dict[str, Any], profile
 @hookspec
 def cluster_launcher_engine_registered(engine_id: int, info: dict[str, Any]) -> None:
     """Called in the controller process when an engine has registered.
-    ``info`` holds its ``uuid``, ``hostname`` and ``pid``."""
+    ``info`` holds its ``uuid``, ``hostname``, ``pid`` and ``domain`` (who can
+    read its shared-memory files, :func:`cluster_launcher.bulk.domain`)."""
 
 
 @hookspec

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -295,8 +296,9 @@ class LoadBalancedView(View):
     def _task_options(self) -> dict[str, Any]:
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"LoadBalancedView.retries: a count >= 0, not {self.retries!r}")
-        if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout < 0):
-            raise ValueError(f"LoadBalancedView.timeout: seconds >= 0 or None, not {self.timeout!r}")
+        if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or isinstance(self.timeout, bool)
+                                         or not math.isfinite(self.timeout) or self.timeout < 0):
+            raise ValueError(f"LoadBalancedView.timeout: a finite number of seconds >= 0, or None; not {self.timeout!r}")
         targets = None if self.targets is None else self.client._resolve_targets(self.targets)
         return {"targets": targets, "after": msg_ids_of(self.after), "follow": msg_ids_of(self.follow),
                 "timeout": self.timeout, "retries": self.retries}

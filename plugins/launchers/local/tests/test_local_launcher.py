@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import psutil
@@ -154,17 +155,47 @@ def test_exited_reports_code_and_this_runs_log_lines(tmp_path):
     assert open(log_path).read().count("\nboom") == 2
 
 
+def exits_once_all_got_sigterm(folder, n: int) -> list[str]:
+    """An engine command that, on SIGTERM, marks it in ``folder`` and exits 0
+    once ``n`` engines have (3 if they never do: then it was not signalled
+    with the others, but only after an engine before it had exited)."""
+    code = textwrap.dedent(f"""\
+        import os, signal, sys, time
+
+        def on_sigterm(*_):
+            open(os.path.join({str(folder)!r}, str(os.getpid())), "w").close()
+            deadline = time.monotonic() + 20
+            while len(os.listdir({str(folder)!r})) < {n}:
+                if time.monotonic() > deadline:
+                    sys.exit(3)
+                time.sleep(0.01)
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        print("up", flush=True)
+        time.sleep(60)
+        """)
+    return [sys.executable, "-c", code]
+
+
 def test_added_engines_get_their_own_logs(tmp_path, started):
-    first = LocalEngineSetLauncher(profile_dir=str(tmp_path), engine_cmd=SLEEPER)
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = LocalEngineSetLauncher(profile_dir=str(tmp_path), stop_timeout=30,
+                                   engine_cmd=exits_once_all_got_sigterm(tmp_path / "first", 2))
     first.start(2)
-    second = LocalEngineSetLauncher(profile_dir=str(tmp_path), engine_cmd=SLEEPER, first_index=2)
+    second = LocalEngineSetLauncher(profile_dir=str(tmp_path), first_index=2, stop_timeout=30,
+                                    engine_cmd=exits_once_all_got_sigterm(tmp_path / "second", 1))
     second.start(1)
     started.extend(e.pid for e in first.engines + second.engines)
     assert [e.log_path for e in second.engines] == [str(tmp_path / "log" / "engine-2-default.log")]
-    stopped = time.monotonic()
+    for engine in first.engines + second.engines:
+        wait_for_text(engine.log_path, "up")  # its SIGTERM handler is set
     first.stop()
     second.stop()
-    assert time.monotonic() - stopped < 4  # all SIGTERMed at once
+    # All SIGTERMed at once: each engine of a set saw the others signalled
+    # before any of them exited (none gave up waiting, none was SIGKILLed).
+    assert [e.poll() for e in first.engines + second.engines] == [0, 0, 0]
     assert all(gone(e.pid) for e in first.engines + second.engines)
 
 
