@@ -356,6 +356,14 @@ def test_sweep_counts_what_it_removed(monkeypatch, tmp_path):
     assert bulk.sweep() == 0
 
 
+def test_sweep_survives_a_name_no_pid_can_have(monkeypatch, tmp_path):
+    """Anyone can create files in /dev/shm: a 10-digit "pid" must not stop the
+    sweep (the controller runs it in its loop)."""
+    monkeypatch.setattr(bulk, "SHM_DIR", str(tmp_path))
+    (tmp_path / f"cluster-launcher-9999999999-{HEX}").write_bytes(b"")
+    assert bulk.sweep() == 1
+
+
 @as_root
 def test_sweep_leaves_another_users_files(no_leftovers):
     dead = dead_pid()

@@ -18,8 +18,8 @@ names go by and, once a receiver has removed a file, create one of the same
 name; such a file is refused (it is not ours, or its content is not the
 signed one) and never unpickled, nor removed (it is not ours to remove).
 
-This module is a leaf: it imports only the standard library, ``blake3`` and
-:mod:`cluster_launcher.error`.
+This module is a leaf: it imports only the standard library, ``blake3``,
+``psutil`` and :mod:`cluster_launcher.error`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import uuid
 from typing import Any
 
 import blake3
+import psutil
 
 from .error import BulkError
 
@@ -205,19 +206,11 @@ def discard(ref: Any) -> None:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
-    """Like ``psutil.pid_exists`` (psutil is not a dependency of core)."""
-    if pid == 0:
-        return True  # the kernel's; os.kill(0) would mean our process group
+def _running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.pid_exists(pid)
+    except (OverflowError, ValueError):  # a name no pid can have (anyone may create files here)
         return False
-    except PermissionError:
-        return True  # exists, another user's
-    except OverflowError:
-        return False
-    return True
 
 
 def sweep() -> int:
@@ -234,7 +227,7 @@ def sweep() -> int:
     euid = os.geteuid()
     for name in entries:
         match = _NAME.fullmatch(name)
-        if match is None or _pid_alive(int(match.group(1))):
+        if match is None or _running(int(match.group(1))):
             continue
         path = os.path.join(SHM_DIR, name)
         try:

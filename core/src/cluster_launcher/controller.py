@@ -175,7 +175,8 @@ class Controller(LoggingConfigurable):
         self.client_info = {**common, "client_port": self.ports[self.client_socket], "ssh": self.ssh}
         self.engine_info = {**common, "engine_port": self.ports[self.engine_socket],
                             "heartbeat_port": self.ports[self.heartbeat_socket], "ssh": self.enginessh}
-        for role, info in (("client", self.client_info), ("engine", self.engine_info)):
+        # The client file last: its appearance is what launchers and tests wait for.
+        for role, info in (("engine", self.engine_info), ("client", self.client_info)):
             connection.write_connection_file(connection.connection_file(self.profile_dir, role, self.cluster_id), info)
 
     # --- the loop -----------------------------------------------------
