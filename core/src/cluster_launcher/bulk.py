@@ -101,8 +101,14 @@ def domain() -> str | None:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+# Below this, one thread: waking a pool costs more than it saves, and its
+# idle threads spin on cores the controller and engines need.
+_THREADED_FROM = 8 << 20
+
+
 def _digest(data: Any) -> str:
-    return blake3.blake3(data, max_threads=1 if _forked else _THREADS).hexdigest()
+    threads = _THREADS if len(data) >= _THREADED_FROM and not _forked else 1
+    return blake3.blake3(data, max_threads=threads).hexdigest()
 
 
 def _checked_path(path: Any) -> bool:
@@ -137,7 +143,7 @@ def put(buffer: Any, owner_pid: int) -> dict[str, Any]:
     return {"path": path, "size": view.nbytes, "digest": digest}
 
 
-def take(ref: Any, remove: bool = True) -> mmap.mmap | bytes:
+def take(ref: Any, remove: bool = True, verify: bool = True) -> mmap.mmap | bytes:
     """The content of a shared-memory file as a writable buffer, mapped
     copy-on-write (writes stay private to this process), the file removed
     unless told not to (the mapping outlives it).
@@ -145,7 +151,13 @@ def take(ref: Any, remove: bool = True) -> mmap.mmap | bytes:
     Raises :class:`BulkError` unless ``ref`` names a file of the expected
     shape in ``SHM_DIR`` that is a regular file (not a symbolic link) owned by
     this user, with one link, ``ref["size"]`` bytes long and whose content
-    hashes to ``ref["digest"]``.  A file that fails a check is left alone."""
+    hashes to ``ref["digest"]``.  A file that fails a check is left alone.
+
+    ``verify=False`` skips only the digest (reading every page), for the
+    controller: it maps a file on receipt, before forwarding the message, so
+    before any receiver has removed it, when its name can only be the
+    sender's file (another user cannot remove or replace a file of ours in
+    the sticky ``/dev/shm``); the processes that unpickle always verify."""
     if not isinstance(ref, dict):
         raise BulkError(f"bulk buffer reference is not an object: {type(ref).__name__}")
     path, size, digest = ref.get("path"), ref.get("size"), ref.get("digest")
@@ -181,7 +193,7 @@ def take(ref: Any, remove: bool = True) -> mmap.mmap | bytes:
         raise BulkError(f"bulk buffer {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    if not hmac.compare_digest(_digest(mapped), digest):
+    if verify and not hmac.compare_digest(_digest(mapped), digest):
         if isinstance(mapped, mmap.mmap):
             mapped.close()
         raise BulkError(f"bulk buffer {path}: content does not match the signed digest")

@@ -201,7 +201,7 @@ class Session(Configurable):
         return True
 
     @staticmethod
-    def resolve_bulk(msg: Message, remove: bool = True) -> list:
+    def resolve_bulk(msg: Message, remove: bool = True, verify: bool = True) -> list:
         """``msg.buffers`` with shared-memory buffers read in (and their files
         removed, unless ``remove`` is false: the controller reads a copy for
         the task database before forwarding the message).
@@ -224,7 +224,7 @@ class Session(Configurable):
         try:
             for index, ref in refs.items():
                 del pending[index]
-                buffers[int(index)] = bulk_module.take(ref, remove=remove)
+                buffers[int(index)] = bulk_module.take(ref, remove=remove, verify=verify)
         except BaseException:
             if remove:
                 for ref in pending.values():
