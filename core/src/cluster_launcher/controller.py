@@ -97,6 +97,13 @@ class Controller(LoggingConfigurable):
         self.deadlines: list[tuple[float, str]] = []
         self.running = False
         self.exit_at: float | None = None  # set by a shutdown request
+        # The requests a client may send, by message type (the protocol's index).
+        self.client_handlers = {
+            "connect": self.client_connect, "disconnect": self.client_disconnect,
+            "apply": self.client_apply, "queue_status": self.client_queue_status,
+            "db_query": self.client_db_query, "get_result": self.client_get_result,
+            "purge": self.client_purge, "resubmit": self.client_resubmit,
+            "abort": self.client_abort, "shutdown": self.client_shutdown}
 
     # --- set-up -------------------------------------------------------
 
@@ -325,15 +332,6 @@ class Controller(LoggingConfigurable):
             self.send_client(self.reply_to(msg), msg.type + "_reply",
                              {"parent": msg.header["id"], "status": "error",
                               "error": {"ename": type(exc).__name__, "evalue": str(exc)}})
-
-    @property
-    def client_handlers(self) -> dict[str, Any]:
-        """The requests a client may send, by message type (the protocol's index)."""
-        return {"connect": self.client_connect, "disconnect": self.client_disconnect,
-                "apply": self.client_apply, "queue_status": self.client_queue_status,
-                "db_query": self.client_db_query, "get_result": self.client_get_result,
-                "purge": self.client_purge, "resubmit": self.client_resubmit,
-                "abort": self.client_abort, "shutdown": self.client_shutdown}
 
     def client_connect(self, msg: Message) -> None:
         ident = self.reply_to(msg)
@@ -712,7 +710,7 @@ class Controller(LoggingConfigurable):
             # from an engine that never had the task: never a task's result.
             log.warning("dropped a reply for task %s from %s, which does not run it", header.get("parent"),
                         f"engine {engine.id}" if engine else "an unregistered engine")
-            _discard_bulk_files(msg.frames)
+            discard_bulk(header)
             return
         engine.in_flight.pop(task.msg_id, None)
         engine.completed += 1
@@ -721,14 +719,14 @@ class Controller(LoggingConfigurable):
         if header.get("status") == "error" and task.retries > 0 and task.queue == "task" and self.can_retry(task, engine):
             task.retries -= 1
             task.blacklist.add(engine.id)
-            _discard_bulk_files(msg.frames)
+            discard_bulk(header)
             self.requeue(task)
             self.schedule()
             return
         try:
             buffers = self.stored_buffers(msg, needed=bool(task.waiters))
         except BulkError as exc:
-            _discard_bulk_files(msg.frames)
+            discard_bulk(header)
             self.fail(task, "engine", "BulkError", f"the result of engine {engine.id} could not be read: {exc}",
                       engine_id=engine.id)
         else:
@@ -750,13 +748,14 @@ class Controller(LoggingConfigurable):
         self.tasks.pop(task.msg_id, None)
         task.buffers = []
         self.route(self.client_socket, task.reply_to, frames, hold=True)
-        if task.waiters:
+        waiters = task.waiters - {task.reply_to}  # the submitter has it already
+        if waiters:
             # Shared-memory files are read once, by the submitter: the other
-            # clients waiting for this result get the bytes themselves (and
-            # each a message of its own, so none is taken for a replay).
-            for ident in task.waiters:
-                self.route(self.client_socket, ident, self.session.pack({**_without_bulk(header), "id": new_id()},
-                                                                         buffers))
+            # clients waiting for this result get the bytes themselves.
+            if "bulk" in header:
+                frames = self.session.pack({**_without_bulk(header), "id": new_id()}, buffers)
+            for ident in waiters:
+                self.route(self.client_socket, ident, frames)
         ok = header.get("status") == "ok"
         self.finished[task.msg_id] = (ok, task.engine_id)
         if len(self.finished) > self.dependency_memory:
