@@ -21,7 +21,7 @@ from cluster_launcher.error import (
     TaskAborted,
     TaskTimeout,
 )
-from cluster_launcher.testing.processes import wait_for
+from cluster_launcher.testing.processes import wait_for, wait_for_gate
 from cluster_launcher.view import DirectView, LoadBalancedView
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,13 +39,9 @@ def _io_threads() -> list[threading.Thread]:
 
 
 def _wait_for_gate(gate: str | None, value=None):
-    """Run on an engine: wait until the test opens ``gate`` (conftest's
-    ``make_gate``; None: do not wait), then return ``value``."""
-    deadline = time.monotonic() + 60  # only so that an engine is never held for ever
-    while gate is not None and not os.path.exists(gate):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {gate} was not opened within 60 s")
-        time.sleep(0.01)
+    """Run on an engine: wait at ``gate`` (None: do not wait), then return ``value``."""
+    if gate is not None:
+        wait_for_gate(gate)
     return value
 
 

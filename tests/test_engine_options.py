@@ -11,7 +11,7 @@ import time
 
 import pytest
 from cluster_launcher import Client
-from cluster_launcher.testing.processes import LocalCluster, Process, wait_for
+from cluster_launcher.testing.processes import LocalCluster, Process, wait_for, wait_for_gate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,31 +84,21 @@ def test_legacy_ipengineapp_options_from_the_profile(client, dirs):
 # --- output streams -------------------------------------------------------------
 
 
-def _wait_for_gate(gate: str) -> None:
-    """Wait until the test opens ``gate`` (conftest's ``make_gate``): the task
-    runs, its output printed, for as long as the test needs."""
-    deadline = time.monotonic() + 60  # only so that an engine is never held for ever
-    while not os.path.exists(gate):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {gate} was not opened within 60 s")
-        time.sleep(0.01)
-
-
 def _print_flush_then_wait(gate: str):
     print("working on it", flush=True)
-    _wait_for_gate(gate)
+    wait_for_gate(gate)
     print("done", file=sys.stderr)
     return 7
 
 
 def _print_then_wait(gate: str):
     print("no explicit flush")
-    _wait_for_gate(gate)
+    wait_for_gate(gate)
 
 
 def _progress_without_newline(gate: str):
     sys.stdout.write("50% ")
-    _wait_for_gate(gate)
+    wait_for_gate(gate)
 
 
 def _print_many_quickly(lines: int):

@@ -20,7 +20,7 @@ import zmq
 from cluster_launcher import Client, bulk, connection
 from cluster_launcher.error import BulkError, DependencyError, EngineError, RemoteError, TaskAborted, TaskTimeout
 from cluster_launcher.session import Session, new_id
-from cluster_launcher.testing.processes import LocalCluster, wait_for
+from cluster_launcher.testing.processes import LocalCluster, wait_for, wait_for_gate
 
 # Tasks defined here travel by value: engines cannot import this module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -48,18 +48,6 @@ def as_nobody(command: list[str], stdin: bytes = b"") -> subprocess.CompletedPro
                           capture_output=True, check=True, timeout=30)
 
 
-def wait_for_file(path: str) -> None:
-    """In a task: wait (bounded) until the test creates ``path``."""
-    import os
-    import time
-
-    for _ in range(6000):
-        if os.path.exists(path):
-            return
-        time.sleep(0.01)
-    raise TimeoutError(f"{path} never appeared")
-
-
 # --- 1, 2: retried tasks with shared-memory arguments -------------------------
 
 def test_retry_never_opens_a_consumed_shared_memory_file_that_another_user_planted(cluster, tmp_path):
@@ -80,7 +68,7 @@ def test_retry_never_opens_a_consumed_shared_memory_file_that_another_user_plant
             with open(attempts, "a") as f:
                 f.write("x")
             if first:
-                wait_for_file(release)
+                wait_for_gate(release)
                 raise RuntimeError("the first attempt fails")
             return len(data)
 
@@ -248,7 +236,7 @@ def test_a_late_reply_from_an_engine_declared_dead_is_dropped(cluster, tmp_path)
 
         def task() -> int:
             open(os.path.join(folder, f"started-{os.getpid()}"), "w").close()
-            wait_for_file(os.path.join(folder, f"go-{os.getpid()}"))
+            wait_for_gate(os.path.join(folder, f"go-{os.getpid()}"))
             return os.getpid()
 
         ar = view.apply_async(task)
@@ -282,7 +270,7 @@ def test_results_for_a_client_that_left_leave_nothing_in_dev_shm(cluster, tmp_pa
     with cluster.client() as client:
         def big_result() -> bytearray:
             open(started, "w").close()
-            wait_for_file(release)
+            wait_for_gate(release)
             return bytearray(2 << 20)
 
         client[0].apply_async(big_result)
@@ -300,7 +288,7 @@ def test_failed_and_aborted_tasks_with_shared_memory_arguments_leave_nothing(clu
     before = set(shm_files())
     with cluster.client() as client:
         view = client.load_balanced_view()
-        blocker = client[0].apply_async(wait_for_file, release)
+        blocker = client[0].apply_async(wait_for_gate, release)
         failing = view.apply_async(lambda: 1 / 0)
         view.after = [failing]
         dependent = view.apply_async(len, bytearray(1 << 20))
@@ -340,7 +328,7 @@ def test_shared_memory_files_of_a_process_that_died_are_swept(cluster, tmp_path)
     release = str(tmp_path / "release")
     cluster.start_engines(1)
     with cluster.client() as client:
-        blocker = client[0].apply_async(wait_for_file, release)
+        blocker = client[0].apply_async(wait_for_gate, release)
         crasher = subprocess.Popen([sys.executable, "-c", CRASHING_CLIENT, cluster.profile_dir],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         pid = int(crasher.stdout.readline())
@@ -363,7 +351,7 @@ def test_a_queued_task_whose_target_engines_all_died_fails(cluster, tmp_path):
     with cluster.client() as client:
         pid = client.engines[0]["pid"]
         view = client.load_balanced_view(targets=[0])
-        view.apply_async(wait_for_file, str(tmp_path / "never"))
+        view.apply_async(wait_for_gate, str(tmp_path / "never"))
         queued = view.apply_async(lambda: "ran")
         wait_for(lambda: client.queue_status()["unassigned"] == 1, 20, "the second task to queue")
         next(e for e in cluster.engines if e.pid == pid).stop(signal.SIGKILL)
@@ -377,7 +365,7 @@ def test_abort_without_arguments_aborts_only_the_callers_tasks(cluster, tmp_path
     cluster.start_engines(1)
     release = str(tmp_path / "release")
     with cluster.client() as mine, cluster.client() as theirs:
-        blocker = mine.load_balanced_view().apply_async(wait_for_file, release)
+        blocker = mine.load_balanced_view().apply_async(wait_for_gate, release)
         my_task = mine.load_balanced_view().apply_async(lambda: "mine")
         their_task = theirs.load_balanced_view().apply_async(lambda: "theirs")
         wait_for(lambda: mine.queue_status()["unassigned"] == 2, 20, "both tasks to queue")
@@ -526,7 +514,7 @@ def test_a_nan_timeout_is_refused(cluster, tmp_path):
         assert "timeout" in task.error["evalue"] and "finite" in task.error["evalue"]
         # ...and other tasks' timeouts still work.
         release = str(tmp_path / "release")
-        blocker = client[0].apply_async(wait_for_file, release)
+        blocker = client[0].apply_async(wait_for_gate, release)
         view.timeout, view.after = 0.5, [blocker]
         with pytest.raises(TaskTimeout, match="waited 0.5s"):
             view.apply_async(lambda: 1).get(timeout=20)

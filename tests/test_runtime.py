@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import stat
-import time
 
 import pytest
 import zmq
@@ -15,7 +14,7 @@ import zmq
 from cluster_launcher import Client, connection
 from cluster_launcher.error import ConnectionFileError, EngineError, TaskAborted
 from cluster_launcher.session import Session
-from cluster_launcher.testing.processes import LocalCluster, Process, wait_for
+from cluster_launcher.testing.processes import LocalCluster, Process, wait_for, wait_for_gate
 
 FAST_HEARTBEAT = ("--Controller.heartbeat_period=0.2", "--Controller.heartbeat_timeout=2")
 
@@ -33,21 +32,12 @@ def connect(profile_dir: str, engines: int) -> Client:
     return client
 
 
-def _wait_for_gate(gate: str):
-    """Run on an engine: wait until the test opens ``gate`` (conftest's ``make_gate``)."""
-    deadline = time.monotonic() + 60  # only so that an engine is never held for ever
-    while not os.path.exists(gate):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {gate} was not opened within 60 s")
-        time.sleep(0.01)
-
-
 def _started_then_wait(started: str, gate: str) -> int:
     """Run on an engine: append this engine's pid to ``started`` (the test's
     sign that the task runs, and where), then wait at ``gate``."""
     with open(started, "a") as f:
         f.write(f"{os.getpid()}\n")
-    _wait_for_gate(gate)
+    wait_for_gate(gate)
     return os.getpid()
 
 
@@ -127,7 +117,7 @@ def test_engine_killed_mid_task_is_retried_elsewhere(cluster, tmp_path, make_gat
         view.retries = 1
         # follow nothing; pin the first attempt by keeping the other engine busy (at a gate) first
         gate = make_gate()
-        busy = client[other_id].apply_async(_wait_for_gate, gate.path)
+        busy = client[other_id].apply_async(wait_for_gate, gate.path)
         started = tmp_path / "started"
         ar = view.apply_async(_started_then_wait, str(started), gate.path)
         wait_for(lambda: _started_pids(started), 15, "the task to start on an engine")
@@ -218,7 +208,7 @@ def test_large_buffers_through_shared_memory_arrive_intact_and_leave_nothing(clu
         assert np.array_equal(again, data * 2)
         # A task aborted before it ran: the client removes the file an engine never read.
         gate = make_gate()
-        blocker = client[0].apply_async(_wait_for_gate, gate.path)
+        blocker = client[0].apply_async(wait_for_gate, gate.path)
         doomed = client[0].apply_async(lambda x: x, data)  # queued behind `blocker`
         assert client.abort(doomed) == doomed.msg_ids
         gate.open()
@@ -325,7 +315,7 @@ def test_a_large_result_reaches_every_client_waiting_for_it(cluster, make_gate):
     cluster.start_engines(1)
     with connect(cluster.profile_dir, 1) as submitter, Client(profile_dir=cluster.profile_dir, timeout=10) as other:
         gate = make_gate()
-        ar = submitter[0].apply_async(lambda gate: (_wait_for_gate(gate), np.ones(1024 * 1024))[1], gate.path)  # 8 MB
+        ar = submitter[0].apply_async(lambda gate: (wait_for_gate(gate), np.ones(1024 * 1024))[1], gate.path)  # 8 MB
         wait_for(lambda: submitter.queue_status()[0]["queue"] == 1, 10, "the task to reach the engine")
         waiting = other.get_result(ar.msg_ids[0])
         other.queue_status()  # answered after the controller took the get_result request (same socket, in order)

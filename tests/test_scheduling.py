@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from cluster_launcher import plugins
 from cluster_launcher.error import RemoteError
-from cluster_launcher.testing.processes import wait_for
+from cluster_launcher.testing.processes import wait_for, wait_for_gate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,11 +29,7 @@ def _wait_for_gate(gate: str, started: str | None = None) -> None:
     test opens ``gate`` (conftest's ``make_gate``)."""
     if started is not None:
         open(started, "w").close()
-    deadline = time.monotonic() + 60  # only so that an engine is never held for ever
-    while not os.path.exists(gate):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {gate} was not opened within 60 s")
-        time.sleep(0.01)
+    wait_for_gate(gate)
 
 
 def _fail_on(bad_pid: int, attempts_file: str) -> int:

@@ -61,6 +61,18 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def wait_for_gate(gate: str, timeout: float = 60) -> None:
+    """Run on an engine: wait until the test creates the file ``gate`` (the
+    cross-package tests' ``make_gate``), so a task stays running or queued
+    exactly as long as the test needs; TimeoutError after ``timeout`` seconds,
+    so that an engine is never held for ever."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} was not opened within {timeout:g} s")
+        time.sleep(0.01)
+
+
 class LocalCluster:
     """A controller and engines as separate processes (what ``cluster-launcher
     controller`` and ``engine`` run), for tests that need to kill one of them."""
