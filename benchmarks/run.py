@@ -24,9 +24,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 VENV_DIR = HERE / ".venvs" / "ipyparallel"
@@ -36,7 +37,6 @@ SIDE_TIMEOUT = {"full": 900, "quick": 240}  # seconds one side may take before i
 
 sys.path.insert(0, str(HERE))
 from workloads import FULL, QUICK, WORKLOAD_NAMES, Sizes  # noqa: E402
-
 
 # --- the ipyparallel environment --------------------------------------------------------
 
@@ -233,11 +233,11 @@ def render(table: list[dict[str, Any]], ours: dict, theirs: dict | None) -> str:
               format_number(entry["theirs"]),
               "-" if entry["ratio"] is None else f"{entry['ratio']:.2f}x",
               entry["target"], entry["result"]] for entry in table]
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *lines)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *lines, strict=True)]
 
     def line(cells: list[str]) -> str:
         return "  ".join(str(cell).ljust(width) if i in (0, 1, 5, 6) else str(cell).rjust(width)
-                         for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+                         for i, (cell, width) in enumerate(zip(cells, widths, strict=True))).rstrip()
 
     out = [line(headers), line(["-" * width for width in widths])]
     out += [line(cells) for cells in lines]

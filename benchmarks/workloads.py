@@ -22,8 +22,9 @@ import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy
 import psutil
@@ -113,8 +114,9 @@ class OursAdapter(Adapter):
         return cluster_launcher.__version__
 
     def start(self, n: int, record_limit: int | None = None) -> tuple[Any, Any]:
-        import cluster_launcher
         from traitlets.config import Config
+
+        import cluster_launcher
         config = Config()
         if record_limit is not None:
             # The controller's own command line, as a user would set it.

@@ -49,7 +49,7 @@ def measure(sizes_mb: list[int], repeats: list[int]) -> dict[str, float]:
         port = int(server.stdout.readline())
         dealer.connect(f"tcp://127.0.0.1:{port}")
         metrics: dict[str, float] = {}
-        for mb, count in zip(sizes_mb, repeats):
+        for mb, count in zip(sizes_mb, repeats, strict=True):
             buffer = bytearray(mb * 1_000_000)
             dealer.send(buffer, copy=False)  # warm up the connection
             dealer.recv(copy=False)

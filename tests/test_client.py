@@ -12,7 +12,9 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-from cluster_launcher.asyncresult import AsyncMapResult, AsyncResult
+
+from cluster_launcher.client.asyncresult import AsyncMapResult, AsyncResult
+from cluster_launcher.client.view import DirectView, LoadBalancedView
 from cluster_launcher.error import (
     ClusterLauncherError,
     CompositeError,
@@ -22,7 +24,6 @@ from cluster_launcher.error import (
     TaskTimeout,
 )
 from cluster_launcher.testing.processes import wait_for, wait_for_gate
-from cluster_launcher.view import DirectView, LoadBalancedView
 
 pytestmark = pytest.mark.timeout(60)
 

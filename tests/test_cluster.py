@@ -15,8 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from cluster_launcher.cluster import Cluster, state_file
-from cluster_launcher.connection import connection_file
+from cluster_launcher.protocol.connection import connection_file
 
 TIMEOUT = 60
 CLI = [sys.executable, "-m", "cluster_launcher"]

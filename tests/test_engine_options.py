@@ -10,6 +10,7 @@ import textwrap
 import time
 
 import pytest
+
 from cluster_launcher import Client
 from cluster_launcher.testing.processes import LocalCluster, Process, wait_for, wait_for_gate
 

@@ -17,9 +17,10 @@ import cloudpickle
 import pytest
 import zmq
 
-from cluster_launcher import Client, bulk, connection
+from cluster_launcher import Client
 from cluster_launcher.error import BulkError, DependencyError, EngineError, RemoteError, TaskAborted, TaskTimeout
-from cluster_launcher.session import Session, new_id
+from cluster_launcher.protocol import bulk, connection
+from cluster_launcher.protocol.session import Session, new_id
 from cluster_launcher.testing.processes import LocalCluster, wait_for, wait_for_gate
 
 # Tasks defined here travel by value: engines cannot import this module.
@@ -163,7 +164,7 @@ def test_a_full_dev_shm_sends_buffers_inline_on_every_side(tmp_path):
 # --- 4: never waiting silently; "same memory" by probe, not host name --------
 
 # Each result file the engine writes is gone before anyone reads it.
-LOSE_RESULT_FILES = ("--Engine.startup_command=import os, cluster_launcher.bulk as b; put = b.put; "
+LOSE_RESULT_FILES = ("--Engine.startup_command=import os, cluster_launcher.protocol.bulk as b; put = b.put; "
                      "b.put = lambda *args: (lambda ref: (os.unlink(ref['path']), ref)[1])(put(*args))")
 
 
@@ -417,7 +418,8 @@ def test_a_peer_without_the_key_cannot_take_over_an_engines_stream(cluster):
             thief.setsockopt(zmq.IDENTITY, client.engines[0]["uuid"].encode())  # all a client knows
             thief.connect(connection.url(info, "engine_port"))
             Session(key=b"not-the-key").send(thief, "register", {"uuid": "x"})
-            wait_for(lambda: "bad signature" in cluster.controller.output(), 10, "the thief to be connected and refused")
+            wait_for(lambda: "bad signature" in cluster.controller.output(), 10,
+                     "the thief to be connected and refused")
             assert client[0].apply_async(os.getpid).get(timeout=20) == cluster.engines[0].pid
             assert client.load_balanced_view().apply_async(lambda: 7).get(timeout=20) == 7
             assert not thief.poll(0), "the thief received a message"
@@ -542,7 +544,7 @@ def test_the_controller_forgets_clients_that_left(cluster):
     with cluster.client() as watcher:
         for _ in range(10):
             Client(profile_dir=cluster.profile_dir, timeout=10).close()
-        count = lambda: watcher._request("queue_status", {}).reply.header["clients"]  # noqa: E731
+        count = lambda: watcher._request("queue_status", {}).reply.header["clients"]
         wait_for(lambda: count() == 1, 20, "the controller to forget the closed clients")
 
 

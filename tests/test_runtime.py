@@ -11,9 +11,10 @@ import stat
 import pytest
 import zmq
 
-from cluster_launcher import Client, connection
+from cluster_launcher import Client
 from cluster_launcher.error import ConnectionFileError, EngineError, TaskAborted
-from cluster_launcher.session import Session
+from cluster_launcher.protocol import connection
+from cluster_launcher.protocol.session import Session
 from cluster_launcher.testing.processes import LocalCluster, Process, wait_for, wait_for_gate
 
 FAST_HEARTBEAT = ("--Controller.heartbeat_period=0.2", "--Controller.heartbeat_timeout=2")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from cluster_launcher import plugins
 from cluster_launcher.error import RemoteError
 from cluster_launcher.testing.processes import wait_for, wait_for_gate
@@ -75,7 +76,8 @@ def test_hwm_1_keeps_one_task_per_engine_and_the_rest_unassigned(make_cluster, m
         # test lets the running ones finish, two at a time.
         gates = [make_gate() for _ in range(6)]
         started = [tmp_path / f"started-{i}" for i in range(6)]
-        results = [lview.apply_async(_wait_for_gate, gate.path, str(mark)) for gate, mark in zip(gates, started)]
+        results = [lview.apply_async(_wait_for_gate, gate.path, str(mark))
+                   for gate, mark in zip(gates, started, strict=True)]
         released: set[int] = set()
 
         def running() -> set[int]:

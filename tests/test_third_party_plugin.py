@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[1]
 CONDOR_EXAMPLE = ROOT / "examples" / "cluster-launcher-condor"
 DOCS = [ROOT / "docs" / "plugins.md", ROOT / "docs" / "writing-plugins.md"]
@@ -266,8 +265,8 @@ def test_lifecycle_hooks_are_called_in_the_running_cluster(good_venv, tmp_path):
     good_venv.install("-e", str(ROOT / "plugins" / "schedulers" / "leastload"))
     events = tmp_path / "events.log"
     code = ("from cluster_launcher import Cluster\n"
-            "with Cluster(n=1, profile_dir=%r) as client:\n"
-            "    assert client[:].apply_sync(lambda: 1) == [1]\n" % str(tmp_path / "profile"))
+            f"with Cluster(n=1, profile_dir={str(tmp_path / 'profile')!r}) as client:\n"
+            "    assert client[:].apply_sync(lambda: 1) == [1]\n")
     result = good_venv.run([good_venv.python, "-c", code], DEMO_EVENTS=str(events))
     assert result.returncode == 0, result.stdout + result.stderr
     lines = events.read_text().splitlines()

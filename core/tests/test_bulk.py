@@ -1,4 +1,4 @@
-"""Shared-memory buffers (cluster_launcher.bulk) against a real /dev/shm and a
+"""Shared-memory buffers (cluster_launcher.protocol.bulk) against a real /dev/shm and a
 real second local user (``nobody``): a file planted at a reference's path,
 a symbolic or hard link, changed content, bad references, the sweep of a
 dead process's files, the fall-back to inline frames when /dev/shm is full,
@@ -19,9 +19,10 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from cluster_launcher import bulk
+
 from cluster_launcher.error import BulkError
-from cluster_launcher.session import Session
+from cluster_launcher.protocol import bulk
+from cluster_launcher.protocol.session import Session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,7 +86,7 @@ def forked(action: Callable[[], str], become: pwd.struct_passwd | None = None,
                 os.setuid(become.pw_uid)
             out = action()
             status = 0
-        except BaseException:  # noqa: BLE001  reported to the parent through the pipe
+        except BaseException:
             out = traceback.format_exc()
         finally:
             try:
@@ -434,7 +435,7 @@ def test_domain_is_stable_and_shared_with_a_child_of_the_same_user():
     mine = bulk.domain()
     assert isinstance(mine, str) and len(mine) == 64
     assert Session(key=b"k").domain == mine
-    out = subprocess.run([sys.executable, "-c", "from cluster_launcher import bulk; print(bulk.domain())"],
+    out = subprocess.run([sys.executable, "-c", "from cluster_launcher.protocol import bulk; print(bulk.domain())"],
                          capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     assert out == mine
 

@@ -11,15 +11,16 @@ import time
 
 import pytest
 import zmq
+
 from cluster_launcher import Client
-from cluster_launcher.asyncresult import (
+from cluster_launcher.client.asyncresult import (
     AsyncMapResult,
     AsyncResult,
     join_parts,
     progress_bar,
 )
-from cluster_launcher.client import Dispatcher
-from cluster_launcher.connection import new_key, write_connection_file
+from cluster_launcher.client.io import Dispatcher
+from cluster_launcher.client.view import msg_ids_of, partition
 from cluster_launcher.error import (
     ClusterLauncherError,
     CompositeError,
@@ -31,9 +32,9 @@ from cluster_launcher.error import (
     TaskAborted,
     TaskTimeout,
 )
-from cluster_launcher.serialize import serialize
-from cluster_launcher.session import Session, new_id, utcnow
-from cluster_launcher.view import msg_ids_of, partition
+from cluster_launcher.protocol.connection import new_key, write_connection_file
+from cluster_launcher.protocol.serialize import serialize
+from cluster_launcher.protocol.session import Session, new_id, utcnow
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -226,7 +227,8 @@ def test_partition_join_and_msg_ids():
 
 def test_missing_connection_file_names_it(tmp_path, monkeypatch):
     monkeypatch.setenv("CLUSTER_LAUNCHER_DIR", str(tmp_path))
-    with pytest.raises(ConnectionFileError, match=r"profile_mine/security/controller-c7-client.json: connection file not found"):
+    with pytest.raises(ConnectionFileError,
+                       match=r"profile_mine/security/controller-c7-client.json: connection file not found"):
         Client(profile="mine", cluster_id="c7")
     with pytest.raises(ConfigError, match="bad profile name"):
         Client(profile="../x")

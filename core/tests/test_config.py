@@ -222,7 +222,8 @@ def test_legacy_lines_land_on_our_traits(profile_dir):
 
 
 def test_seed_file_names_in_a_copied_ipython_profile_are_read(profile_dir):
-    write(profile_dir, "ipcontroller_config.py", "c = get_config()\nc.HubFactory.ip = '*'\nc.HubFactory.location = 'a'\n")
+    write(profile_dir, "ipcontroller_config.py",
+          "c = get_config()\nc.HubFactory.ip = '*'\nc.HubFactory.location = 'a'\n")
     write(profile_dir, "controller_config.py", "c.Controller.location = 'b'\n")
     controller = configured(Controller, config.build_config("controller", profile_dir))
     assert (controller.ip, controller.location) == ("*", "b")
@@ -242,7 +243,7 @@ def test_command_line_overrides_files_and_is_typed(profile_dir):
 
 
 def test_each_mapping_is_announced_once_and_old_names_warn(profile_dir, caplog):
-    config._announced.clear()
+    config.loader._announced.clear()
     write(profile_dir, "cluster_config.py", "c.IPClusterEngines.engine_launcher = 'Local'\n")
     with caplog.at_level(logging.WARNING, logger="cluster_launcher"):
         with pytest.warns(DeprecationWarning, match="engine_launcher_class"):

@@ -8,7 +8,8 @@ import stat
 
 import pytest
 
-from cluster_launcher import config, profile
+from cluster_launcher import config, paths
+from cluster_launcher.config import profile
 from cluster_launcher.error import ConfigError
 
 OPTION_LINE = re.compile(r"^# (c\.\w+\.\w+ = .*)$")
@@ -53,7 +54,7 @@ def test_uncommenting_every_option_line_loads_the_defaults(home, role):
     filename = os.path.join(path, profile.CONFIG_FILES[role])
     lines = open(filename).read().splitlines()
     uncommented = [OPTION_LINE.sub(r"\1", line) for line in lines]
-    assert sum(a != b for a, b in zip(lines, uncommented)) > 5
+    assert sum(a != b for a, b in zip(lines, uncommented, strict=True)) > 5
     open(filename, "w").write("\n".join(uncommented) + "\n")
     cfg = config.build_config(role, path)
     for cls in profile.classes_for(role):
@@ -82,26 +83,26 @@ def test_existing_files_are_kept_unless_overwrite(home):
 
 
 def test_list_and_locate(home, tmp_path):
-    assert profile.list_profiles() == []
+    assert paths.list_profiles() == []
     profile.create_profile("b")
     profile.create_profile("a")
-    assert profile.list_profiles() == ["a", "b"]
-    assert profile.locate_profile("a") == str(home / "profile_a")
+    assert paths.list_profiles() == ["a", "b"]
+    assert paths.locate_profile("a") == str(home / "profile_a")
     with pytest.raises(ConfigError, match=r"--profile=zz: no profile at .*profile_zz"):
-        profile.locate_profile("zz")
+        paths.locate_profile("zz")
     elsewhere = tmp_path / "elsewhere"
     path, _ = profile.create_profile(profile_dir=str(elsewhere))
-    assert path == str(elsewhere) and profile.locate_profile(profile_dir=str(elsewhere)) == str(elsewhere)
+    assert path == str(elsewhere) and paths.locate_profile(profile_dir=str(elsewhere)) == str(elsewhere)
 
 
 def test_default_home_is_under_the_user_home(monkeypatch, tmp_path):
     monkeypatch.delenv("CLUSTER_LAUNCHER_DIR", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert profile.home_dir() == str(tmp_path / ".cluster-launcher")
-    assert profile.profile_dir_for() == str(tmp_path / ".cluster-launcher" / "profile_default")
+    assert paths.home_dir() == str(tmp_path / ".cluster-launcher")
+    assert paths.profile_dir_for() == str(tmp_path / ".cluster-launcher" / "profile_default")
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden"])
 def test_bad_profile_names(home, name):
     with pytest.raises(ConfigError, match="bad profile name"):
-        profile.profile_path(name)
+        paths.profile_path(name)

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 import zmq
-from cluster_launcher import bulk
+
 from cluster_launcher.error import BulkError
-from cluster_launcher.session import DELIM, Session
+from cluster_launcher.protocol import bulk
+from cluster_launcher.protocol.session import DELIM, Session
 
 pytestmark = pytest.mark.timeout(60)
 

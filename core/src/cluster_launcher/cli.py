@@ -20,14 +20,15 @@ from collections.abc import Callable
 
 from traitlets.config import Config
 
-from . import __version__, config, hookspecs, plugins, profile
+from . import __version__, config, hookspecs, paths, plugins
+from .config import profile
 from .error import ClusterLauncherError, ConfigError
 
 PROG = "cluster-launcher"
 EXIT_ERROR = 2
 STARTING_COMMANDS = ("start", "engines", "controller")
 TRAIT_HELP = ("Any option of a configurable class can be given as --Class.option=value "
-              "(e.g. --Controller.heartbeat_period=2); the seed's names (--HubFactory.ip=*) work too.")
+              "(e.g. --Controller.heartbeat_period=2); IPython's names (--HubFactory.ip=*) work too.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,7 +87,7 @@ def _split_trait_arguments(extra: list[str]) -> list[str]:
 
 def command_config(args: argparse.Namespace) -> tuple[str, Config]:
     """The profile directory and the checked Config of a parsed runtime subcommand."""
-    profile_dir = profile.ensure_profile_dir(profile.profile_dir_for(args.profile, args.profile_dir))
+    profile_dir = paths.ensure_profile_dir(paths.profile_dir_for(args.profile, args.profile_dir))
     cfg = config.build_config(args.role, profile_dir, _flag_overrides(args) + args.trait_overrides)
     if args.command in STARTING_COMMANDS:  # `stop`/`list` must work even if a plugin went away
         config.check_names(cfg, args.role)
@@ -112,7 +113,7 @@ def _runtime(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 # (name, help, module, function, role, [(flags, dest, option, argparse kwargs)]); a flag's
 # option is the --Class.option it sets: its value, or for an on/off flag a fixed one.
 RUNTIME_COMMANDS = [
-    ("start", "Start a controller and engines (as configured in cluster_config.py).", "cluster", "start_main",
+    ("start", "Start a controller and engines (as configured in cluster_config.py).", "cluster.commands", "start_main",
      "cluster", [
          (("-n", "--n"), "n", "Cluster.n", {"type": int, "metavar": "N",
                                              "help": "Number of engines (default: one per CPU)."}),
@@ -123,15 +124,15 @@ RUNTIME_COMMANDS = [
          (("--daemonize",), "daemonize", "Cluster.daemonize",
           {"action": "store_true", "help": "Return once the cluster runs, leaving it in the background."}),
      ]),
-    ("stop", "Stop a cluster started with `start`.", "cluster", "stop_main", "cluster", []),
-    ("engines", "Start more engines for a running cluster.", "cluster", "engines_main", "cluster", [
+    ("stop", "Stop a cluster started with `start`.", "cluster.commands", "stop_main", "cluster", []),
+    ("engines", "Start more engines for a running cluster.", "cluster.commands", "engines_main", "cluster", [
         (("-n", "--n"), "n", None, {"type": int, "metavar": "N", "help": "Number of engines (default: one per CPU)."}),
         (("--engines",), "engines", "Cluster.engine_launcher_class",
          {"metavar": "LAUNCHER", "help": "How to start engines: Local, MPI, SSH, PBS, ..."}),
         (("--daemonize",), "daemonize", "Cluster.daemonize",
          {"action": "store_true", "help": "Return once the engines run."}),
     ]),
-    ("list", "List the clusters of a profile and whether they run.", "cluster", "list_main", "cluster", []),
+    ("list", "List the clusters of a profile and whether they run.", "cluster.commands", "list_main", "cluster", []),
     ("controller", "Run a controller in this process.", "controller", "main", "controller", [
         (("--ip",), "ip", "Controller.ip", {"help": "Interface to listen on; '*' for all (default: 127.0.0.1)."}),
         (("--location",), "location", "Controller.location",
@@ -145,7 +146,8 @@ RUNTIME_COMMANDS = [
         (("--enginessh",), "enginessh", "Controller.enginessh",
          {"metavar": "[USER@]HOST", "help": "SSH server engines tunnel through (written to controller-engine.json)."}),
         (("--ssh",), "ssh", "Controller.ssh",
-         {"metavar": "[USER@]HOST", "help": "SSH server clients tunnel through (written to controller-client.json)."}),        (("--log-to-file",), "log_to_file", ("Controller.log_to_file", "True"),
+         {"metavar": "[USER@]HOST", "help": "SSH server clients tunnel through (written to controller-client.json)."}),
+        (("--log-to-file",), "log_to_file", ("Controller.log_to_file", "True"),
          {"action": "store_true", "help": "Also write the log to the profile's log/ folder."}),
         (("--log-level",), "log_level", "Controller.log_level",
          {"metavar": "LEVEL", "help": "DEBUG, INFO, WARNING, ERROR or a number (default: INFO)."}),
@@ -153,7 +155,8 @@ RUNTIME_COMMANDS = [
     ("engine", "Run an engine in this process.", "engine", "main", "engine", [
         (("--file",), "file", "Engine.file",
          {"metavar": "PATH", "help": "The controller-engine.json to use (default: the profile's security/ one)."}),
-        (("--ssh",), "ssh", "Engine.ssh", {"metavar": "[USER@]HOST", "help": "SSH server to tunnel through."}),        (("--log-to-file",), "log_to_file", ("Engine.log_to_file", "True"),
+        (("--ssh",), "ssh", "Engine.ssh", {"metavar": "[USER@]HOST", "help": "SSH server to tunnel through."}),
+        (("--log-to-file",), "log_to_file", ("Engine.log_to_file", "True"),
          {"action": "store_true", "help": "Also write the log to the profile's log/ folder."}),
         (("--log-level",), "log_level", "Engine.log_level",
          {"metavar": "LEVEL", "help": "DEBUG, INFO, WARNING, ERROR or a number (default: INFO)."}),
@@ -189,15 +192,15 @@ def _profile_create(args: argparse.Namespace) -> int:
 
 
 def _profile_list(args: argparse.Namespace) -> int:
-    names = profile.list_profiles()
-    print(f"profiles in {profile.home_dir()}:" if names else f"no profiles in {profile.home_dir()}")
+    names = paths.list_profiles()
+    print(f"profiles in {paths.home_dir()}:" if names else f"no profiles in {paths.home_dir()}")
     for name in names:
         print(f"  {name}")
     return 0
 
 
 def _profile_locate(args: argparse.Namespace) -> int:
-    print(profile.locate_profile(args.name))
+    print(paths.locate_profile(args.name))
     return 0
 
 
@@ -216,7 +219,8 @@ def _add_profile_command(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--overwrite", action="store_true", help="Replace existing config files.")
     create.set_defaults(func=_profile_create)
     listing = actions.add_parser("list", help="List the profiles in $CLUSTER_LAUNCHER_DIR.",
-                                 description="List the profiles in $CLUSTER_LAUNCHER_DIR (default ~/.cluster-launcher).")
+                                 description="List the profiles in $CLUSTER_LAUNCHER_DIR "
+                                 "(default ~/.cluster-launcher).")
     listing.set_defaults(func=_profile_list)
     locate = actions.add_parser("locate", help="Print the directory of a profile.",
                                 description="Print the directory of an existing profile.")

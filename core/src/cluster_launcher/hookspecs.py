@@ -113,7 +113,7 @@ def cluster_launcher_controller_started(connection_info: dict[str, Any], profile
 def cluster_launcher_engine_registered(engine_id: int, info: dict[str, Any]) -> None:
     """Called in the controller process when an engine has registered.
     ``info`` holds its ``uuid``, ``hostname``, ``pid`` and ``domain`` (who can
-    read its shared-memory files, :func:`cluster_launcher.bulk.domain`)."""
+    read its shared-memory files, :func:`cluster_launcher.protocol.bulk.domain`)."""
 
 
 @hookspec

@@ -24,6 +24,7 @@ from . import hookspecs
 from .db import BaseDB
 from .error import PluginError, UnknownNameError
 from .launcher import Launcher
+from .legacy import LEGACY_CLASS_NAMES, LEGACY_PREFIXES
 from .scheduler import Scheduler
 from .transport import Transport
 
@@ -33,13 +34,6 @@ KINDS = {"launcher": ("cluster_launcher_register_launchers", Launcher),
          "scheduler": ("cluster_launcher_register_schedulers", Scheduler),
          "transport": ("cluster_launcher_register_transports", Transport)}
 ROLES = {"engines": "EngineSetLauncher", "controller": "ControllerLauncher"}
-# Dotted prefixes of the seed's (and ipyparallel's) class paths: their last
-# component names our plugin class.
-LEGACY_PREFIXES = ("IPython.parallel.", "ipyparallel.", "IPython.kernel.")
-# Launcher classes the seed (0.11) named differently.
-LEGACY_CLASS_NAMES = {"MPIExecEngineSetLauncher": "MPIEngineSetLauncher",
-                      "MPIExecControllerLauncher": "MPIControllerLauncher", "MPIExecLauncher": "MPILauncher",
-                      "MPIExec": "MPI"}
 # Builtins that live in their own distribution, so an unknown name can say what to install.
 KNOWN_DISTRIBUTIONS = {name: f"cluster-launcher-{dist}" for name, dist in (
     ("local", "local"), ("mpi", "mpi"), ("ssh", "ssh"), ("pbs", "pbs"), ("sge", "sge"), ("lsf", "lsf"),

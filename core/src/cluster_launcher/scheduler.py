@@ -35,7 +35,7 @@ class Scheduler:
 
 
 class TaskScheduler(Configurable):
-    """How the controller hands out load-balanced tasks (the seed's own section name)."""
+    """How the controller hands out load-balanced tasks (IPython's section name)."""
 
     scheme_name = Unicode("leastload", help="The scheduler plugin that picks an engine for each "
                           "load-balanced task: leastload, lru, twobin, weighted, plainrandom, or any "

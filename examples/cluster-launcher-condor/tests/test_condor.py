@@ -13,10 +13,10 @@ import sys
 import time
 
 import pytest
+from cluster_launcher_condor import CondorEngineSetLauncher, parse_cluster_id, quote_arguments
 
 from cluster_launcher import plugins
 from cluster_launcher.error import ClusterLauncherError
-from cluster_launcher_condor import CondorEngineSetLauncher, parse_cluster_id, quote_arguments
 
 # What condor_submit printed on real pools (8.x adds the "Logging submit event" line).
 RECORDED_SUBMIT_OUTPUT = {

@@ -6,9 +6,10 @@ import signal
 import time
 from typing import Any
 
+from traitlets import Integer
+
 from cluster_launcher import hookimpl
 from cluster_launcher.launcher import ControllerLauncher, EngineSetLauncher, LocalProcessLauncher
-from traitlets import Integer
 
 
 class LocalControllerLauncher(LocalProcessLauncher, ControllerLauncher):

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from .. import connection
+from ..protocol import connection
 
 
 class Process:

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from cluster_launcher_dict import DictDB, NoDB
 from traitlets import TraitError
 from traitlets.config import Config
 
 from cluster_launcher import plugins
 from cluster_launcher.testing import db_conformance
 from cluster_launcher.testing.db_conformance import at
-from cluster_launcher_dict import DictDB, NoDB
 
 DOCS_PAGE = Path(__file__).resolve().parents[4] / "docs" / "databases.md"
 

@@ -13,10 +13,11 @@ import time
 
 import psutil
 import pytest
-from cluster_launcher import plugins
-from cluster_launcher.launcher import pid_alive
 from cluster_launcher_local import LocalControllerLauncher, LocalEngineLauncher, LocalEngineSetLauncher
 from traitlets.config import Config
+
+from cluster_launcher import plugins
+from cluster_launcher.launcher import pid_alive
 
 SLEEPER = [sys.executable, "-c", "import time, sys; print('up', sys.argv[1:], flush=True); time.sleep(60)"]
 IGNORES_SIGTERM = [sys.executable, "-c",

@@ -2,8 +2,9 @@
 (the lowest index, since loads arrive least-recently-used first)."""
 
 import pytest
-from cluster_launcher import plugins
 from cluster_launcher_leastload import LeastLoad
+
+from cluster_launcher import plugins
 
 
 @pytest.mark.parametrize("loads, expected", [

@@ -1,8 +1,9 @@
 """The lru scheduler: always the least recently used engine (index 0), whatever the loads."""
 
 import pytest
-from cluster_launcher import plugins
 from cluster_launcher_lru import LRU
+
+from cluster_launcher import plugins
 
 
 @pytest.mark.parametrize("loads", [[0], [9, 0, 0], [0, 0], [1, 2, 3], [100, 0]])

@@ -5,8 +5,9 @@ import random
 from collections import Counter
 
 import pytest
-from cluster_launcher import plugins
 from cluster_launcher_plainrandom import PlainRandom
+
+from cluster_launcher import plugins
 
 DRAWS = 20_000
 

@@ -5,8 +5,9 @@ import random
 from collections import Counter
 
 import pytest
-from cluster_launcher import plugins
 from cluster_launcher_twobin import TwoBin
+
+from cluster_launcher import plugins
 
 DRAWS = 20_000
 

@@ -6,8 +6,9 @@ import random
 from collections import Counter
 
 import pytest
-from cluster_launcher import plugins
 from cluster_launcher_weighted import Weighted
+
+from cluster_launcher import plugins
 
 DRAWS = 20_000
 

@@ -10,66 +10,26 @@ so any later process can poll and stop what was started, by PID or job id.
 from __future__ import annotations
 
 import atexit
-import glob
-import json
 import os
 import secrets
-import signal
-import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
 
-from . import connection, plugins
-from .connection import connection_file
-from .error import ClusterError, ClusterLauncherError
-from .launcher import ControllerLauncher, EngineSetLauncher, Launcher
-from .profile import ensure_profile_dir, home_dir, profile_dir_for
+from .. import plugins
+from ..error import ClusterError, ClusterLauncherError
+from ..launcher import ControllerLauncher, EngineSetLauncher, Launcher
+from ..paths import ensure_profile_dir, profile_dir_for, profile_name
+from ..protocol.connection import connection_file
+from .state import launcher_from_dict, read_state, state_file, write_state
 
 POLL_INTERVAL = 0.1
 CLIENT_SHUTDOWN_TIMEOUT = 5.0  # how long `stop` lets the controller shut engines down before killing
-
-
-class _Signalled(Exception):
-    """SIGINT or SIGTERM arrived while `start` ran."""
-
-
-def profile_name(profile_dir: str) -> str:
-    """``'default'`` for ``…/profile_default``; the folder name for other folders."""
-    base = os.path.basename(os.path.normpath(profile_dir))
-    return base.removeprefix("profile_") if base.startswith("profile_") else base
-
-
-def state_file(profile_dir: str, cluster_id: str = "") -> str:
-    """``<profile_dir>/pid/cluster-<cluster_id or 'default'>.json``."""
-    return os.path.join(profile_dir, "pid", f"cluster-{cluster_id or 'default'}.json")
-
-
-def read_state(path: str) -> dict[str, Any] | None:
-    """The recorded cluster in ``path``; None when there is none."""
-    try:
-        with open(path) as f:
-            state = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ClusterError(f"{path}: unreadable cluster record ({exc}); delete it if no cluster runs") from None
-    if not isinstance(state, dict) or not isinstance(state.get("controller"), dict):
-        raise ClusterError(f"{path}: not a cluster record (no 'controller' entry); delete it if no cluster runs")
-    return state
-
-
-write_state = connection.write_private_json
-
-
-def launcher_from_dict(data: dict[str, Any], config: Config | None = None) -> Launcher:
-    """Rebuild a launcher recorded by :meth:`Launcher.to_dict` (its class by dotted path)."""
-    cls = plugins.resolve("launcher", data["class"])
-    return cls.from_dict(data, config=config or Config())
 
 
 def _file_signature(path: str) -> tuple[int, int, int] | None:
@@ -264,7 +224,7 @@ class Cluster(LoggingConfigurable):
                 client.close()
 
     def _new_client(self, **kwargs: Any):
-        from .client import Client  # zmq and cloudpickle: only when a cluster is really used
+        from ..client import Client  # zmq and cloudpickle: only when a cluster is really used
         return Client(profile_dir=self.profile_dir, cluster_id=self.cluster_id, **kwargs)
 
     def _clear_stale_record(self) -> None:
@@ -399,230 +359,3 @@ class Cluster(LoggingConfigurable):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
-
-
-# --- the command line: cluster-launcher start / stop / engines / list ------
-
-
-def _say(message: str) -> None:
-    print(f"{datetime.now():%H:%M:%S} {message}", flush=True)
-
-
-def _fail(command: str, exc: ClusterLauncherError) -> int:
-    print(f"cluster-launcher {command}: {exc}", file=sys.stderr, flush=True)
-    lines = getattr(exc, "log_lines", [])
-    if lines:
-        print("last lines of the log:", file=sys.stderr)
-        for line in lines:
-            print(f"  | {line}", file=sys.stderr)
-    sys.stderr.flush()
-    return 1
-
-
-def _cli_cluster(config: Config, profile_dir: str) -> Cluster:
-    """The cluster the command line means: ``c.Cluster.cluster_id``, else the
-    profile's default cluster (not a new id, as in Python)."""
-    cluster_id = None if "cluster_id" in (config.get("Cluster") or {}) else ""
-    return Cluster(profile_dir=profile_dir, cluster_id=cluster_id, config=config)
-
-
-def _on_signals(handler: Any) -> dict[int, Any]:
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _restore_signals(previous: dict[int, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-def _raise_signalled(signum: int, frame: Any) -> None:
-    raise _Signalled(signal.Signals(signum).name)
-
-
-def start_main(config: Config, profile_dir: str) -> int:
-    """``cluster-launcher start``: the controller, then ``c.Cluster.n`` engines
-    (default: one per CPU).  With ``c.Cluster.daemonize`` return 0 once every
-    engine is registered; else stay until SIGINT/SIGTERM or the controller
-    exits, then stop everything."""
-    try:
-        cluster = _cli_cluster(config, profile_dir)
-    except ClusterLauncherError as exc:
-        return _fail("start", exc)
-    n = cluster.n if "n" in (config.get("Cluster") or {}) else (os.cpu_count() or 1)
-    cluster.n = n
-    cluster.report = _say
-    previous = _on_signals(_raise_signalled)
-    ready = False
-    try:
-        try:
-            cluster.start_controller()
-            if cluster.delay:
-                time.sleep(cluster.delay)
-            cluster.start_engines(n)
-            cluster.wait_for_engines(n)
-            ready = True
-            how = f"--profile-dir={cluster.profile_dir}"
-            how += f" --cluster-id={cluster.cluster_id}" if cluster.cluster_id else ""
-            if cluster.daemonize:
-                _say(f"cluster ready with {n} engines; stop it with: cluster-launcher stop {how}")
-                return 0
-            # Still inside the try: a Ctrl-C while this prints must clean up too.
-            _say(f"cluster ready with {n} engines; Ctrl-C (or cluster-launcher stop {how}) stops it")
-        except (ClusterLauncherError, _Signalled) as exc:
-            if ready:  # signalled while announcing: as in _supervise
-                return _stop_on_signal(cluster, exc)
-            _on_signals(signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-            if isinstance(exc, _Signalled):
-                _say(f"{exc}: stopping the cluster")
-            cluster.stop()
-            return 1 if isinstance(exc, _Signalled) else _fail("start", exc)
-        return _supervise(cluster)
-    finally:
-        _restore_signals(previous)
-
-
-def _supervise(cluster: Cluster) -> int:
-    """Stay in the foreground until a signal or the controller's exit."""
-    reported: set[tuple[int, str]] = set()
-    try:
-        while cluster.running():
-            for engines in cluster.engine_sets:
-                for code, log_path, _ in engines.exited():
-                    if (code, log_path) not in reported:
-                        reported.add((code, log_path))
-                        _say(f"an engine exited with code {code}" + (f"; see {log_path}" if log_path else ""))
-            time.sleep(POLL_INTERVAL * 2)
-            _adopt_recorded_engines(cluster)
-    except _Signalled as exc:
-        return _stop_on_signal(cluster, exc)
-    _on_signals(signal.SIG_IGN)
-    _adopt_recorded_engines(cluster)
-    if _stop_requested(cluster.state_path):
-        cluster.stop()  # whatever `cluster-launcher stop` has not reached yet
-        _say("cluster stopped (by cluster-launcher stop)")
-        return 0
-    code, log_path, lines = (cluster.controller.exited() or [(0, "", [])])[0]
-    cluster.stop()
-    if code == 0:  # a client shut it down
-        _say("the controller exited; engines stopped")
-        return 0
-    return _fail("start", ClusterError(f"the controller exited with code {code}; stopped the engines"
-                                       + (f"; see {log_path}" if log_path else ""), lines))
-
-
-def _stop_on_signal(cluster: Cluster, signalled: Exception) -> int:
-    _on_signals(signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-    _adopt_recorded_engines(cluster)
-    _say(f"{signalled}: stopping {sum(s.running_engines() for s in cluster.engine_sets)} engines, then the controller")
-    cluster.stop()
-    _say("cluster stopped")
-    return 0
-
-
-def _stop_requested(path: str) -> bool:
-    """Whether `cluster-launcher stop` is stopping (or has stopped) this cluster."""
-    try:
-        state = read_state(path)
-    except ClusterLauncherError:
-        return False
-    return state is None or bool(state.get("stopping"))
-
-
-def _adopt_recorded_engines(cluster: Cluster) -> None:
-    """Take on the engine sets `cluster-launcher engines` added to the record,
-    so stopping the foreground cluster stops them too."""
-    try:
-        state = read_state(cluster.state_path)
-    except ClusterLauncherError:
-        return
-    if state is None:
-        return
-    ours = len(cluster.engine_sets)
-    for data in state.get("engines", [])[ours:]:
-        try:
-            cluster.engine_sets.append(launcher_from_dict(data, cluster.config))
-        except ClusterLauncherError as exc:
-            cluster.log.warning("cannot adopt engines recorded in %s: %s", cluster.state_path, exc)
-
-
-def _recorded_cluster(command: str, config: Config, profile_dir: str) -> Cluster | int:
-    cluster_id = _cli_cluster(config, profile_dir).cluster_id
-    path = state_file(profile_dir, cluster_id)
-    if not os.path.exists(path):
-        flag = f" --cluster-id={cluster_id}" if cluster_id else ""
-        print(f"cluster-launcher {command}: no cluster{flag} recorded in profile {profile_name(profile_dir)!r} "
-              f"({path} does not exist); see cluster-launcher list", file=sys.stderr, flush=True)
-        return 1
-    try:
-        return Cluster.from_state(path, config)
-    except ClusterLauncherError as exc:
-        return _fail(command, exc)
-
-
-def stop_main(config: Config, profile_dir: str) -> int:
-    """``cluster-launcher stop``: stop the recorded cluster (engines added by
-    ``engines`` included) and remove its record."""
-    cluster = _recorded_cluster("stop", config, profile_dir)
-    if isinstance(cluster, int):
-        return cluster
-    was_running = cluster.running()
-    engines = sum(s.running_engines() for s in cluster.engine_sets)
-    state = read_state(cluster.state_path) or {}
-    write_state(cluster.state_path, {**state, "stopping": True})  # a foreground `start` exits quietly
-    cluster.stop()
-    what = f"{engines} engines and the controller" if was_running else "the leftovers of a dead cluster"
-    _say(f"stopped cluster {cluster.cluster_id or 'default'!r} of profile {profile_name(profile_dir)!r} ({what})")
-    return 0
-
-
-def engines_main(config: Config, profile_dir: str, n: int | None) -> int:
-    """``cluster-launcher engines --n=N``: add ``n`` engines (default: one per
-    CPU) to the running cluster; ``stop`` stops them with the rest."""
-    cluster = _recorded_cluster("engines", config, profile_dir)
-    if isinstance(cluster, int):
-        return cluster
-    n = (os.cpu_count() or 1) if n is None else n
-    if n < 1:
-        return _fail("engines", ClusterError(f"--n={n}: the number of engines to add must be at least 1"))
-    cluster.report = _say
-    sets_before = len(cluster.engine_sets)
-    previous = _on_signals(_raise_signalled)
-    try:
-        cluster.add_engines(n)
-    except (ClusterLauncherError, _Signalled) as exc:
-        _on_signals(signal.SIG_IGN)
-        for engines in cluster.engine_sets[sets_before:]:  # only the ones this command started
-            engines.stop()
-        return _fail("engines", exc if isinstance(exc, ClusterLauncherError) else ClusterError(f"{exc}: stopped"))
-    finally:
-        _restore_signals(previous)
-    return 0
-
-
-def list_main(config: Config, profile_dir: str) -> int:
-    """``cluster-launcher list``: every cluster recorded in every profile."""
-    records = os.path.join("pid", "cluster-*.json")
-    paths = sorted(set(glob.glob(os.path.join(glob.escape(home_dir()), "profile_*", records)))
-                   | set(glob.glob(os.path.join(glob.escape(profile_dir), records))))
-    rows = []
-    for path in paths:
-        try:
-            cluster = Cluster.from_state(path, config)
-        except ClusterLauncherError as exc:
-            print(f"cluster-launcher list: {exc}", file=sys.stderr)
-            continue
-        running = cluster.running()
-        engines = sum(s.running_engines() for s in cluster.engine_sets) if running else 0
-        pid = cluster.controller.to_dict().get("pid", "") if cluster.controller else ""
-        rows.append((profile_name(cluster.profile_dir), cluster.cluster_id or "default",
-                     "running" if running else "stopped", str(engines), str(pid or "-")))
-    if not rows:
-        print(f"no clusters recorded (in {home_dir()})")
-        return 0
-    header = ("PROFILE", "CLUSTER-ID", "STATUS", "ENGINES", "CONTROLLER-PID")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    return 0

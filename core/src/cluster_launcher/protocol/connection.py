@@ -12,7 +12,7 @@ from typing import Any
 
 import zmq
 
-from .error import ConnectionFileError
+from ..error import ConnectionFileError
 
 CLIENT_FIELDS = {"key": str, "signature_scheme": str, "location": str, "client_port": int,
                  "ssh": str, "cluster_id": str, "transport": str}

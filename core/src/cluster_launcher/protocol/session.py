@@ -40,8 +40,8 @@ import zmq
 from traitlets import Integer, Unicode
 from traitlets.config import Configurable
 
+from ..error import BulkError
 from . import bulk as bulk_module
-from .error import BulkError
 
 DELIM = b"<CL1>"
 log = logging.getLogger("cluster_launcher")
@@ -161,7 +161,7 @@ class Session(Configurable):
         well-signed message never accepted before.  Never raises."""
         try:
             return self._unpack(frames)
-        except Exception as exc:  # noqa: BLE001  whatever the frames: a bad message is dropped, never an error
+        except Exception as exc:
             return self._drop([], f"unreadable message ({type(exc).__name__})")
 
     def _unpack(self, frames: list) -> Message | None:
@@ -178,7 +178,7 @@ class Session(Configurable):
             return self._drop(frames[:split], "bad signature")
         try:
             header = json.loads(_bytes(body[0]))
-        except Exception:  # noqa: BLE001  not JSON, not UTF-8, nested too deep (RecursionError)...
+        except Exception:
             header = None
         if not isinstance(header, dict) or not isinstance(header.get("type"), str):
             return self._drop(frames[:split], "malformed header")
@@ -245,7 +245,7 @@ class Session(Configurable):
         self.dropped += 1
         try:
             sender = b"/".join(_bytes(i) for i in idents if isinstance(i, (bytes, zmq.Frame)))[:64]
-        except Exception:  # noqa: BLE001  the log line must not fail
+        except Exception:
             sender = b"?"
         count = self._drop_log.tick(self._clock())
         if count == 0:
@@ -311,37 +311,3 @@ def _bytes(frame: Any) -> bytes:
 
 def _view(frame: Any) -> Any:
     return frame.buffer if isinstance(frame, zmq.Frame) else frame
-
-
-def encode_record(value: Any, buffers: list) -> Any:
-    """A task record (or query) made JSON-able for a ``db_query``/``db_reply``
-    message: datetimes become ``{"$date": iso}``, lists of buffers
-    ``{"$buffers": [indices]}`` into ``buffers`` (appended to)."""
-    if isinstance(value, datetime):
-        return {"$date": value.isoformat()}
-    if isinstance(value, dict):
-        return {k: encode_record(v, buffers) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        if value and all(isinstance(v, (bytes, bytearray, memoryview, zmq.Frame)) for v in value):
-            first = len(buffers)
-            buffers.extend(value)
-            return {"$buffers": list(range(first, len(buffers)))}
-        return [encode_record(v, buffers) for v in value]
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        buffers.append(value)
-        return {"$buffers": [len(buffers) - 1], "$single": True}
-    return value
-
-
-def decode_record(value: Any, buffers: list) -> Any:
-    """The inverse of :func:`encode_record`."""
-    if isinstance(value, dict):
-        if "$date" in value and len(value) == 1:
-            return datetime.fromisoformat(value["$date"])
-        if "$buffers" in value:
-            found = [bytes(buffers[i]) for i in value["$buffers"]]
-            return found[0] if value.get("$single") else found
-        return {k: decode_record(v, buffers) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode_record(v, buffers) for v in value]
-    return value

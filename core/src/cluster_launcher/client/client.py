@@ -1,299 +1,31 @@
 """The client: connects to a controller and submits work (``Client``).
 
-Two DEALER sockets talk to the controller's client port: a *request* socket
-that user threads send on (under a lock), and a *reply* socket whose identity
-is ``b"r-" + session id``, read by one background IO thread.  The IO thread
-verifies every message, updates the tasks' :class:`TaskState` and wakes the
-threads waiting in :class:`AsyncResult`.  See docs/client.md for the tour
+Its sockets and IO thread are in :mod:`.io`; see docs/client.md for the tour
 and docs/internals/protocol.md for the messages.
 """
 
 from __future__ import annotations
 
 import atexit
-import logging
 import os
-import shlex
-import socket as _socket
-import subprocess
-import threading
 import time
 import weakref
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-import zmq
-
-from . import connection
-from .asyncresult import AsyncMapResult, AsyncResult, Metadata, TaskState, Waiter
-from .error import (
-    BulkError,
-    ClusterLauncherError,
-    ConnectionFileError,
-    NoEnginesRegistered,
-    RemoteError,
-)
-from .session import Message, Session, decode_record, discard_bulk, encode_record, new_id
+from ..error import ClusterLauncherError, ConnectionFileError, NoEnginesRegistered, RemoteError
+from ..paths import profile_dir_for
+from ..protocol import connection
+from ..protocol.records import decode_record, encode_record
+from ..protocol.session import Session, new_id
+from .asyncresult import AsyncMapResult, AsyncResult, Metadata, TaskState
+from .io import ClientSockets, ControlRequest, Dispatcher
+from .tunnel import open_ssh_tunnel
 from .view import DirectView, LoadBalancedView, msg_ids_of
-
-log = logging.getLogger("cluster_launcher.client")
 
 # Frames larger than this are sent without a copy (zero-copy costs more below).
 _ZERO_COPY_BYTES = 64 * 1024
-# Messages handled before waking waiters, so a flood of replies cannot starve them.
-_BATCH = 256
-
-
-def _default_profile_dir(profile: str, profile_dir: str | None) -> str:
-    from .profile import profile_dir_for
-    return profile_dir_for(profile, profile_dir)
-
-
-class _Control:
-    """A pending control request (queue_status, db_query, …)."""
-
-    __slots__ = ("reply", "tasks")
-
-    def __init__(self) -> None:
-        self.reply: Message | None = None
-        self.tasks: dict[str, TaskState] = {}  # tasks the reply created (resubmit), held until taken
-
-
-class Dispatcher:
-    """Everything the IO thread updates: tasks, control replies, engines.
-    Kept apart from :class:`Client` so the thread holds no reference to the
-    client (a forgotten client is garbage collected and closes itself)."""
-
-    def __init__(self, echo_streams: bool = False):
-        self.waiter = Waiter()
-        self.pending: dict[str, TaskState] = {}  # submitted, no reply yet
-        self.finished: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
-        self.controls: dict[str, _Control] = {}
-        self.engines: dict[int, dict[str, Any]] = {}
-        self.echo_streams = echo_streams
-        self.closed = False
-
-    def handle(self, msg: Message) -> None:
-        """Apply one verified message to the client's state."""
-        header = msg.header
-        kind = header["type"]
-        if kind == "apply_reply":
-            task = self.pending.pop(header.get("parent"), None)
-            if task is None:
-                log.debug("apply_reply for unknown task %s", header.get("parent"))
-                discard_bulk(header)
-                return
-            task.discard_files()  # gone already if an engine read them; not if the task never ran
-            try:
-                buffers = Session.resolve_bulk(msg) if "bulk" in header else msg.buffers
-            except Exception as exc:  # whatever went wrong, the task ends with it: never left waiting
-                discard_bulk(header)
-                task.fail_locally(BulkError(f"the result of task {task.msg_id} could not be read: {exc}"))
-            else:
-                task.finish(header, buffers)
-            self.finished[task.msg_id] = task
-        elif kind == "stream":
-            task = self.pending.get(header.get("parent"))
-            if task is not None:
-                task.add_stream(header.get("name", "stdout"), header.get("text", ""))
-                if self.echo_streams:
-                    engine = f"[stream {header.get('name')}:{header.get('parent', '')[:8]}] "
-                    print(engine + header.get("text", ""), end="", flush=True)
-        elif kind == "registration":
-            self.engines[int(header["engine_id"])] = {k: header.get(k) for k in ("uuid", "hostname", "pid", "domain")}
-        elif kind == "unregistration":
-            self.engines.pop(int(header["engine_id"]), None)
-        else:
-            control = self.controls.get(header.get("parent"))
-            if control is None:
-                log.debug("unexpected %s message (parent %s) dropped", kind, header.get("parent"))
-                return
-            if kind == "connect_reply":
-                self.engines.update({int(eid): info for eid, info in (header.get("engines") or {}).items()})
-            elif kind == "resubmit_reply":
-                # Register the new tasks now, before their replies can arrive.
-                for new in (header.get("resubmitted") or {}).values():
-                    control.tasks[new] = self.pending.setdefault(new, TaskState(new, datetime.now(timezone.utc)))
-            control.reply = msg
-
-    def new_task(self, msg_id: str, submitted: datetime | None) -> TaskState:
-        task = TaskState(msg_id, submitted)
-        self.pending[msg_id] = task
-        return task
-
-    def task(self, msg_id: str) -> TaskState | None:
-        return self.pending.get(msg_id) or self.finished.get(msg_id)
-
-    def fail_pending(self, why: str) -> None:
-        for task in list(self.pending.values()):
-            task.fail_locally(ClusterLauncherError(why))
-            task.discard_files()
-        self.pending.clear()
-        self.closed = True
-        self.waiter.notify()
-
-
-def _discard_unread(sock: zmq.Socket, session: Session) -> None:
-    """At close: the shared-memory files of replies that arrived but were
-    never read would stay in /dev/shm (memory) until reboot."""
-    for _ in range(100_000):
-        try:
-            msg = session.recv(sock, zmq.NOBLOCK)
-        except zmq.ZMQError:
-            return
-        if msg is not None:
-            discard_bulk(msg.header)
-
-
-def _io_loop(sock: zmq.Socket, wake: zmq.Socket, session: Session, dispatcher: Dispatcher) -> None:
-    """The IO thread: read, verify and dispatch replies until woken to stop."""
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    poller.register(wake, zmq.POLLIN)
-    try:
-        while True:
-            events = dict(poller.poll())
-            if wake in events:
-                _discard_unread(sock, session)
-                return
-            for _ in range(_BATCH):
-                try:
-                    msg = session.recv(sock, zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                if msg is not None:
-                    try:
-                        dispatcher.handle(msg)
-                    except Exception:  # a malformed message must not kill the thread
-                        log.exception("cannot handle %r", msg)
-            dispatcher.waiter.notify()
-    except zmq.ContextTerminated:
-        return
-    finally:
-        sock.close(linger=0)
-        wake.close(linger=0)
-
-
-class _Connection:
-    """The sockets, SSH tunnel and IO thread of one client.  ``close`` is
-    idempotent and safe from any thread, atexit and garbage collection."""
-
-    def __init__(self, dispatcher: Dispatcher, session: Session):
-        self.dispatcher, self.session = dispatcher, session
-        self.context = zmq.Context()
-        self.send_lock = threading.Lock()
-        self.request = self.context.socket(zmq.DEALER)
-        self.reply = self.context.socket(zmq.DEALER)
-        self.reply.setsockopt(zmq.IDENTITY, b"r-" + session.session_id.encode())
-        for sock in (self.request, self.reply):
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)
-            sock.setsockopt(zmq.LINGER, 1000)
-        self.tunnel: subprocess.Popen | None = None
-        self.thread: threading.Thread | None = None
-        self._wake_send: zmq.Socket | None = None
-        self._closed = False
-
-    def connect(self, url: str, timeout: float, info: dict[str, Any]) -> None:
-        """Connect both sockets; return once the reply socket has completed its
-        handshake (so the controller can route replies to it)."""
-        for sock in (self.request, self.reply):
-            connection.secure(sock, info)
-        monitor = self.reply.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        try:
-            self.reply.connect(url)
-            if not monitor.poll(int(timeout * 1000)):
-                raise TimeoutError(f"no controller answered at {url} within {timeout:g} s; is it running?")
-            monitor.recv_multipart()
-        finally:
-            self.reply.disable_monitor()
-            monitor.close(linger=0)
-        self.request.connect(url)
-        wake_url = f"inproc://wake-{id(self)}"
-        wake_recv = self.context.socket(zmq.PAIR)
-        wake_recv.bind(wake_url)
-        self._wake_send = self.context.socket(zmq.PAIR)
-        self._wake_send.connect(wake_url)
-        self.thread = threading.Thread(target=_io_loop, name="cluster-launcher-client-io", daemon=True,
-                                       args=(self.reply, wake_recv, self.session, self.dispatcher))
-        self.thread.start()
-
-    def say_goodbye(self) -> None:
-        """Tell the controller this client is leaving (it forgets it at once)."""
-        header = {"type": "disconnect", "id": new_id(), "session": self.session.session_id}
-        try:
-            self.send(self.session.pack(header))
-        except (ClusterLauncherError, zmq.ZMQError):
-            pass
-
-    def send(self, frames: list, copy: bool = True) -> None:
-        with self.send_lock:
-            if self._closed:
-                raise ClusterLauncherError("the client is closed")
-            self.request.send_multipart(frames, copy=copy)
-
-    def close(self) -> None:
-        with self.send_lock:
-            if self._closed:
-                return
-            self._closed = True
-        if self.thread is not None and self._wake_send is not None:
-            self._wake_send.send(b"stop")
-            if self.thread is not threading.current_thread():
-                self.thread.join(5)
-            self._wake_send.close(linger=0)
-        else:
-            self.reply.close(linger=0)
-        self.request.close(linger=500)  # lets the goodbye leave
-        self.dispatcher.fail_pending("the client was closed before the result arrived")
-        self.context.term()
-        if self.tunnel is not None and self.tunnel.poll() is None:
-            self.tunnel.terminate()
-            try:
-                self.tunnel.wait(5)
-            except subprocess.TimeoutExpired:
-                self.tunnel.kill()
-                self.tunnel.wait()
-        atexit.unregister(self.close)
-
-
-def _free_local_port() -> int:
-    with _socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def open_ssh_tunnel(sshserver: str, remote_host: str, remote_port: int, timeout: float,
-                    sshkey: str | None = None) -> tuple[subprocess.Popen, int]:
-    """Forward a free local port to ``remote_host:remote_port`` as seen from
-    ``sshserver`` (``[user@]host[:port]``) with an ``ssh -N -L`` subprocess;
-    return the process and the local port once it accepts connections."""
-    server, _, ssh_port = sshserver.partition(":") if sshserver.count(":") == 1 else (sshserver, "", "")
-    local_port = _free_local_port()
-    command = ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "BatchMode=yes",
-               "-L", f"127.0.0.1:{local_port}:{remote_host}:{remote_port}"]
-    if ssh_port:
-        command += ["-p", ssh_port]
-    if sshkey:
-        command += ["-i", sshkey]
-    command.append(server)
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            why = process.stderr.read().decode(errors="replace").strip().splitlines()
-            raise ClusterLauncherError(f"sshserver={sshserver}: ssh tunnel failed ({shlex.join(command)}): "
-                                       f"{why[-1] if why else f'exit status {process.returncode}'}")
-        try:
-            with _socket.create_connection(("127.0.0.1", local_port), timeout=0.2):
-                return process, local_port
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    process.wait()
-    raise TimeoutError(f"sshserver={sshserver}: ssh tunnel not up within {timeout:g} s")
 
 
 class Client:
@@ -310,7 +42,7 @@ class Client:
                  cluster_id: str = "", sshserver: str | None = None, timeout: float = 10,
                  sshkey: str | None = None, echo_streams: bool = False):
         if url_file is None:
-            url_file = connection.connection_file(_default_profile_dir(profile, profile_dir), "client", cluster_id)
+            url_file = connection.connection_file(profile_dir_for(profile, profile_dir), "client", cluster_id)
         self.url_file = os.path.abspath(os.path.expanduser(url_file))
         info = connection.read_connection_file(self.url_file, "client")
         try:
@@ -323,7 +55,7 @@ class Client:
         self.url = connection.url(info, "client_port")
         self._dispatcher = Dispatcher(echo_streams)
         self._waiter = self._dispatcher.waiter
-        self._conn = _Connection(self._dispatcher, self.session)
+        self._conn = ClientSockets(self._dispatcher, self.session)
         self.history: list[str] = []
         try:
             sshserver = sshserver if sshserver is not None else info["ssh"]
@@ -468,11 +200,11 @@ class Client:
                              "or raise that limit")
 
     def _request(self, msg_type: str, fields: dict[str, Any], timeout: float | None = None,
-                 buffers: Sequence = (), resend_every: float | None = None) -> _Control:
+                 buffers: Sequence = (), resend_every: float | None = None) -> ControlRequest:
         """Send a control request and wait for its reply; RemoteError if the
         controller answers with an error."""
         timeout = self.timeout if timeout is None else timeout
-        control = _Control()
+        control = ControlRequest()
         sent: list[str] = []
         deadline = time.monotonic() + timeout
         answered = lambda: control.reply is not None or self._dispatcher.closed

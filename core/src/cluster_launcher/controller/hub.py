@@ -25,12 +25,14 @@ import zmq
 from traitlets import Bool, Float, Integer, Unicode, Union
 from traitlets.config import Config, LoggingConfigurable
 
-from . import bulk, connection, plugins
-from .profile import start_logging
-from .db import BaseDB, check_query
-from .error import BulkError, ClusterLauncherError
-from .scheduler import TaskScheduler
-from .session import Message, Session, decode_record, discard_bulk, encode_record, new_id, parse_time, utcnow
+from .. import plugins
+from ..db import BaseDB, check_query
+from ..error import BulkError, ClusterLauncherError
+from ..logs import start_logging
+from ..protocol import bulk, connection
+from ..protocol.records import decode_record, encode_record
+from ..protocol.session import Message, Session, discard_bulk, new_id, parse_time, utcnow
+from ..scheduler import TaskScheduler
 
 log = logging.getLogger("cluster_launcher")
 
@@ -118,7 +120,8 @@ class Controller(LoggingConfigurable):
         if swept:
             log.info("removed %d shared-memory file(s) left by processes that died", swept)
         self.context = zmq.Context()
-        self.curve_keys = connection.curve_server_keys(self.profile_dir, self.cluster_id, self.reuse) if self.curve else None
+        self.curve_keys = (connection.curve_server_keys(self.profile_dir, self.cluster_id, self.reuse)
+                           if self.curve else None)
         self.ports: dict[zmq.Socket, int] = {}
         self.client_socket = self._bind(ports["client_port"])
         self.engine_socket = self._bind(ports["engine_port"])
@@ -197,7 +200,8 @@ class Controller(LoggingConfigurable):
         self.running = True
         plugins.get_plugin_manager().hook.cluster_launcher_controller_started(
             connection_info=dict(self.client_info), profile_dir=self.profile_dir)
-        log.info("controller listening: clients %s, engines %s", self.ports[self.client_socket], self.ports[self.engine_socket])
+        log.info("controller listening: clients %s, engines %s", self.ports[self.client_socket],
+                 self.ports[self.engine_socket])
         next_check = time.monotonic() + self.heartbeat_period
         next_sweep = time.monotonic() + self.shm_sweep_interval
         while self.running:
@@ -482,8 +486,8 @@ class Controller(LoggingConfigurable):
                 by_engine.setdefault(task.engine_id, []).append(msg_id)
         for engine_id, ids in by_engine.items():
             self.send_engine(self.engines[engine_id], "abort", {"msg_ids": ids})
-        self.send_client(self.reply_to(msg), "abort_reply", {"parent": header["id"], "status": "ok",
-                                                             "aborted": aborted, "forwarded": sum(by_engine.values(), [])})
+        self.send_client(self.reply_to(msg), "abort_reply", {
+            "parent": header["id"], "status": "ok", "aborted": aborted, "forwarded": sum(by_engine.values(), [])})
 
     def client_shutdown(self, msg: Message) -> None:
         targets = msg.header.get("targets")
@@ -716,7 +720,8 @@ class Controller(LoggingConfigurable):
         engine.completed += 1
         if task.queue == "task":
             engine.lb_load -= 1
-        if header.get("status") == "error" and task.retries > 0 and task.queue == "task" and self.can_retry(task, engine):
+        failed = header.get("status") == "error"
+        if failed and task.retries > 0 and task.queue == "task" and self.can_retry(task, engine):
             task.retries -= 1
             task.blacklist.add(engine.id)
             discard_bulk(header)
@@ -821,7 +826,7 @@ class EngineState:
     uuid: str  # public: shown to clients, stored in task records
     hostname: str
     pid: int
-    domain: str | None = None  # who can read its shared-memory files (cluster_launcher.bulk.domain)
+    domain: str | None = None  # who can read its shared-memory files (cluster_launcher.protocol.bulk.domain)
     last_seen: float = field(default_factory=time.monotonic)
     in_flight: dict[str, Task] = field(default_factory=dict)
     lb_load: int = 0

@@ -12,7 +12,6 @@ interrupted first).
 from __future__ import annotations
 
 import _thread
-import io
 import logging
 import os
 import socket as _socket
@@ -27,22 +26,15 @@ import zmq
 from traitlets import Bool, Float, Integer, List, Unicode, Union
 from traitlets.config import Config, LoggingConfigurable
 
-from . import connection
-from .profile import start_logging
-from .error import ClusterLauncherError, ConfigError
-from .serialize import serialize, unpack_apply
-from .session import Message, Session, discard_bulk, new_id, utcnow
+from ..error import ClusterLauncherError, ConfigError
+from ..logs import start_logging
+from ..protocol import connection
+from ..protocol.remote import user_namespace
+from ..protocol.serialize import serialize, unpack_apply
+from ..protocol.session import Message, Session, discard_bulk, new_id, utcnow
+from .streams import StreamSender, TaskStream
 
 log = logging.getLogger("cluster_launcher")
-_USER_NAMESPACE: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
-
-
-def user_namespace() -> dict[str, Any]:
-    """The engine's persistent namespace: where ``push`` puts names, ``execute``
-    runs code and functions from the client's ``__main__`` find their globals."""
-    return _USER_NAMESPACE
-
-
 class Engine(LoggingConfigurable):
     file = Unicode("", help="The controller-engine.json connection file to use (default: the "
                    "one in the profile's security/ folder).").tag(config=True)
@@ -55,7 +47,7 @@ class Engine(LoggingConfigurable):
     connect_timeout = Float(30.0, help="Seconds to wait for the connection file to appear.").tag(config=True)
     extra_paths = List(Unicode(), help="Directories prepended to sys.path.").tag(config=True)
     mpi = Unicode("", help="Initialize MPI in the engine before it runs anything: 'mpi4py' imports "
-                  "mpi4py.MPI (which calls MPI_Init), '' does nothing.  The seed's c.MPI.use."
+                  "mpi4py.MPI (which calls MPI_Init), '' does nothing.  IPython's c.MPI.use."
                   ).tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
     log_level = Union([Integer(), Unicode()], default_value="INFO", help="Log level: DEBUG, INFO, WARNING, "
@@ -116,7 +108,7 @@ class Engine(LoggingConfigurable):
         connection.secure(self.socket, info)
         self.socket.connect(connection.url(info, "engine_port"))
         self.max_message_size = info.get("max_message_size", -1)
-        self.streams = _StreamSender(self)
+        self.streams = StreamSender(self.context, self.ident, self.info)
         self.echo = threading.Thread(target=self._echo_heartbeats, args=(self._echo_socket(),),
                                      name="heartbeat-echo", daemon=True)
         self.echo.start()
@@ -270,8 +262,8 @@ class Engine(LoggingConfigurable):
 
     def apply(self, msg: Message) -> None:
         parent = msg.header["id"]
-        out = _TaskStream(self.streams, parent, "stdout")
-        err = _TaskStream(self.streams, parent, "stderr")
+        out = TaskStream(self.streams, parent, "stdout")
+        err = TaskStream(self.streams, parent, "stderr")
         self.streams.watch(out, err)
         saved = sys.stdout, sys.stderr
         started = utcnow()
@@ -337,65 +329,6 @@ class Engine(LoggingConfigurable):
         if hasattr(self, "heartbeat"):
             self.heartbeat.join(timeout=2 * self.heartbeat_period + 1)
         self.context.term()
-
-
-class _StreamSender:
-    """Sends the running task's output as ``stream`` messages every
-    ``INTERVAL`` seconds from a thread of its own, so output shows up while the
-    task computes, flushed or not.  Its own socket and session: the main
-    thread's are busy with the task and zmq sockets are not shared between
-    threads.  All stream messages go through here, in order, under one lock."""
-
-    INTERVAL = 0.1
-
-    def __init__(self, engine: Engine):
-        self.session = Session(key=engine.info["key"])
-        self.socket = engine.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.IDENTITY, engine.ident + b"-io")
-        self.socket.setsockopt(zmq.LINGER, 0)  # the reply carries the full output anyway
-        connection.secure(self.socket, engine.info)
-        self.socket.connect(connection.url(engine.info, "engine_port"))
-        self.lock = threading.Lock()
-        self.watched: tuple[_TaskStream, ...] = ()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="streams", daemon=True)
-        self.thread.start()
-
-    def watch(self, *streams: _TaskStream) -> None:
-        """Send these streams' new output from now on (none: stop)."""
-        self.watched = streams
-
-    def send(self, stream: _TaskStream) -> None:
-        with self.lock:
-            value = stream.getvalue()
-            if len(value) > stream.sent and not self.stopped.is_set():
-                self.session.send(self.socket, "stream",
-                                  {"parent": stream.parent, "name": stream.name, "text": value[stream.sent:]})
-                stream.sent = len(value)
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(self.INTERVAL):
-            for stream in self.watched:
-                self.send(stream)
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=2)
-        with self.lock:
-            self.socket.close(0)
-
-
-class _TaskStream(io.StringIO):
-    """Captures a task's output for its reply; :class:`_StreamSender` sends
-    what is new while the task runs, ``flush()`` sends it at once."""
-
-    def __init__(self, sender: _StreamSender, parent: str, name: str):
-        super().__init__()
-        self.sender, self.parent, self.name = sender, parent, name
-        self.sent = 0
-
-    def flush(self) -> None:
-        self.sender.send(self)
 
 
 def _run_startup_code(source: str, filename: str, option: str) -> None:

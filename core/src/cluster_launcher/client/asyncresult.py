@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from . import bulk
-from . import error as errors
-from .serialize import deserialize
-from .session import parse_time
+from .. import error as errors
+from ..protocol import bulk
+from ..protocol.serialize import deserialize
+from ..protocol.session import parse_time
 
 _UNSET = object()
 
@@ -276,7 +276,7 @@ class AsyncResult:
         engine_ids = [t.metadata["engine_id"] for t in self._tasks]
         if len(set(engine_ids)) != len(engine_ids):
             raise ValueError(f"{self._describe()}: several tasks ran on one engine; get_dict needs one per engine")
-        return dict(zip(engine_ids, results))
+        return dict(zip(engine_ids, results, strict=True))
 
     def __iter__(self) -> Iterator[Any]:
         if self._single:
@@ -333,7 +333,8 @@ class AsyncResult:
         """Seconds from the first submission to the last completion (finished results)."""
         self._require_ready("wall_time")
         mds = [t.metadata for t in self._tasks]
-        return (max(md["completed"] or md["received"] for md in mds) - min(md["submitted"] for md in mds)).total_seconds()
+        last = max(md["completed"] or md["received"] for md in mds)
+        return (last - min(md["submitted"] for md in mds)).total_seconds()
 
     @property
     def serial_time(self) -> float:
@@ -409,7 +410,7 @@ class AsyncMapResult(AsyncResult):
             return
         pending = list(self._tasks)
         while pending:
-            self._waiter.wait_until(lambda: any(t.done for t in pending), None)
+            self._waiter.wait_until(lambda pending=pending: any(t.done for t in pending), None)
             still = []
             for task in pending:
                 if task.done:

@@ -4,10 +4,9 @@ LoadBalancedView).
 A :class:`DirectView` sends each call to every one of its engines (queue
 "mux"); a :class:`LoadBalancedView` sends each call once and the controller
 picks the engine (queue "task").  ``execute``/``push``/``pull``/``scatter``/
-``gather`` are ``apply`` calls of the small functions at the bottom of this
-module: they run on the engine, reach its user namespace through
-``cluster_launcher.engine.user_namespace()``, and live here (not in the
-user's ``__main__``) so the engine can import them.
+``gather`` are ``apply`` calls of the small functions in
+:mod:`cluster_launcher.protocol.remote`, which run on the engine in its
+user namespace.
 """
 
 from __future__ import annotations
@@ -19,8 +18,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..protocol import remote
+from ..protocol.serialize import pack_apply
 from .asyncresult import AsyncMapResult, AsyncResult, join_parts
-from .serialize import pack_apply
 
 if TYPE_CHECKING:
     from .client import Client
@@ -166,9 +166,9 @@ class DirectView(View):
         seqs, length = _as_sequences(sequences)
         engine_ids = self._engine_ids()
         tasks = []
-        for engine_id, (start, stop) in zip(engine_ids, partition(length, len(engine_ids))):
+        for engine_id, (start, stop) in zip(engine_ids, partition(length, len(engine_ids)), strict=False):
             chunks = [s[start:stop] for s in seqs]
-            tasks += self.client._submit(pack_apply(_map_chunk, (f, *chunks), {}), "mux", [engine_id])
+            tasks += self.client._submit(pack_apply(remote.map_chunk, (f, *chunks), {}), "mux", [engine_id])
         ar = AsyncMapResult(self.client, tasks, fname=getattr(f, "__name__", ""), item_count=length)
         return ar.get() if block else ar
 
@@ -177,23 +177,23 @@ class DirectView(View):
 
     def execute(self, code: str, block: bool | None = None, targets: Any = None) -> Any:
         """Run ``code`` (a string of Python) in each engine's namespace."""
-        return self._call(_execute, (code,), block, targets)
+        return self._call(remote.execute, (code,), block, targets)
 
     def run(self, filename: str, block: bool | None = None, targets: Any = None) -> Any:
         """Run the Python file ``filename`` (read here) in each engine's namespace."""
         with open(filename, encoding="utf-8") as f:
             code = f.read()
-        return self._call(_execute, (code, filename), block, targets)
+        return self._call(remote.execute, (code, filename), block, targets)
 
     def push(self, namespace: dict[str, Any], block: bool | None = None, targets: Any = None) -> Any:
         """Copy the names and values of ``namespace`` into each engine's namespace."""
         if not isinstance(namespace, dict):
             raise TypeError(f"push() takes a dict of names to values, not {type(namespace).__name__}")
-        return self._call(_push, (namespace,), block, targets)
+        return self._call(remote.push, (namespace,), block, targets)
 
     def pull(self, names: str | Sequence[str], block: bool | None = None, targets: Any = None) -> Any:
         """The value of ``names`` (one name, or a list of names) on each engine."""
-        return self._call(_pull, (names if isinstance(names, str) else list(names),), block, targets)
+        return self._call(remote.pull, (names if isinstance(names, str) else list(names),), block, targets)
 
     def scatter(self, name: str, seq: Sequence[Any], block: bool | None = None, targets: Any = None,
                 flatten: bool = False) -> Any:
@@ -203,11 +203,11 @@ class DirectView(View):
         (seq,), length = _as_sequences([seq])
         engine_ids = self._engine_ids(targets)
         tasks = []
-        for engine_id, (start, stop) in zip(engine_ids, partition(length, len(engine_ids))):
+        for engine_id, (start, stop) in zip(engine_ids, partition(length, len(engine_ids)), strict=False):
             part = seq[start:stop]
             if flatten and stop - start == 1:
                 part = part[0]
-            tasks += self.client._submit(pack_apply(_push, ({name: part},), {}), "mux", [engine_id])
+            tasks += self.client._submit(pack_apply(remote.push, ({name: part},), {}), "mux", [engine_id])
         ar = AsyncResult(self.client, tasks, fname="scatter")
         if block:
             ar.get()
@@ -217,7 +217,7 @@ class DirectView(View):
         """``name`` from each engine, joined into one sequence (the inverse of scatter)."""
         block = self.block if block is None else block
         engine_ids = self._engine_ids(targets)
-        tasks = self.client._submit(pack_apply(_pull, (name,), {}), "mux", engine_ids)
+        tasks = self.client._submit(pack_apply(remote.pull, (name,), {}), "mux", engine_ids)
         ar = AsyncMapResult(self.client, tasks, fname="gather", joiner=_join_gathered)
         return ar.get() if block else ar
 
@@ -260,7 +260,7 @@ class DirectView(View):
                     print(f"importing {what} on engine(s)")
                 depth[0] += 1  # imports made while sending are not the user's
                 try:
-                    self.apply_sync(_import, name, tuple(fromlist or ()))
+                    self.apply_sync(remote.import_names, name, tuple(fromlist or ()))
                 finally:
                     depth[0] -= 1
             return module
@@ -298,7 +298,8 @@ class LoadBalancedView(View):
             raise ValueError(f"LoadBalancedView.retries: a count >= 0, not {self.retries!r}")
         if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or isinstance(self.timeout, bool)
                                          or not math.isfinite(self.timeout) or self.timeout < 0):
-            raise ValueError(f"LoadBalancedView.timeout: a finite number of seconds >= 0, or None; not {self.timeout!r}")
+            raise ValueError("LoadBalancedView.timeout: a finite number of seconds >= 0, or None; "
+                             f"not {self.timeout!r}")
         targets = None if self.targets is None else self.client._resolve_targets(self.targets)
         return {"targets": targets, "after": msg_ids_of(self.after), "follow": msg_ids_of(self.follow),
                 "timeout": self.timeout, "retries": self.retries}
@@ -323,7 +324,7 @@ class LoadBalancedView(View):
         tasks = []
         for start in range(0, length, chunksize):
             chunks = [s[start:start + chunksize] for s in seqs]
-            tasks += self._send_task(pack_apply(_map_chunk, (f, *chunks), {}))
+            tasks += self._send_task(pack_apply(remote.map_chunk, (f, *chunks), {}))
         ar = AsyncMapResult(self.client, tasks, fname=getattr(f, "__name__", ""), ordered=ordered,
                             item_count=length)
         return ar.get() if block else ar
@@ -340,50 +341,3 @@ def _join_gathered(parts: list) -> Any:
     # A part may be a single item (scatter with flatten=True).
     return join_parts([p if isinstance(p, (list, tuple, str)) or type(p).__name__ == "ndarray" else [p]
                        for p in parts])
-
-
-# --- functions that run on the engine -------------------------------------------
-
-
-def _namespace() -> dict[str, Any]:
-    from cluster_launcher.engine import user_namespace
-    return user_namespace()
-
-
-def _execute(code: str, filename: str = "<execute>") -> None:
-    exec(compile(code, filename, "exec"), _namespace())
-
-
-def _push(namespace: dict[str, Any]) -> None:
-    _namespace().update(namespace)
-
-
-def _pull(names: str | list[str]) -> Any:
-    namespace = _namespace()
-    try:
-        return namespace[names] if isinstance(names, str) else [namespace[n] for n in names]
-    except KeyError as exc:
-        raise NameError(f"name {exc.args[0]!r} is not defined") from None
-
-
-def _map_chunk(f: Callable, *chunks: Any) -> list:
-    from cluster_launcher.serialize import rebind_main
-    return list(map(rebind_main(f, _namespace()), *chunks))
-
-
-def _import(name: str, fromlist: tuple) -> None:
-    import importlib
-    namespace = _namespace()
-    module = importlib.import_module(name)
-    if not fromlist:
-        top = name.partition(".")[0]
-        namespace[top] = importlib.import_module(top)
-        return
-    for attr in fromlist:
-        if attr == "*":
-            public = getattr(module, "__all__", [n for n in vars(module) if not n.startswith("_")])
-            namespace.update({n: getattr(module, n) for n in public})
-        elif hasattr(module, attr):
-            namespace[attr] = getattr(module, attr)
-        else:
-            namespace[attr] = importlib.import_module(f"{name}.{attr}")

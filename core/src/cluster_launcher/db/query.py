@@ -1,11 +1,11 @@
-"""Base class of task-database plugins, and the query language they share.
+"""Task records and the query language every DB backend shares.
 
 The controller writes one record per task (a dict keyed by ``msg_id``) and
 updates it as the task is queued, started and completed.  Clients read the
 records back with ``client.db_query(query, keys)``, where ``query`` uses the
 MongoDB-style operators ``$in $nin $lt $lte $gt $gte $eq $ne $exists``
 on record fields: ``{'completed': {'$gt': since}, 'engine_uuid': {'$in': [...]}}``.
-A plain value means equality.
+A plain value means equality.  :func:`matches` is the reference semantics.
 
 Every backend stores all of :data:`RECORD_FIELDS`; values are JSON-able,
 datetimes, or lists of bytes-like buffers.
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, ClassVar
-
-from traitlets.config import LoggingConfigurable
+from typing import Any
 
 # The fields of a task record, in the order a tabular backend lays them out.
 RECORD_FIELDS: dict[str, str] = {
@@ -50,55 +48,6 @@ DATETIME_FIELDS = ("submitted", "started", "completed", "received")
 # compared, and counted by size-limited backends.
 BUFFER_FIELDS = ("buffers", "result_buffers")
 
-
-class BaseDB(LoggingConfigurable):
-    """Interface of a task database.  Subclasses are registered by class
-    name (``DictDB``) and selected with ``c.Controller.db_class``.
-
-    ``persistent`` says whether records survive a controller restart (used
-    by ``--reuse``).  Every method is called from the controller's single
-    thread; a backend may block briefly but should batch or defer slow I/O.
-
-    Shared rules (checked by :mod:`cluster_launcher.testing.db_conformance`):
-    records hold only :data:`RECORD_FIELDS` (a missing field reads as None);
-    a bad query, key or field is a ``ValueError`` naming it; an unknown
-    ``msg_id`` is a ``KeyError``; returned records are the caller's to mutate.
-    """
-
-    persistent: ClassVar[bool] = False
-
-    def add_record(self, msg_id: str, record: dict[str, Any]) -> None:
-        """Store a new record (``record['msg_id'] == msg_id``); a msg_id
-        already stored is a KeyError."""
-        raise NotImplementedError
-
-    def update_record(self, msg_id: str, changes: dict[str, Any]) -> None:
-        """Merge ``changes`` into the record; unknown ``msg_id`` is a KeyError."""
-        raise NotImplementedError
-
-    def get_record(self, msg_id: str) -> dict[str, Any]:
-        """The whole record; unknown ``msg_id`` is a KeyError."""
-        raise NotImplementedError
-
-    def drop_record(self, msg_id: str) -> None:
-        """Forget one record; unknown ``msg_id`` is a KeyError."""
-        raise NotImplementedError
-
-    def drop_matching_records(self, query: Query) -> None:
-        """Forget every record matching ``query`` (``{}`` matches all)."""
-        raise NotImplementedError
-
-    def find_records(self, query: Query, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """Records matching ``query``, each with only ``keys`` (plus ``msg_id``)
-        when given, in submission order."""
-        raise NotImplementedError
-
-    def get_history(self) -> list[str]:
-        """Every stored msg_id, in submission order."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Flush and release resources (the controller is stopping)."""
 
 
 _OPERATORS = {

@@ -1,5 +1,5 @@
 """Loading configuration: profile config files plus command-line overrides,
-with the seed's (IPython 0.11-0.13) section and option names mapped onto ours.
+with IPython.parallel 0.11–0.13's section and option names mapped onto ours.
 
 A config file is Python run by traitlets' :class:`PyFileConfigLoader`; both
 ``c = get_config()`` followed by ``c.Controller.ip = '*'`` and the bare
@@ -38,66 +38,38 @@ from traitlets import Container, Dict, TraitError, TraitType
 from traitlets.config import Config, Configurable, PyFileConfigLoader
 from traitlets.config.loader import ConfigFileNotFound, DeferredConfigString, LazyConfigValue
 
-from . import plugins
-from .plugins import LEGACY_CLASS_NAMES
-from .error import ConfigError, UnknownNameError
+from .. import plugins
+from ..cluster import Cluster
+from ..controller import Controller
+from ..engine import Engine
+from ..error import ConfigError, UnknownNameError
+from ..legacy import (
+    BUILTIN_DB_CLASSES,
+    BUILTIN_LAUNCHER_PREFIXES,
+    LAUNCHER_SUFFIXES,
+    LEGACY_CONFIG_FILES,
+    LEGACY_LAUNCHER_OPTIONS,
+    LEGACY_LAUNCHER_SECTIONS,
+    LEGACY_OPTIONS,
+    LEGACY_SECTIONS,
+    OBSOLETE_OPTIONS,
+)
+from ..protocol.session import Session
+from ..scheduler import TaskScheduler
 
 log = logging.getLogger("cluster_launcher")
 
 ROLES = ("cluster", "controller", "engine")
-# Per role, the files loaded from the profile directory, later ones winning: the
-# seed's file name first, so a profile copied from IPython keeps working.
-ROLE_FILES = {
-    "cluster": ("ipcluster_config.py", "cluster_config.py"),
-    "controller": ("ipcontroller_config.py", "controller_config.py"),
-    "engine": ("ipengine_config.py", "engine_config.py"),
-}
+# Per role, the files loaded from the profile directory, later ones winning:
+# IPython's file name first, so a profile copied from IPython keeps working.
+ROLE_FILES = {role: (LEGACY_CONFIG_FILES[role], f"{role}_config.py") for role in ROLES}
 COMMAND_LINE = "command line"
-
-# Legacy section -> our section, in increasing precedence within one target
-# (IPClusterStart extends IPClusterEngines in the seed, so it wins).
-LEGACY_SECTIONS = {
-    "IPClusterApp": "Cluster", "IPClusterEngines": "Cluster", "IPClusterStart": "Cluster",
-    "RegistrationFactory": "Controller", "HubFactory": "Controller", "IPControllerApp": "Controller",
-    "EngineFactory": "Engine", "IPEngineApp": "Engine", "MPI": "Engine",
-}
-# (our section, legacy option) -> (our option, deprecated since the seed itself)
-LEGACY_OPTIONS = {
-    ("Cluster", "engine_launcher"): ("engine_launcher_class", True),
-    ("Cluster", "engine_set_launcher"): ("engine_launcher_class", True),
-    ("Cluster", "engine_set_launcher_class"): ("engine_launcher_class", False),
-    ("Cluster", "controller_launcher"): ("controller_launcher_class", True),
-    ("Controller", "reuse_files"): ("reuse", False),
-    ("Controller", "engine_ip"): ("ip", False),
-    ("Controller", "client_ip"): ("ip", False),
-    ("Controller", "ssh_server"): ("ssh", False),
-    ("Controller", "engine_ssh_server"): ("enginessh", False),
-    ("Engine", "url_file"): ("file", False),
-    ("Engine", "wait_for_url_file"): ("connect_timeout", False),
-    ("Engine", "sshserver"): ("ssh", False),
-    ("Engine", "use"): ("mpi", False),  # c.MPI.use = 'mpi4py'
-}
-# Options of the seed's application classes that have no counterpart here
-# (logging goes to the profile's log/ folder; there is no separate monitor
-# port): accepted and ignored, with a notice.
-OBSOLETE_OPTIONS = {"log_url", "clean_logs", "auto_create", "copy_config_files",
-                    "overwrite", "early_shutdown", "monitor_ip", "registration_timeout", "use_threads"}
-# The 0.11 launcher class names.
-LEGACY_LAUNCHER_SECTIONS = {old: new for old, new in LEGACY_CLASS_NAMES.items() if old.endswith("Launcher")}
-# Launcher options renamed since 0.11 (SSHControllerLauncher.program_args).
-LEGACY_LAUNCHER_OPTIONS = {"program_args": {"ControllerLauncher": "controller_args",
-                                            "EngineSetLauncher": "engine_args"}}
-# Builtin launcher prefixes, whether installed or not, so that a section for a
-# plugin installed later is recognised (and case-corrected: SLURMLauncher).
-BUILTIN_LAUNCHER_PREFIXES = ("Local", "MPI", "SSH", "PBS", "SGE", "LSF", "Slurm", "WindowsHPC")
-BUILTIN_DB_CLASSES = ("DictDB", "NoDB", "SQLiteDB", "MongoDB")
-LAUNCHER_SUFFIXES = ("EngineSetLauncher", "ControllerLauncher")
 
 _announced: set[str] = set()
 
 
 def _announce(message: str, deprecated: bool = False) -> None:
-    """Log ``message`` once per process (and warn, for names the seed itself deprecated)."""
+    """Log ``message`` once per process (and warn, for names IPython itself deprecated)."""
     if message in _announced:
         return
     _announced.add(message)
@@ -208,12 +180,6 @@ def known_classes() -> dict[str, type[Configurable]]:
     """Every configurable class whose options we can check, by section name:
     the core classes, every installed launcher and DB class, and their
     cluster-launcher base classes (``Launcher``, ``EngineSetLauncher`` …)."""
-    from .cluster import Cluster
-    from .controller import Controller
-    from .engine import Engine
-    from .scheduler import TaskScheduler
-    from .session import Session
-
     registry = plugins.get_registry()
     roots: list[type] = [Cluster, Controller, Engine, TaskScheduler, Session]
     for kind in ("launcher", "db", "transport"):
@@ -235,7 +201,7 @@ def _canonical_sections(known: dict[str, type]) -> dict[str, str]:
 
 
 def _base_launcher_targets(section: str, known: dict[str, type]) -> list[str]:
-    """The launchers a seed base section (``PBSLauncher``) configures, when no
+    """The launchers an IPython base section (``PBSLauncher``) configures, when no
     installed class inherits from a class of that name (else traitlets applies
     it by itself)."""
     if section in known or not section.endswith("Launcher") or section.endswith(LAUNCHER_SUFFIXES):
@@ -361,10 +327,6 @@ def check_names(config: Config, role: str) -> None:
                     ("Cluster", "controller_launcher_class", "launcher", "controller")],
         "controller": [("Controller", "db_class", "db", None), ("TaskScheduler", "scheme_name", "scheduler", None)],
     }.get(role, [])
-    from .cluster import Cluster
-    from .controller import Controller
-    from .scheduler import TaskScheduler
-
     defaults = {"Cluster": Cluster, "Controller": Controller, "TaskScheduler": TaskScheduler}
     for section, option, kind, launcher_role in wanted:
         value = config[section][option] if option in config.get(section, {}) \

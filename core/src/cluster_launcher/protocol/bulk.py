@@ -38,7 +38,7 @@ from typing import Any
 import blake3
 import psutil
 
-from .error import BulkError
+from ..error import BulkError
 
 SHM_DIR = "/dev/shm"
 PREFIX = "cluster-launcher-"
