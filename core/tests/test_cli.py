@@ -143,10 +143,9 @@ def test_profile_commands(home, capsys):
 
 class HelloPlugin:
     @hookimpl
-    def cluster_launcher_register_commands(self, subparsers):
-        parser = subparsers.add_parser("hello", help="Say hello.")
+    def cluster_launcher_register_commands(self, commands):
+        parser = commands.add("hello", lambda args: print(f"hello {args.name}") or 7, help="Say hello.")
         parser.add_argument("--name", default="world")
-        parser.set_defaults(func=lambda args: print(f"hello {args.name}") or 7)
 
 
 def test_a_plugin_adds_a_subcommand(capsys):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from typing import Any
 
 from traitlets import Dict, Float, List, Unicode
 
@@ -49,7 +48,9 @@ class CondorEngineSetLauncher(EngineSetLauncher):
     submit_extra = Dict(value_trait=Unicode(), help="More submit-description commands, e.g. "
                         "{'request_memory': '2GB', 'requirements': 'OpSys == \"LINUX\"'}.").tag(config=True)
     command_timeout = Float(60.0, help="Seconds to wait for condor_submit or condor_rm.").tag(config=True)
-    job_id = Unicode("", help="The HTCondor cluster id of the submitted engines.").tag(config=False)
+    # Tagged state: recorded by to_dict() (with the inherited n, profile_dir and
+    # cluster_id), so a later `cluster-launcher stop` knows what to condor_rm.
+    job_id = Unicode("", help="The HTCondor cluster id of the submitted engines.").tag(config=False, state=True)
 
     @property
     def submit_file(self) -> str:
@@ -102,12 +103,6 @@ class CondorEngineSetLauncher(EngineSetLauncher):
         # condor_q prints one line per job of the cluster still queued or running.
         left = self._run(["condor_q", self.job_id, "-af", "ProcId"]) if self.job_id else ""
         return None if left.strip() else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "job_id": self.job_id, "n": self.n}
-
-    def load_state(self, data: dict[str, Any]) -> None:
-        self.job_id, self.n = data.get("job_id", ""), data.get("n", 0)
 
 
 @hookimpl

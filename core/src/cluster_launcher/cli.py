@@ -16,13 +16,14 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn, TypeAlias
 
 from traitlets.config import Config
 
 from . import __version__, config, hookspecs, paths, plugins
 from .config import profile
-from .error import ClusterLauncherError, ConfigError
+from .error import ClusterLauncherError, ConfigError, PluginError
 
 PROG = "cluster-launcher"
 EXIT_ERROR = 2
@@ -35,8 +36,31 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors raised as ConfigError so they print like
     every other error (one line, exit 2)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{self.prog}: {message}")
+
+
+class Commands:
+    """The subcommands of ``cluster-launcher``, as the
+    ``cluster_launcher_register_commands`` hook gives them to a plugin."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction[_Parser]) -> None:
+        self._subparsers = subparsers
+
+    def add(self, name: str, handler: Callable[[argparse.Namespace], int], *, help: str,
+            description: str | None = None) -> argparse.ArgumentParser:
+        """Add the subcommand ``name``, run by ``handler(args)``, which returns
+        the exit code.  ``help`` is its line in ``cluster-launcher --help``;
+        ``description`` (default: ``help``) heads its own ``--help``.  Returns
+        its parser, for its arguments: their usage errors print as every error
+        of the command line does (one line, exit 2)."""
+        taken = self._subparsers.choices  # argparse keeps the parsers by name here
+        if isinstance(taken, Mapping) and name in taken:
+            raise PluginError(f"cluster_launcher_register_commands: a plugin adds the subcommand {name!r}, "
+                              "which exists already")
+        parser = self._subparsers.add_parser(name, help=help, description=description or help)
+        parser.set_defaults(func=handler)
+        return parser
 
 
 # --- flags shared by the runtime subcommands ---------------------------------
@@ -110,9 +134,12 @@ def _runtime(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     return handler
 
 
-# (name, help, module, function, role, [(flags, dest, option, argparse kwargs)]); a flag's
-# option is the --Class.option it sets: its value, or for an on/off flag a fixed one.
-RUNTIME_COMMANDS = [
+# A flag: (option strings, dest, option, argparse keyword arguments); its option is the --Class.option
+# it sets to its value, or (--Class.option, fixed value) for an on/off flag, or None.
+Flag: TypeAlias = tuple[tuple[str, ...], str, str | tuple[str, str] | None, dict[str, Any]]
+
+# (name, help, module, function, role, flags)
+RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
     ("start", "Start a controller and engines (as configured in cluster_config.py).", "cluster.commands", "start_main",
      "cluster", [
          (("-n", "--n"), "n", "Cluster.n", {"type": int, "metavar": "N",
@@ -155,7 +182,9 @@ RUNTIME_COMMANDS = [
     ("engine", "Run an engine in this process.", "engine", "main", "engine", [
         (("--file",), "file", "Engine.file",
          {"metavar": "PATH", "help": "The controller-engine.json to use (default: the profile's security/ one)."}),
-        (("--ssh",), "ssh", "Engine.ssh", {"metavar": "[USER@]HOST", "help": "SSH server to tunnel through."}),
+        (("--ssh",), "ssh", "Engine.ssh",
+         {"metavar": "[USER@]HOST[:PORT]", "help": "SSH server (or ~/.ssh/config alias) every connection to the "
+          "controller goes through (default: the connection file's ssh field)."}),
         (("--log-to-file",), "log_to_file", ("Engine.log_to_file", "True"),
          {"action": "store_true", "help": "Also write the log to the profile's log/ folder."}),
         (("--log-level",), "log_level", "Engine.log_level",
@@ -263,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     plugin_parser.add_argument("--all", action="store_true", help="Print an object with the plugins and every hook "
                                "spec of the core, with the plugins implementing each.")
     plugin_parser.set_defaults(func=_plugins)
-    plugins.get_plugin_manager().hook.cluster_launcher_register_commands(subparsers=subparsers)
+    plugins.get_plugin_manager().hook.cluster_launcher_register_commands(commands=Commands(subparsers))
     return parser
 
 

@@ -33,6 +33,12 @@ class ClusterError(ClusterLauncherError):
         self.log_lines = log_lines or []
 
 
+class SSHTunnelError(ClusterLauncherError):
+    """An SSH tunnel to the controller could not be opened: the server's host
+    key is unknown or changed, it refused every key offered, or it cannot be
+    reached."""
+
+
 class BulkError(ClusterLauncherError):
     """A shared-memory buffer could not be written or read safely: its file is
     gone, is not ours, is not a plain file, or its content is not the signed one."""

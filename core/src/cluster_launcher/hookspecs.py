@@ -24,12 +24,12 @@ logged, never allowed to take the controller down.
 
 from __future__ import annotations
 
-import argparse
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    from .cli import Commands
     from .db import BaseDB
     from .launcher import Launcher
     from .scheduler import Scheduler
@@ -89,13 +89,17 @@ def cluster_launcher_register_transports() -> list[type[Transport]]:
 
 
 @hookspec
-def cluster_launcher_register_commands(subparsers: argparse._SubParsersAction) -> None:
+def cluster_launcher_register_commands(commands: Commands) -> None:
     """Add subcommands to the ``cluster-launcher`` command line.
 
-    Called once while the CLI parser is built, with the parser's
-    ``add_subparsers()`` object.  A plugin adds its parser and sets
-    ``func=callable(args) -> int`` as its default; the return value is the
-    process exit code.
+    Called once while the CLI parser is built, with a
+    :class:`cluster_launcher.cli.Commands`.  A plugin calls
+    ``commands.add(name, handler, help=...)`` for each of its subcommands and
+    adds the subcommand's arguments to the ``argparse.ArgumentParser`` that
+    returns.  ``handler(args)`` runs the subcommand with the parsed
+    ``argparse.Namespace`` and returns the process exit code.  A usage error
+    prints as every error of the command line does (one line, exit 2); a
+    name that is already a subcommand is a PluginError.
     """
 
 

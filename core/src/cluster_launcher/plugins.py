@@ -29,10 +29,14 @@ from .scheduler import Scheduler
 from .transport import Transport
 
 # kind -> (its register hook, the base class every class it registers subclasses)
-KINDS = {"launcher": ("cluster_launcher_register_launchers", Launcher),
-         "db": ("cluster_launcher_register_dbs", BaseDB),
-         "scheduler": ("cluster_launcher_register_schedulers", Scheduler),
-         "transport": ("cluster_launcher_register_transports", Transport)}
+KINDS: dict[str, tuple[str, type]] = {
+    "launcher": ("cluster_launcher_register_launchers", Launcher),
+    "db": ("cluster_launcher_register_dbs", BaseDB),
+    "scheduler": ("cluster_launcher_register_schedulers", Scheduler),
+    "transport": ("cluster_launcher_register_transports", Transport),
+}
+# Kinds whose classes are registered under their ``name`` attribute (launchers and DBs: their class name).
+NAMED_KINDS = ("scheduler", "transport")
 ROLES = {"engines": "EngineSetLauncher", "controller": "ControllerLauncher"}
 # Builtins that live in their own distribution, so an unknown name can say what to install.
 KNOWN_DISTRIBUTIONS = {name: f"cluster-launcher-{dist}" for name, dist in (
@@ -67,7 +71,7 @@ class Registry:
         hook, base = KINDS[kind]
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise PluginError(f"plugin {_label(plugin)}: {hook} returned {cls!r}, not a {base.__name__} subclass")
-        name = cls.__name__ if kind in ("launcher", "db") else cls.name
+        name = cls.name if kind in NAMED_KINDS and issubclass(cls, (Scheduler, Transport)) else cls.__name__
         if not name:
             raise PluginError(f"plugin {_label(plugin)}: {kind} class {cls.__qualname__} has no name")
         other = next((e for n, e in self.by_kind[kind].items() if n.lower() == name.lower()), None)
@@ -114,7 +118,7 @@ class Registry:
     @staticmethod
     def short_name(cls: type, kind: str) -> str:
         """What users type: ``'SSH'`` for ``SSHEngineSetLauncher``, a scheduler's ``name``."""
-        if kind in ("scheduler", "transport"):
+        if kind in NAMED_KINDS and issubclass(cls, (Scheduler, Transport)):
             return cls.name
         suffix = next((s for s in ROLES.values() if cls.__name__.endswith(s) and cls.__name__ != s), "")
         return cls.__name__.removesuffix(suffix) if suffix else cls.__name__

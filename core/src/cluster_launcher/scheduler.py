@@ -33,7 +33,6 @@ class Scheduler:
         raise NotImplementedError
 
 
-
 class TaskScheduler(Configurable):
     """How the controller hands out load-balanced tasks (IPython's section name)."""
 

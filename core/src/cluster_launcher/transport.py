@@ -2,8 +2,8 @@
 
 A transport moves the controller's connection files to (or from) the host
 where engines or clients run: a shared filesystem needs only a copy, a
-remote host an SFTP/scp upload.  Launchers pick one by name
-(``c.Cluster.transport = 'file'``).
+remote host an SFTP upload.  A launcher that starts processes on other hosts
+picks one by name (``plugins.resolve('transport', 'file')``).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ the integration test submits and removes a real job.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,16 @@ def test_start_writes_the_submit_file_and_keeps_the_cluster_id(tmp_path):
         assert f.read() == launcher.submit_description(3)
     again = CondorEngineSetLauncher.from_dict(launcher.to_dict())
     assert (again.job_id, again.n) == ("19", 3)
+
+
+def test_the_record_a_later_stop_reads_holds_the_job_id(tmp_path):
+    # job_id and n are traits tagged state: recorded with no to_dict() of the launcher's own.
+    launcher = CondorEngineSetLauncher(profile_dir=str(tmp_path), cluster_id="c1", job_id="837", n=100)
+    record = json.loads(json.dumps(launcher.to_dict()))
+    assert record == {"class": "cluster_launcher_condor.CondorEngineSetLauncher", "profile_dir": str(tmp_path),
+                      "cluster_id": "c1", "job_id": "837", "n": 100}
+    again = CondorEngineSetLauncher.from_dict(record)
+    assert (again.profile_dir, again.cluster_id, again.job_id, again.n) == (str(tmp_path), "c1", "837", 100)
 
 
 def test_failed_submit_is_a_one_line_error(tmp_path):

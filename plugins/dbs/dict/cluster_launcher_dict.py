@@ -214,6 +214,8 @@ class DictDB(BaseDB):
 class NoDB(BaseDB):
     """No task history (``--nodb``): nothing is stored, lookups fail clearly."""
 
+    stores_records = False
+
     def add_record(self, msg_id: str, record: dict[str, Any]) -> None:
         """Store nothing."""
 

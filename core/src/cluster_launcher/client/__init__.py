@@ -1,10 +1,10 @@
 """The client: :class:`Client`, its views and its async results (as
 ipyparallel's ``Client``, ``DirectView``, ``LoadBalancedView`` and
-``AsyncResult``)."""
+``AsyncResult``).  SSH tunnels (``Client(sshserver=...)``) are in
+:mod:`cluster_launcher.protocol.tunnel`, shared with engines."""
 
 from .asyncresult import AsyncMapResult, AsyncResult
 from .client import Client
-from .tunnel import open_ssh_tunnel
 from .view import DirectView, LoadBalancedView
 
-__all__ = ["AsyncMapResult", "AsyncResult", "Client", "DirectView", "LoadBalancedView", "open_ssh_tunnel"]
+__all__ = ["AsyncMapResult", "AsyncResult", "Client", "DirectView", "LoadBalancedView"]

@@ -9,6 +9,7 @@ per batch of messages), so a task costs no thread or event of its own.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -73,7 +74,7 @@ class TaskState:
         self.msg_id = msg_id
         self.done = False
         self.status: str | None = None
-        self.buffers: list | None = None
+        self.buffers: list = []  # a successful reply's, until deserialized
         self._value: Any = _UNSET
         self.error: BaseException | dict | None = None
         self.metadata = new_metadata(msg_id, submitted)
@@ -119,20 +120,30 @@ class TaskState:
         self.error = self.metadata["error"] = exc
         self.done = True
 
+    def is_done(self) -> bool:
+        """Whether the task has finished (a predicate for :meth:`Waiter.wait_until`)."""
+        return self.done
+
     def value(self) -> Any:
-        """The task's return value (raises its error)."""
+        """The finished task's return value (raises its error)."""
         if self.status != "ok":
-            raise self.exception()
+            raise self.failure()
         if self._value is _UNSET:
             self._value = deserialize(self.buffers)
-            self.buffers = None
+            self.buffers = []
         return self._value
 
     def exception(self) -> BaseException | None:
         if self.status == "ok" or not self.done:
             return None
+        return self.failure()
+
+    def failure(self) -> BaseException:
+        """The error of a task that finished without success."""
         if isinstance(self.error, BaseException):
             return self.error
+        if self.error is None:
+            raise ValueError(f"task {self.msg_id} has not finished yet")
         return remote_error(self.error, self.metadata)
 
 
@@ -259,14 +270,15 @@ class AsyncResult:
         return [t.value() for t in self._tasks]
 
     def _raise_failures(self) -> None:
-        failures = [t.exception() for t in self._tasks if t.status != "ok"]
+        failures = [t.failure() for t in self._tasks if t.status != "ok"]
         if not failures:
             return
         local = [e for e in failures if not isinstance(e, errors.RemoteError)]
         if local:
             raise local[0]
+        remote = [e for e in failures if isinstance(e, errors.RemoteError)]  # all of them
         raise errors.CompositeError(f"{len(failures)} of {len(self._tasks)} tasks of {self._describe()} failed",
-                                    failures)
+                                    remote)
 
     def get_dict(self, timeout: float | None = None) -> dict[int, Any]:
         """Results keyed by engine id (one task per engine, as a DirectView apply)."""
@@ -283,7 +295,7 @@ class AsyncResult:
             yield from self.get()
             return
         for task in self._tasks:
-            self._waiter.wait_until(lambda task=task: task.done, None)
+            self._waiter.wait_until(task.is_done, None)
             yield task.value()
 
     def __getitem__(self, key: int | slice | str) -> Any:
@@ -405,12 +417,12 @@ class AsyncMapResult(AsyncResult):
     def __iter__(self) -> Iterator[Any]:
         if self.ordered:
             for task in self._tasks:
-                self._waiter.wait_until(lambda task=task: task.done, None)
+                self._waiter.wait_until(task.is_done, None)
                 yield from task.value()
             return
         pending = list(self._tasks)
         while pending:
-            self._waiter.wait_until(lambda pending=pending: any(t.done for t in pending), None)
+            self._waiter.wait_until(functools.partial(_any_done, pending), None)
             still = []
             for task in pending:
                 if task.done:
@@ -423,6 +435,10 @@ class AsyncMapResult(AsyncResult):
         if isinstance(key, str):
             return getattr(self.metadata, key)
         return self.get()[key]
+
+
+def _any_done(tasks: list[TaskState]) -> bool:
+    return any(t.done for t in tasks)
 
 
 def join_parts(parts: list) -> Any:

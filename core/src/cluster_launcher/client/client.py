@@ -19,9 +19,9 @@ from ..paths import profile_dir_for
 from ..protocol import connection
 from ..protocol.records import decode_record, encode_record
 from ..protocol.session import Session, new_id
+from ..protocol.tunnel import open_tunnel
 from .asyncresult import AsyncMapResult, AsyncResult, Metadata, TaskState
-from .io import ClientSockets, ControlRequest, Dispatcher
-from .tunnel import open_ssh_tunnel
+from .io import Answer, ClientSockets, ControlRequest, Dispatcher
 from .view import DirectView, LoadBalancedView, msg_ids_of
 
 # Frames larger than this are sent without a copy (zero-copy costs more below).
@@ -33,9 +33,11 @@ class Client:
 
     ``Client()`` finds ``security/controller-client.json`` in the profile
     (``profile`` in ``$CLUSTER_LAUNCHER_DIR``, or ``profile_dir``); ``url_file``
-    names a connection file directly.  ``sshserver`` (``[user@]host[:port]``,
-    default: the file's ``ssh`` field) tunnels through SSH.  Waits at most
-    ``timeout`` seconds for the controller to answer.
+    names a connection file directly.  ``sshserver`` (``[user@]host[:port]``
+    or a ``~/.ssh/config`` Host alias; default: the file's ``ssh`` field)
+    tunnels through SSH, with ``sshkey`` as the private key if given (else
+    IdentityFile, ssh-agent, ~/.ssh/id_*).  Waits at most ``timeout`` seconds
+    for the controller to answer.
     """
 
     def __init__(self, url_file: str | None = None, profile: str = "default", profile_dir: str | None = None,
@@ -61,9 +63,8 @@ class Client:
             sshserver = sshserver if sshserver is not None else info["ssh"]
             connect_url = self.url
             if sshserver:
-                self._conn.tunnel, local_port = open_ssh_tunnel(sshserver, info["location"], info["client_port"],
-                                                                timeout, sshkey)
-                connect_url = f"tcp://127.0.0.1:{local_port}"
+                self._conn.tunnel = open_tunnel(sshserver, info["location"], info["client_port"], timeout, sshkey)
+                connect_url = self._conn.tunnel.url
             self._conn.connect(connect_url, timeout, info)
             # Sent again each second: the controller may not have attached the
             # reply socket yet when the first one arrives, and would drop its reply.
@@ -157,10 +158,11 @@ class Client:
         session, dispatcher = self.session, self._dispatcher
         # ``domain`` and ``pid`` tell the engine whether, and for whom, it may
         # reply through shared memory.
-        base = {"type": "apply", "session": session.session_id, "queue": queue, "after": after or [],
+        base: dict[str, Any] = {"type": "apply", "session": session.session_id, "queue": queue, "after": after or [],
                 "follow": follow or [], "timeout": timeout, "retries": retries, "hostname": session.hostname,
                 "domain": session.domain, "pid": os.getpid(), "submitted": submitted.isoformat()}
-        per_message = [[t] for t in targets] if queue == "mux" else [list(targets) if targets is not None else None]
+        per_message = [[t] for t in targets or ()] if queue == "mux" else [
+            list(targets) if targets is not None else None]
         tasks = []
         for target_list in per_message:
             msg_id = new_id()
@@ -200,7 +202,7 @@ class Client:
                              "or raise that limit")
 
     def _request(self, msg_type: str, fields: dict[str, Any], timeout: float | None = None,
-                 buffers: Sequence = (), resend_every: float | None = None) -> ControlRequest:
+                 buffers: Sequence = (), resend_every: float | None = None) -> Answer:
         """Send a control request and wait for its reply; RemoteError if the
         controller answers with an error."""
         timeout = self.timeout if timeout is None else timeout
@@ -223,13 +225,14 @@ class Client:
         finally:
             for msg_id in sent:
                 self._dispatcher.controls.pop(msg_id, None)
-        if control.reply is None:
+        reply = control.reply
+        if reply is None:
             raise ClusterLauncherError(f"{msg_type}: the client was closed")
-        if control.reply.header.get("status") == "error":
-            err = control.reply.header.get("error") or {}
+        if reply.header.get("status") == "error":
+            err = reply.header.get("error") or {}
             raise RemoteError(err.get("ename", "Error"), err.get("evalue", f"{msg_type} failed"),
                               err.get("traceback", ""))
-        return control
+        return Answer(reply, control.tasks)
 
     # --- results -----------------------------------------------------------------
 
@@ -314,9 +317,10 @@ class Client:
         reply = self._request("queue_status", {"targets": resolved, "verbose": verbose}).reply
         per_engine = reply.header.get("engines")
         if per_engine is None:  # the first protocol draft's field name
-            per_engine = reply.header.get("status") if isinstance(reply.header.get("status"), dict) else {}
+            draft = reply.header.get("status")
+            per_engine = draft if isinstance(draft, dict) else {}
         status: dict[Any, Any] = {int(eid): value for eid, value in per_engine.items()}
-        if isinstance(targets, int):
+        if isinstance(targets, int) and resolved:
             return status[resolved[0]]
         status["unassigned"] = reply.header.get("unassigned", 0)
         return status
@@ -355,4 +359,4 @@ class Client:
             self._dispatcher.finished.pop(msg_id, None)
 
 
-__all__ = ["AsyncMapResult", "AsyncResult", "Client", "DirectView", "LoadBalancedView", "open_ssh_tunnel"]
+__all__ = ["AsyncMapResult", "AsyncResult", "Client", "DirectView", "LoadBalancedView"]

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import atexit
 import logging
-import subprocess
 import threading
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,10 +25,15 @@ import zmq
 from ..error import BulkError, ClusterLauncherError
 from ..protocol import connection
 from ..protocol.session import Message, Session, discard_bulk, new_id
+from ..protocol.tunnel import Tunnel
 from .asyncresult import TaskState, Waiter
 
 log = logging.getLogger("cluster_launcher.client")
 
+# Answers to the requests a client waits for (Client._request): "<request>_reply"
+# (an error answer to any of them too), and db_reply for db_query.
+CONTROL_REPLIES = ("connect_reply", "queue_status_reply", "db_reply", "db_query_reply", "purge_reply",
+                   "resubmit_reply", "abort_reply", "shutdown_reply")
 # Messages handled before waking waiters, so a flood of replies cannot starve them.
 _BATCH = 256
 
@@ -40,6 +46,14 @@ class ControlRequest:
     def __init__(self) -> None:
         self.reply: Message | None = None
         self.tasks: dict[str, TaskState] = {}  # tasks the reply created (resubmit), held until taken
+
+
+@dataclass
+class Answer:
+    """An answered control request: the reply, and the tasks it created (resubmit)."""
+
+    reply: Message
+    tasks: dict[str, TaskState]
 
 
 class Dispatcher:
@@ -55,49 +69,68 @@ class Dispatcher:
         self.engines: dict[int, dict[str, Any]] = {}
         self.echo_streams = echo_streams
         self.closed = False
+        # What the controller sends a client, by message type (the protocol's
+        # index, docs/internals/protocol.md); anything else is ignored.
+        self.handlers: dict[str, Callable[[Message], None]] = {
+            "apply_reply": self.on_apply_reply, "stream": self.on_stream,
+            "registration": self.on_registration, "unregistration": self.on_unregistration,
+            **dict.fromkeys(CONTROL_REPLIES, self.on_control_reply)}
 
     def handle(self, msg: Message) -> None:
         """Apply one verified message to the client's state."""
+        handler = self.handlers.get(msg.type)
+        if handler is None:
+            log.debug("ignored a %s message (parent %s)", msg.type, msg.header.get("parent"))
+            return
+        handler(msg)
+
+    def on_apply_reply(self, msg: Message) -> None:
         header = msg.header
-        kind = header["type"]
-        if kind == "apply_reply":
-            task = self.pending.pop(header.get("parent"), None)
-            if task is None:
-                log.debug("apply_reply for unknown task %s", header.get("parent"))
-                discard_bulk(header)
-                return
-            task.discard_files()  # gone already if an engine read them; not if the task never ran
-            try:
-                buffers = Session.resolve_bulk(msg) if "bulk" in header else msg.buffers
-            except Exception as exc:  # whatever went wrong, the task ends with it: never left waiting
-                discard_bulk(header)
-                task.fail_locally(BulkError(f"the result of task {task.msg_id} could not be read: {exc}"))
-            else:
-                task.finish(header, buffers)
-            self.finished[task.msg_id] = task
-        elif kind == "stream":
-            task = self.pending.get(header.get("parent"))
-            if task is not None:
-                task.add_stream(header.get("name", "stdout"), header.get("text", ""))
-                if self.echo_streams:
-                    engine = f"[stream {header.get('name')}:{header.get('parent', '')[:8]}] "
-                    print(engine + header.get("text", ""), end="", flush=True)
-        elif kind == "registration":
-            self.engines[int(header["engine_id"])] = {k: header.get(k) for k in ("uuid", "hostname", "pid", "domain")}
-        elif kind == "unregistration":
-            self.engines.pop(int(header["engine_id"]), None)
+        task = self.pending.pop(str(header.get("parent")), None)
+        if task is None:
+            log.debug("apply_reply for unknown task %s", header.get("parent"))
+            discard_bulk(header)
+            return
+        task.discard_files()  # gone already if an engine read them; not if the task never ran
+        try:
+            buffers = Session.resolve_bulk(msg) if "bulk" in header else msg.buffers
+        except Exception as exc:  # whatever went wrong, the task ends with it: never left waiting
+            discard_bulk(header)
+            task.fail_locally(BulkError(f"the result of task {task.msg_id} could not be read: {exc}"))
         else:
-            control = self.controls.get(header.get("parent"))
-            if control is None:
-                log.debug("unexpected %s message (parent %s) dropped", kind, header.get("parent"))
-                return
-            if kind == "connect_reply":
-                self.engines.update({int(eid): info for eid, info in (header.get("engines") or {}).items()})
-            elif kind == "resubmit_reply":
-                # Register the new tasks now, before their replies can arrive.
-                for new in (header.get("resubmitted") or {}).values():
-                    control.tasks[new] = self.pending.setdefault(new, TaskState(new, datetime.now(timezone.utc)))
-            control.reply = msg
+            task.finish(header, buffers)
+        self.finished[task.msg_id] = task
+
+    def on_stream(self, msg: Message) -> None:
+        header = msg.header
+        task = self.pending.get(str(header.get("parent")))
+        if task is not None:
+            task.add_stream(header.get("name", "stdout"), header.get("text", ""))
+            if self.echo_streams:
+                engine = f"[stream {header.get('name')}:{header.get('parent', '')[:8]}] "
+                print(engine + header.get("text", ""), end="", flush=True)
+
+    def on_registration(self, msg: Message) -> None:
+        header = msg.header
+        self.engines[int(header["engine_id"])] = {k: header.get(k) for k in ("uuid", "hostname", "pid", "domain")}
+
+    def on_unregistration(self, msg: Message) -> None:
+        self.engines.pop(int(msg.header["engine_id"]), None)
+
+    def on_control_reply(self, msg: Message) -> None:
+        """The answer to a request :meth:`Client._request` waits for."""
+        header = msg.header
+        control = self.controls.get(str(header.get("parent")))
+        if control is None:
+            log.debug("unexpected %s message (parent %s) dropped", msg.type, header.get("parent"))
+            return
+        if msg.type == "connect_reply":
+            self.engines.update({int(eid): info for eid, info in (header.get("engines") or {}).items()})
+        elif msg.type == "resubmit_reply":
+            # Register the new tasks now, before their replies can arrive.
+            for new in (header.get("resubmitted") or {}).values():
+                control.tasks[new] = self.pending.setdefault(new, TaskState(new, datetime.now(timezone.utc)))
+        control.reply = msg
 
     def new_task(self, msg_id: str, submitted: datetime | None) -> TaskState:
         task = TaskState(msg_id, submitted)
@@ -172,7 +205,7 @@ class ClientSockets:
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.setsockopt(zmq.LINGER, 1000)
-        self.tunnel: subprocess.Popen | None = None
+        self.tunnel: Tunnel | None = None
         self.thread: threading.Thread | None = None
         self._wake_send: zmq.Socket | None = None
         self._closed = False
@@ -230,13 +263,8 @@ class ClientSockets:
         self.request.close(linger=500)  # lets the goodbye leave
         self.dispatcher.fail_pending("the client was closed before the result arrived")
         self.context.term()
-        if self.tunnel is not None and self.tunnel.poll() is None:
-            self.tunnel.terminate()
-            try:
-                self.tunnel.wait(5)
-            except subprocess.TimeoutExpired:
-                self.tunnel.kill()
-                self.tunnel.wait()
+        if self.tunnel is not None:  # after term(): the goodbye above leaves through it
+            self.tunnel.close()
         atexit.unregister(self.close)
 
 

@@ -330,11 +330,12 @@ class LoadBalancedView(View):
         return ar.get() if block else ar
 
     def map(self, f: Callable, *sequences: Any, block: bool | None = None, chunksize: int = 1,
-            ordered: bool = True) -> Any:
+            ordered: bool = True, **flags: Any) -> Any:
         """``f`` over the items of ``sequences``, ``chunksize`` items per task;
-        with ``ordered=False`` the result iterates in completion order."""
+        with ``ordered=False`` the result iterates in completion order.  Any
+        other keyword argument is a TypeError."""
         return self._map(f, sequences, self.block if block is None else block, chunksize=chunksize,
-                         ordered=ordered)
+                         ordered=ordered, **flags)
 
 
 def _join_gathered(parts: list) -> Any:

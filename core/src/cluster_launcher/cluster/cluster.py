@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
@@ -26,8 +26,11 @@ from ..error import ClusterError, ClusterLauncherError
 from ..launcher import ControllerLauncher, EngineSetLauncher, Launcher
 from ..paths import ensure_profile_dir, profile_dir_for, profile_name
 from ..protocol.connection import connection_file
-from .state import launcher_from_dict, read_state, state_file, write_state
+from .state import read_state, recorded_launcher, state_file, write_state
 
+LauncherT = TypeVar("LauncherT", bound=Launcher)
+
+DEFAULT_ENGINE_COUNT = 4  # when neither the argument nor the config gives Cluster.n
 POLL_INTERVAL = 0.1
 CLIENT_SHUTDOWN_TIMEOUT = 5.0  # how long `stop` lets the controller shut engines down before killing
 
@@ -56,14 +59,13 @@ class Cluster(LoggingConfigurable):
     interpreter exit if :meth:`stop` was not called.
     """
 
-    n = Integer(None, allow_none=True, help="Number of engines to start (default: the number of "
-                "CPUs).").tag(config=True)
+    n = Integer(None, allow_none=True, help="Number of engines to start (default: one per CPU for "
+                "`cluster-launcher start`, 4 for Cluster() in Python).").tag(config=True)
     engine_launcher_class = Unicode("Local", help="How engines start: Local, MPI, SSH, PBS, SGE, "
                                     "LSF, Slurm, WindowsHPC, a launcher class name or a dotted "
                                     "path.").tag(config=True)
     controller_launcher_class = Unicode("Local", help="How the controller starts: Local, SSH, "
                                         "MPI, PBS, … (as engine_launcher_class).").tag(config=True)
-    transport = Unicode("file", help="How connection files reach engine and client hosts.").tag(config=True)
     delay = Float(0.0, help="Seconds to wait after starting the controller before starting "
                   "engines.").tag(config=True)
     daemonize = Bool(False, help="Detach `start` from the terminal and return once the cluster "
@@ -87,12 +89,12 @@ class Cluster(LoggingConfigurable):
         config = config if config is not None else Config()
         super().__init__(config=config, **{k: v for k, v in given.items() if v is not None}, **traits)
         if self.n is None:
-            self.n = 4
+            self.n = DEFAULT_ENGINE_COUNT
         if cluster_id is None and "cluster_id" not in (config.get("Cluster") or {}):
             self.cluster_id = _new_cluster_id()
         self.profile_dir = profile_dir_for(self.profile, self.profile_dir)
-        self.controller: Launcher | None = None
-        self.engine_sets: list[Launcher] = []
+        self.controller: ControllerLauncher | None = None
+        self.engine_sets: list[EngineSetLauncher] = []
         self.started_at = 0.0
         self.reuse = bool((self.config.get("Controller") or {}).get("reuse", False))
         self.report: Callable[[str], None] = self.log.info  # `start` prints these lines instead
@@ -131,16 +133,18 @@ class Cluster(LoggingConfigurable):
                       config=config or Config())
         cluster.started_at = state.get("start_time", 0.0)
         cluster.reuse = bool(state.get("reuse", False))
-        cluster.controller = launcher_from_dict(state["controller"], cluster.config)
-        cluster.engine_sets = [launcher_from_dict(data, cluster.config) for data in state.get("engines", [])]
+        cluster.controller = recorded_launcher(state["controller"], ControllerLauncher, cluster.config)
+        cluster.engine_sets = [recorded_launcher(data, EngineSetLauncher, cluster.config)
+                               for data in state.get("engines", [])]
         return cluster
 
     # --- launchers --------------------------------------------------------
 
-    def _make_launcher(self, role: str) -> Launcher:
+    def _make_launcher(self, base: type[LauncherT]) -> LauncherT:
+        """A new launcher of the class configured for ``base``'s role (ControllerLauncher or EngineSetLauncher)."""
+        role = base.role
         name = self.controller_launcher_class if role == "controller" else self.engine_launcher_class
         cls = plugins.resolve("launcher", name, role=role)
-        base = ControllerLauncher if role == "controller" else EngineSetLauncher
         if not (isinstance(cls, type) and issubclass(cls, base)):
             trait = "controller_launcher_class" if role == "controller" else "engine_launcher_class"
             raise ClusterError(f"Cluster.{trait} = {name!r} is not a {base.__name__}")
@@ -165,7 +169,7 @@ class Cluster(LoggingConfigurable):
         stale = {path: _file_signature(path) for path in self.connection_files()}
         self.started_at = time.time()
         deadline = time.monotonic() + self.start_timeout
-        self.controller = self._make_launcher("controller")
+        self.controller = self._make_launcher(ControllerLauncher)
         self.controller.start()
         self.save_state()  # recorded at once, so `stop` can clean up a start that went wrong
         self.report(f"controller started ({self.controller.describe()})")
@@ -178,11 +182,11 @@ class Cluster(LoggingConfigurable):
                 time.sleep(POLL_INTERVAL)
         self.report(f"controller ready: {self.connection_files()[0]}")
 
-    def start_engines(self, n: int) -> Launcher:
+    def start_engines(self, n: int) -> EngineSetLauncher:
         """Start ``n`` more engines (a new engine-set launcher) and record them."""
-        launcher = self._make_launcher("engines")
-        if launcher.has_trait("first_index"):
-            launcher.first_index = sum(s.n for s in self.engine_sets)
+        launcher = self._make_launcher(EngineSetLauncher)
+        if launcher.has_trait("first_index"):  # a trait of some engine-set launchers only
+            launcher.set_trait("first_index", sum(s.n for s in self.engine_sets))
         self.engine_sets.append(launcher)
         try:
             launcher.start(n)
@@ -256,8 +260,9 @@ class Cluster(LoggingConfigurable):
             self.start_controller()
             if self.delay:
                 time.sleep(self.delay)
-            self.start_engines(self.n)
-            self.wait_for_engines(self.n)
+            n = DEFAULT_ENGINE_COUNT if self.n is None else self.n  # None only if set so after __init__
+            self.start_engines(n)
+            self.wait_for_engines(n)
         except BaseException:
             self.stop()
             raise

@@ -15,9 +15,10 @@ from typing import Any
 from traitlets.config import Config
 
 from ..error import ClusterError, ClusterLauncherError
+from ..launcher import EngineSetLauncher
 from ..paths import home_dir, profile_name
 from .cluster import Cluster
-from .state import launcher_from_dict, read_state, state_file, write_state
+from .state import read_state, recorded_launcher, state_file, write_state
 
 POLL_INTERVAL = 0.1
 
@@ -72,7 +73,8 @@ def start_main(config: Config, profile_dir: str) -> int:
         cluster = _cli_cluster(config, profile_dir)
     except ClusterLauncherError as exc:
         return _fail("start", exc)
-    n = cluster.n if "n" in (config.get("Cluster") or {}) else (os.cpu_count() or 1)
+    # c.Cluster.n, else one engine per CPU (Cluster() has made a configured None its own default)
+    n = cluster.n if cluster.n is not None and "n" in (config.get("Cluster") or {}) else (os.cpu_count() or 1)
     cluster.n = n
     cluster.report = _say
     previous = _on_signals(_raise_signalled)
@@ -125,7 +127,8 @@ def _supervise(cluster: Cluster) -> int:
         cluster.stop()  # whatever `cluster-launcher stop` has not reached yet
         _say("cluster stopped (by cluster-launcher stop)")
         return 0
-    code, log_path, lines = (cluster.controller.exited() or [(0, "", [])])[0]
+    exited = cluster.controller.exited() if cluster.controller else []
+    code, log_path, lines = (exited or [(0, "", [])])[0]
     cluster.stop()
     if code == 0:  # a client shut it down
         _say("the controller exited; engines stopped")
@@ -164,7 +167,7 @@ def _adopt_recorded_engines(cluster: Cluster) -> None:
     ours = len(cluster.engine_sets)
     for data in state.get("engines", [])[ours:]:
         try:
-            cluster.engine_sets.append(launcher_from_dict(data, cluster.config))
+            cluster.engine_sets.append(recorded_launcher(data, EngineSetLauncher, cluster.config))
         except ClusterLauncherError as exc:
             cluster.log.warning("cannot adopt engines recorded in %s: %s", cluster.state_path, exc)
 

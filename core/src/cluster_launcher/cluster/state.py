@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 from traitlets.config import Config
 
@@ -14,6 +14,8 @@ from .. import plugins
 from ..error import ClusterError
 from ..launcher import Launcher
 from ..protocol import connection
+
+LauncherT = TypeVar("LauncherT", bound=Launcher)
 
 
 def state_file(profile_dir: str, cluster_id: str = "") -> str:
@@ -41,4 +43,15 @@ write_state = connection.write_private_json
 def launcher_from_dict(data: dict[str, Any], config: Config | None = None) -> Launcher:
     """Rebuild a launcher recorded by :meth:`Launcher.to_dict` (its class by dotted path)."""
     cls = plugins.resolve("launcher", data["class"])
+    if not (isinstance(cls, type) and issubclass(cls, Launcher)):
+        raise ClusterError(f"the recorded launcher {data['class']!r} is not a Launcher")
     return cls.from_dict(data, config=config or Config())
+
+
+def recorded_launcher(data: dict[str, Any], base: type[LauncherT], config: Config | None = None) -> LauncherT:
+    """:func:`launcher_from_dict` for one role: ``base`` is ControllerLauncher
+    or EngineSetLauncher, which the recorded class must subclass."""
+    launcher = launcher_from_dict(data, config)
+    if not isinstance(launcher, base):
+        raise ClusterError(f"the recorded launcher {data['class']!r} is not a {base.__name__}")
+    return launcher

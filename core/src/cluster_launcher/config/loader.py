@@ -322,13 +322,15 @@ def _from_command_line(trait: TraitType, text: str) -> object:
 def check_names(config: Config, role: str) -> None:
     """Resolve the class names a role will need (launchers for ``cluster``, the
     DB for ``controller``), so a wrong name fails now, naming the option."""
-    wanted = {
+    # role -> (section, option, kind, launcher role) of each name it resolves
+    names_by_role: dict[str, list[tuple[str, str, str, str | None]]] = {
         "cluster": [("Cluster", "engine_launcher_class", "launcher", "engines"),
                     ("Cluster", "controller_launcher_class", "launcher", "controller")],
         "controller": [("Controller", "db_class", "db", None), ("TaskScheduler", "scheme_name", "scheduler", None)],
-    }.get(role, [])
-    defaults = {"Cluster": Cluster, "Controller": Controller, "TaskScheduler": TaskScheduler}
-    for section, option, kind, launcher_role in wanted:
+    }
+    defaults: dict[str, type[Configurable]] = {"Cluster": Cluster, "Controller": Controller,
+                                               "TaskScheduler": TaskScheduler}
+    for section, option, kind, launcher_role in names_by_role.get(role, []):
         value = config[section][option] if option in config.get(section, {}) \
             else defaults[section].class_traits()[option].default_value
         try:

@@ -9,7 +9,6 @@ only headers.  See docs/internals/protocol.md for the messages.
 from __future__ import annotations
 
 import errno
-import heapq
 import json
 import logging
 import math
@@ -18,8 +17,10 @@ import signal
 import socket as _socket
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, cast
 
 import zmq
 from traitlets import Bool, Float, Integer, Unicode, Union
@@ -33,6 +34,8 @@ from ..protocol import bulk, connection
 from ..protocol.records import decode_record, encode_record
 from ..protocol.session import Message, Session, discard_bulk, new_id, parse_time, utcnow
 from ..scheduler import TaskScheduler
+from . import taskqueue
+from .taskqueue import Dispatch, Fail, ForwardAbort, Requeue, TaskQueue
 
 log = logging.getLogger("cluster_launcher")
 
@@ -84,7 +87,6 @@ class Controller(LoggingConfigurable):
     def __init__(self, profile_dir: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.profile_dir = profile_dir
-        self.engines: OrderedDict[int, EngineState] = OrderedDict()  # least recently used first
         self.by_ident: dict[bytes, int] = {}  # engine routing id (private) -> engine id
         self.next_engine_id = 0
         self.clients: set[bytes] = set()  # reply sockets of connected clients; gone ones pruned on send
@@ -92,28 +94,34 @@ class Controller(LoggingConfigurable):
         # now: sent again every heartbeat period, for up to reply_grace seconds.
         self.held: dict[bytes, deque[list]] = {}
         self.missing: dict[bytes, float] = {}  # client -> since when its reply socket is not attached
-        self.tasks: dict[str, Task] = {}  # pending: queued or running
-        self.ready: deque[Task] = deque()  # load-balanced tasks waiting for an engine
-        self.blocked: dict[str, list[Task]] = {}  # dependency msg_id -> tasks waiting on it
-        self.finished: OrderedDict[str, tuple[bool, int | None]] = OrderedDict()
-        self.deadlines: list[tuple[float, str]] = []
         self.running = False
         self.exit_at: float | None = None  # set by a shutdown request
-        # The requests a client may send, by message type (the protocol's index).
-        self.client_handlers = {
+        # What each socket accepts, by message type: the index of the protocol
+        # (docs/internals/protocol.md).  Anything else is logged and ignored.
+        self.client_handlers: dict[str, Callable[[Message], None]] = {
             "connect": self.client_connect, "disconnect": self.client_disconnect,
             "apply": self.client_apply, "queue_status": self.client_queue_status,
             "db_query": self.client_db_query, "get_result": self.client_get_result,
             "purge": self.client_purge, "resubmit": self.client_resubmit,
             "abort": self.client_abort, "shutdown": self.client_shutdown}
+        self.engine_handlers: dict[str, Callable[[Message], None]] = {
+            "register": self.engine_register, "unregister": self.engine_unregister,
+            "apply_reply": self.engine_apply_reply, "stream": self.engine_stream}
+        self.heartbeat_handlers: dict[str, Callable[[Message], None]] = {
+            "heartbeat": self.heartbeat_echoed, "ping": self.heartbeat_ping}
+        # What the task queue decides, carried out here on the sockets and the DB.
+        self.action_handlers: dict[type, Callable[[Any], None]] = {
+            Dispatch: self.do_dispatch, Requeue: self.do_requeue, Fail: self.do_fail,
+            ForwardAbort: self.do_forward_abort}
 
     # --- set-up -------------------------------------------------------
 
     def setup(self) -> None:
         scheduling = TaskScheduler(parent=self)
-        self.hwm = scheduling.hwm
-        self.scheduler = plugins.resolve("scheduler", scheduling.scheme_name)()
         self.db: BaseDB = plugins.resolve("db", self.db_class)(parent=self)
+        self.queue: TaskQueue[Task, EngineState] = TaskQueue(
+            plugins.resolve("scheduler", scheduling.scheme_name)(), hwm=scheduling.hwm,
+            memory=self.dependency_memory, recorded_outcome=self.recorded_outcome)
         key, ports = self._reused_key_and_ports()
         self.session = Session(key=key, parent=self)
         swept = bulk.sweep()
@@ -207,11 +215,12 @@ class Controller(LoggingConfigurable):
         while self.running:
             if self.exit_at is not None and (not self.engines or time.monotonic() >= self.exit_at):
                 break
-            wake_at = min(next_check, self.deadlines[0][0]) if self.deadlines else next_check
+            deadline = self.queue.next_deadline()
+            wake_at = next_check if deadline is None else min(next_check, deadline)
             if self.exit_at is not None:
                 wake_at = min(wake_at, self.exit_at)
             timeout = max(0.0, wake_at - time.monotonic())
-            for sock, _ in poller.poll(timeout * 1000):
+            for sock, _ in poller.poll(int(timeout * 1000)):
                 # Drain each ready socket (bounded) before polling again: fewer syscalls under load.
                 for _ in range(1000):
                     try:
@@ -227,10 +236,14 @@ class Controller(LoggingConfigurable):
                         handlers[sock](msg)
                     except Exception:  # one malformed message must not stop the cluster
                         log.exception("error handling a %s message", msg.type)
-            if self.deadlines and self.deadlines[0][0] <= time.monotonic():
-                self.check_deadlines()
+                    self.carry_out()
+            deadline = self.queue.next_deadline()
+            if deadline is not None and deadline <= time.monotonic():
+                self.queue.expire(time.monotonic())
+                self.carry_out()
             if time.monotonic() >= next_check:
                 self.check_heartbeats()
+                self.carry_out()
                 self.send_heartbeats()
                 self.deliver_held()
                 next_check = time.monotonic() + self.heartbeat_period
@@ -311,7 +324,7 @@ class Controller(LoggingConfigurable):
         for frames in self.held.pop(ident, ()):
             _discard_bulk_files(frames)
 
-    def send_client(self, ident: bytes, msg_type: str, fields: dict[str, Any], buffers: list = ()) -> None:
+    def send_client(self, ident: bytes, msg_type: str, fields: dict[str, Any], buffers: Sequence = ()) -> None:
         header = {"type": msg_type, "id": new_id(), **fields}
         self.route(self.client_socket, ident, self.session.pack(header, buffers))
 
@@ -350,13 +363,17 @@ class Controller(LoggingConfigurable):
     def client_apply(self, msg: Message) -> None:
         header = msg.header
         _check_apply(header)
-        if header["id"] in self.tasks or header["id"] in self.finished:
+        if self.queue.knows(header["id"]):
             # A replay with a fresh signature, or a client bug: never run a task twice.
             log.warning("refused an apply whose id %s is already known", header["id"])
             return
+        queue = header.get("queue", "task")
         task = Task(msg_id=header["id"], reply_to=self.reply_to(msg), frames=msg.frames, header=header,
-                    queue=header.get("queue", "task"), targets=header.get("targets"),
-                    retries=int(header.get("retries") or 0))
+                    queue=queue, targets=header.get("targets"), retries=int(header.get("retries") or 0),
+                    after=list(header.get("after") or []), follow=list(header.get("follow") or []),
+                    timeout=float(header["timeout"]) if header.get("timeout") else None,
+                    owner=str(header.get("session", "")),
+                    shm_domain=str(header.get("domain") or "") if "bulk" in header else None)
         # Everything that can fail comes before the task is stored, so a
         # failure leaves no task behind (the error reply goes to the client).
         task.buffers = self.stored_buffers(msg, needed=task.retries > 0)
@@ -366,26 +383,16 @@ class Controller(LoggingConfigurable):
             "started": None, "completed": None, "received": None, "resubmitted": None,
             "queue": "mux" if task.queue == "mux" else "task", "result_header": None,
             "result_content": None, "result_buffers": None, "stdout": "", "stderr": ""})
-        self.tasks[task.msg_id] = task
-        if task.retries == 0 and self.db_class == "NoDB":
+        if task.retries == 0 and not self.db.stores_records:
             task.buffers = []  # kept only for a retry or the DB
-        if task.queue == "mux":
-            engine = self.engines.get(task.targets[0] if task.targets else -1)
-            if engine is None:
-                self.fail(task, "engine", "EngineError", f"no engine with id {task.targets} is registered")
-            else:
-                self.assign(task, engine)
-            return
-        if header.get("timeout"):
-            task.deadline = time.monotonic() + float(header["timeout"])
-            heapq.heappush(self.deadlines, (task.deadline, task.msg_id))
-        self.enqueue(task, header.get("after") or [], header.get("follow") or [])
+        self.queue.submit(task, time.monotonic())
+        self.carry_out()
 
     def stored_buffers(self, msg: Message, needed: bool = False) -> list:
         """The buffers to keep in the task database, shared-memory ones mapped
         in (their file stays for the receiver) unless the DB keeps nothing and
         they are not ``needed`` otherwise."""
-        if not msg.header.get("bulk") or (self.db_class == "NoDB" and not needed):
+        if not msg.header.get("bulk") or (not self.db.stores_records and not needed):
             return list(msg.buffers)
         # Mapped on receipt, before the message goes on: still the sender's
         # file (see bulk.take); the receiver, which unpickles, checks the digest.
@@ -397,12 +404,7 @@ class Controller(LoggingConfigurable):
                   for e in self.engines.values() if targets is None or e.id in targets}
         self.send_client(self.reply_to(msg), "queue_status_reply", {
             "parent": msg.header["id"], "status": "ok", "engines": status,
-            "unassigned": len(self.ready) + len(self.waiting_on_dependencies()), "clients": len(self.clients)})
-
-    def waiting_on_dependencies(self) -> set[str]:
-        """Ids of the tasks blocked on a dependency, each once: a task waiting
-        on several is listed under each of them in ``self.blocked``."""
-        return {task.msg_id for waiting in self.blocked.values() for task in waiting}
+            "unassigned": self.queue.unassigned(), "clients": len(self.clients)})
 
     def client_db_query(self, msg: Message) -> None:
         query = decode_record(msg.header.get("query") or {}, list(msg.buffers))
@@ -416,7 +418,7 @@ class Controller(LoggingConfigurable):
     def client_get_result(self, msg: Message) -> None:
         ident = self.reply_to(msg)
         for msg_id in msg.header.get("msg_ids", []):
-            task = self.tasks.get(msg_id)
+            task = self.queue.pending(msg_id)
             if task is not None:
                 task.waiters.add(ident)
                 continue
@@ -440,7 +442,7 @@ class Controller(LoggingConfigurable):
             self.db.drop_matching_records({"completed": {"$exists": True}})
         else:
             msg_ids = header.get("msg_ids") or []
-            pending = [m for m in msg_ids if m in self.tasks]
+            pending = [m for m in msg_ids if self.queue.pending(m)]
             if pending:
                 raise ValueError(f"cannot purge pending tasks: {', '.join(pending[:5])}")
             self.db.drop_matching_records({"msg_id": {"$in": msg_ids}})
@@ -452,7 +454,7 @@ class Controller(LoggingConfigurable):
     def client_resubmit(self, msg: Message) -> None:
         resubmitted = {}
         for old_id in msg.header.get("msg_ids", []):
-            if old_id in self.tasks:
+            if self.queue.pending(old_id):
                 raise ValueError(f"task {old_id} is still pending; wait for it before resubmitting")
             record = self.db.get_record(old_id)
             # Not the first submitter's pid and memory domain: the result goes
@@ -471,23 +473,12 @@ class Controller(LoggingConfigurable):
         targets = _id_list(header, "targets", int)
         msg_ids = _id_list(header, "msg_ids", str)
         if msg_ids is None:  # as in ipyparallel: the caller's own outstanding tasks, not everyone's
-            msg_ids = [t.msg_id for t in self.tasks.values() if t.header.get("session") == header.get("session")
-                       and (targets is None or (t.engine_id in targets if t.engine_id is not None else True))]
-        aborted, by_engine = [], {}
-        for msg_id in msg_ids:
-            task = self.tasks.get(msg_id)
-            if task is None:
-                continue
-            if task.engine_id is None:  # still in the controller: abort it here
-                self.discard_waiting(task)
-                self.fail(task, "aborted", "TaskAborted", "the task was aborted before it ran")
-                aborted.append(msg_id)
-            else:  # on an engine: it aborts it if it has not started it
-                by_engine.setdefault(task.engine_id, []).append(msg_id)
-        for engine_id, ids in by_engine.items():
-            self.send_engine(self.engines[engine_id], "abort", {"msg_ids": ids})
+            msg_ids = self.queue.outstanding(str(header.get("session", "")), targets)
+        aborted = self.queue.abort(msg_ids)
+        forwarded = [m for action in self.queue.actions if isinstance(action, ForwardAbort) for m in action.msg_ids]
+        self.carry_out()
         self.send_client(self.reply_to(msg), "abort_reply", {
-            "parent": header["id"], "status": "ok", "aborted": aborted, "forwarded": sum(by_engine.values(), [])})
+            "parent": header["id"], "status": "ok", "aborted": aborted, "forwarded": forwarded})
 
     def client_shutdown(self, msg: Message) -> None:
         targets = msg.header.get("targets")
@@ -503,36 +494,35 @@ class Controller(LoggingConfigurable):
 
     # --- engines --------------------------------------------------------
 
+    @property
+    def engines(self) -> OrderedDict[int, EngineState]:
+        """The registered engines, least recently used first."""
+        return self.queue.engines
+
     def on_engine(self, msg: Message) -> None:
-        ident = msg.idents[0]
-        engine_id = self.by_ident.get(ident)
-        engine = self.engines.get(engine_id) if engine_id is not None else None
+        engine = self.engine_of(msg.idents[0])
         if engine is not None:
             engine.last_seen = time.monotonic()
-        if msg.type == "apply_reply":
-            self.on_reply(msg, engine)
-        elif msg.type == "stream":
-            task = self.tasks.get(msg.header.get("parent"))
-            sender = self.engines.get(self.by_ident.get(ident.removesuffix(b"-io"), -1))
-            if task is not None and sender is not None and task.engine_id == sender.id:
-                for client in (task.reply_to, *task.waiters):
-                    self.route(self.client_socket, client, msg.frames)
-        elif msg.type == "register":
-            self.register(ident, msg)
-        elif msg.type == "unregister" and engine is not None:
-            self.unregister(engine, "shutdown")
-        else:
+        handler = self.engine_handlers.get(msg.type)
+        if handler is None:
             log.warning("ignored an engine message of type %r", msg.type)
+            return
+        handler(msg)
 
-    def register(self, ident: bytes, msg: Message) -> None:
-        if ident in self.by_ident:
-            self.unregister(self.engines[self.by_ident[ident]], "re-registered")
+    def engine_of(self, ident: bytes) -> EngineState | None:
+        engine_id = self.by_ident.get(ident)
+        return self.engines.get(engine_id) if engine_id is not None else None
+
+    def engine_register(self, msg: Message) -> None:
+        ident = msg.idents[0]
+        old = self.engine_of(ident)
+        if old is not None:
+            self.unregister(old, "re-registered")
         header = msg.header
         engine = EngineState(id=self.next_engine_id, ident=ident, uuid=str(header.get("uuid", "")),
                              hostname=str(header.get("hostname", "")), pid=header.get("pid", 0),
                              domain=header.get("domain"))
         self.next_engine_id += 1
-        self.engines[engine.id] = engine
         self.by_ident[ident] = engine.id
         self.send_engine(engine, "register_reply", {
             "parent": header["id"], "status": "ok", "engine_id": engine.id,
@@ -541,44 +531,82 @@ class Controller(LoggingConfigurable):
         for client in list(self.clients):
             self.send_client(client, "registration", {"engine_id": engine.id, **engine.info()})
         _call_hook("cluster_launcher_engine_registered", engine_id=engine.id, info=engine.info())
-        self.schedule()
+        self.queue.add_engine(engine)
+        self.carry_out()
+
+    def engine_unregister(self, msg: Message) -> None:
+        engine = self.engine_of(msg.idents[0])
+        if engine is not None:
+            self.unregister(engine, "shutdown")
+
+    def engine_apply_reply(self, msg: Message) -> None:
+        header = msg.header
+        engine = self.engine_of(msg.idents[0])
+        task = self.queue.returned(str(header.get("parent")), engine.id if engine else None)
+        if task is None or engine is None:
+            # Late (from an engine declared dead, its task since retried) or
+            # from an engine that never had the task: never a task's result.
+            log.warning("dropped a reply for task %s from %s, which does not run it", header.get("parent"),
+                        f"engine {engine.id}" if engine else "an unregistered engine")
+            discard_bulk(header)
+            return
+        if header.get("status") == "error" and self.queue.retry(task, failed_on=engine.id):
+            discard_bulk(header)
+            self.carry_out()
+            return
+        try:
+            buffers = self.stored_buffers(msg, needed=bool(task.waiters))
+        except BulkError as exc:
+            discard_bulk(header)
+            self.queue.fail(task, "engine", "BulkError", f"the result of engine {engine.id} could not be read: "
+                            f"{exc}", engine_id=engine.id)
+        else:
+            self.deliver(task, header, buffers, msg.frames)
+            self.queue.complete(task, ok=header.get("status") == "ok")
+        self.carry_out()
+
+    def engine_stream(self, msg: Message) -> None:
+        """Output of a running task, sent while it runs by the engine's stream
+        socket (its routing id + ``-io``): forwarded to whoever waits for it."""
+        task = self.queue.pending(str(msg.header.get("parent")))
+        sender = self.engine_of(msg.idents[0].removesuffix(b"-io"))
+        if task is not None and sender is not None and task.engine_id == sender.id:
+            for client in (task.reply_to, *task.waiters):
+                self.route(self.client_socket, client, msg.frames)
 
     def unregister(self, engine: EngineState, reason: str) -> None:
-        self.engines.pop(engine.id, None)
         self.by_ident.pop(engine.ident, None)
         log.info("engine %d unregistered (%s)", engine.id, reason)
-        for task in list(engine.in_flight.values()):
-            engine.in_flight.pop(task.msg_id)
-            if task.queue == "task" and task.retries > 0:
-                task.retries -= 1
-                task.blacklist.add(engine.id)
-                self.requeue(task)
-                log.info("retrying task %s after engine %d left", task.msg_id, engine.id)
-            else:
-                self.fail(task, "engine", "EngineError",
-                          f"engine {engine.id} ({engine.hostname}, pid {engine.pid}) died or left "
-                          f"({reason}) while running this task", engine_id=engine.id)
+        self.queue.remove_engine(engine.id, reason)
+        self.carry_out()
         for client in list(self.clients):
             self.send_client(client, "unregistration", {"engine_id": engine.id, "uuid": engine.uuid,
                                                         "reason": reason})
         _call_hook("cluster_launcher_engine_unregistered", engine_id=engine.id, reason=reason)
-        self.fail_unreachable()
-        self.schedule()
 
     def on_heartbeat(self, msg: Message) -> None:
-        ident = msg.idents[0]
-        if ident.endswith(b"-echo"):
-            # Our own ping, echoed by the engine's libzmq proxy thread: it
-            # answers even while a task holds the engine's GIL.
-            engine = self.engines.get(self.by_ident.get(ident.removesuffix(b"-echo"), -1))
-            if engine is not None and msg.type == "heartbeat" and msg.header.get("engine_id") == engine.id:
-                engine.last_seen = time.monotonic()
+        handler = self.heartbeat_handlers.get(msg.type)
+        if handler is None:
+            log.warning("ignored a heartbeat-socket message of type %r", msg.type)
             return
-        # The engine's own liveness check of the controller, from its Python thread.
-        engine_id = self.by_ident.get(ident.removesuffix(b"-hb"))
-        if engine_id is not None:
-            self.engines[engine_id].last_seen = time.monotonic()
-        header = {"type": "pong", "id": new_id(), "parent": msg.header["id"], "registered": engine_id is not None}
+        handler(msg)
+
+    def heartbeat_echoed(self, msg: Message) -> None:
+        """Our own ping, echoed by the engine's libzmq proxy thread (routing id
+        + ``-echo``): it answers even while a task holds the engine's GIL."""
+        ident = msg.idents[0]
+        engine = self.engine_of(ident.removesuffix(b"-echo")) if ident.endswith(b"-echo") else None
+        if engine is not None and msg.header.get("engine_id") == engine.id:
+            engine.last_seen = time.monotonic()
+
+    def heartbeat_ping(self, msg: Message) -> None:
+        """The engine's own liveness check of the controller, from its Python
+        thread (routing id + ``-hb``); the pong says whether we know it."""
+        ident = msg.idents[0]
+        engine = self.engine_of(ident.removesuffix(b"-hb"))
+        if engine is not None:
+            engine.last_seen = time.monotonic()
+        header = {"type": "pong", "id": new_id(), "parent": msg.header["id"], "registered": engine is not None}
         self.route(self.heartbeat_socket, ident, self.session.pack(header))
 
     def send_heartbeats(self) -> None:
@@ -592,165 +620,47 @@ class Controller(LoggingConfigurable):
             log.warning("engine %d missed heartbeats for %.0fs: declaring it dead", engine.id, self.heartbeat_timeout)
             self.unregister(engine, "heartbeat")
 
-    # --- tasks ------------------------------------------------------------
+    # --- what the task queue decided ----------------------------------------
 
-    def enqueue(self, task: Task, after: list[str], follow: list[str]) -> None:
-        task.follow = list(follow)
-        if task.targets is not None and not set(task.targets) & set(self.engines):
-            self.fail(task, "engine", "EngineError", f"none of the engines the task may run on "
-                      f"(targets {task.targets}) is registered")
-            return
-        unmet = 0
-        for dep in {*after, *follow}:
-            state = self.dependency_state(dep)
-            if state is None:
-                unmet += 1
-                self.blocked.setdefault(dep, []).append(task)
-            elif not state[0]:
-                self.fail(task, "dependency", "DependencyError", f"dependency {dep} failed")
-                return
-        task.unmet = unmet
-        if unmet == 0:
-            self.ready.append(task)
-            self.schedule()
+    def carry_out(self) -> None:
+        """Carry out the task queue's actions, in order.  One that fails is
+        logged; the others still happen."""
+        for action in self.queue.take_actions():
+            try:
+                self.action_handlers[type(action)](action)
+            except Exception:
+                what = action.msg_ids if isinstance(action, ForwardAbort) else action.task.msg_id
+                log.exception("error carrying out %s for %s", type(action).__name__, what)
 
-    def dependency_state(self, msg_id: str) -> tuple[bool, int | None] | None:
-        """``(succeeded, engine_id)`` of a finished task, ``None`` while it is pending."""
-        if msg_id in self.tasks:
-            return None
-        if msg_id in self.finished:
-            return self.finished[msg_id]
-        try:
-            record = self.db.get_record(msg_id)
-        except KeyError:
-            return (False, None)  # unknown: can never be met
-        ok = (record.get("result_content") or {}).get("status") == "ok"
-        engine_id = next((e.id for e in self.engines.values() if e.uuid == record.get("engine_uuid")), None)
-        return (ok, engine_id)
-
-    def schedule(self) -> None:
-        """Hand ready load-balanced tasks to engines, in submission order."""
-        if not self.ready or not self.engines:
-            return
-        skipped: list[Task] = []
-        while self.ready:
-            task = self.ready.popleft()
-            candidates = self.candidates(task)
-            if candidates is None:  # can never run (follow/targets impossible)
-                continue
-            if not candidates:
-                skipped.append(task)
-                if self.hwm and all(e.lb_load >= self.hwm for e in self.engines.values()):
-                    break  # every engine is full: the rest must wait too
-                continue
-            loads = [e.lb_load for e in candidates]
-            self.assign(task, candidates[self.scheduler.choose(loads)])
-        self.ready.extendleft(reversed(skipped))
-
-    def candidates(self, task: Task) -> list[EngineState] | None:
-        engines = self.engines.values()
-        if task.targets is not None or task.follow or task.blacklist or "bulk" in task.header:
-            allowed = set(self.engines) if task.targets is None else set(task.targets) & set(self.engines)
-            if "bulk" in task.header:  # its buffers are in shared memory only some engines can read
-                allowed &= {e.id for e in engines if e.domain and e.domain == task.header.get("domain")}
-            for dep in task.follow:
-                state = self.dependency_state(dep)
-                allowed &= {state[1]} if state and state[1] is not None else set()
-            allowed -= task.blacklist
-            if not allowed:
-                if task.targets is not None and not set(task.targets) & set(self.engines):
-                    self.fail(task, "engine", "EngineError", f"none of the engines the task may run on "
-                              f"(targets {task.targets}) is registered any more")
-                elif task.blacklist and not (set(task.targets or self.engines) - task.blacklist):
-                    self.fail(task, "engine", "EngineError", "no engine left to retry the task on")
-                else:
-                    self.fail(task, "dependency", "DependencyError",
-                              "no registered engine can take the task (its targets, follow dependencies, "
-                              "or shared-memory buffers rule them all out)")
-                return None
-            engines = [e for e in engines if e.id in allowed]
-        if self.hwm:
-            return [e for e in engines if e.lb_load < self.hwm]
-        return list(engines)
-
-    def fail_unreachable(self) -> None:
-        """Fail the waiting tasks none of whose target engines is registered
-        any more (engine ids are never reused, so they could never run)."""
-        registered = set(self.engines)
-        waiting = {t.msg_id: t for t in (*self.ready, *(t for ts in self.blocked.values() for t in ts))}
-        for task in waiting.values():
-            if task.targets is not None and not set(task.targets) & registered and task.msg_id in self.tasks:
-                self.discard_waiting(task)
-                self.fail(task, "engine", "EngineError", f"none of the engines the task may run on "
-                          f"(targets {task.targets}) is registered any more")
-
-    def assign(self, task: Task, engine: EngineState) -> None:
-        task.engine_id = engine.id
-        engine.in_flight[task.msg_id] = task
-        if task.queue == "task":
-            engine.lb_load += 1
-            self.engines.move_to_end(engine.id)  # most recently used last
+    def do_dispatch(self, action: Dispatch) -> None:
+        task, engine = cast(Task, action.task), cast(EngineState, action.engine)
         # Not delivered means the engine is gone: its heartbeat runs out and
         # the task is failed or retried like any task of a dead engine.
         self.route(self.engine_socket, engine.ident, task.frames)
         self.db.update_record(task.msg_id, {"engine_uuid": engine.uuid})
 
-    def requeue(self, task: Task) -> None:
-        """Put a task to be retried at the head of the queue.  Its shared-memory
-        files were consumed by the engine that had it, and a file of that name
-        could since be anyone's: the retry carries the buffers the controller
-        mapped at submission, inline and signed."""
-        task.engine_id = None
+    def do_requeue(self, action: Requeue) -> None:
+        """The engine that had the task consumed its shared-memory files, and
+        a file of that name could since be anyone's: the retry carries the
+        buffers the controller mapped at submission, inline and signed."""
+        task = cast(Task, action.task)
+        log.info("retrying task %s on another engine (%d more retries allowed)", task.msg_id, task.retries)
         if "bulk" in task.header:
             task.header = _without_bulk(task.header)
             task.frames = self.session.pack(task.header, task.buffers)
-        self.ready.appendleft(task)
 
-    def on_reply(self, msg: Message, engine: EngineState | None) -> None:
-        header = msg.header
-        task = self.tasks.get(header.get("parent"))
-        if task is None or engine is None or task.engine_id != engine.id:
-            # Late (from an engine declared dead, its task since retried) or
-            # from an engine that never had the task: never a task's result.
-            log.warning("dropped a reply for task %s from %s, which does not run it", header.get("parent"),
-                        f"engine {engine.id}" if engine else "an unregistered engine")
-            discard_bulk(header)
-            return
-        engine.in_flight.pop(task.msg_id, None)
-        engine.completed += 1
-        if task.queue == "task":
-            engine.lb_load -= 1
-        failed = header.get("status") == "error"
-        if failed and task.retries > 0 and task.queue == "task" and self.can_retry(task, engine):
-            task.retries -= 1
-            task.blacklist.add(engine.id)
-            discard_bulk(header)
-            self.requeue(task)
-            self.schedule()
-            return
-        try:
-            buffers = self.stored_buffers(msg, needed=bool(task.waiters))
-        except BulkError as exc:
-            discard_bulk(header)
-            self.fail(task, "engine", "BulkError", f"the result of engine {engine.id} could not be read: {exc}",
-                      engine_id=engine.id)
-        else:
-            self.finish(task, header, buffers, msg.frames)
-        self.schedule()
-
-    def can_retry(self, task: Task, failed_on: EngineState | None) -> bool:
-        """Whether an engine other than the one the task failed on may run it;
-        if none, the task ends with its own error rather than a retry that cannot run."""
-        allowed = set(task.targets) if task.targets is not None else set(self.engines)
-        return bool((allowed & set(self.engines)) - task.blacklist - {failed_on.id if failed_on else None})
-
-    def fail(self, task: Task, kind: str, ename: str, evalue: str, engine_id: int | None = None) -> None:
-        header = _error_header(task.msg_id, kind, ename, evalue, engine_id)
+    def do_fail(self, action: Fail) -> None:
+        task = cast(Task, action.task)
+        header = _error_header(task.msg_id, action.kind, action.ename, action.evalue, action.engine_id)
         header["submitted"] = task.submitted.isoformat()
-        self.finish(task, header, [], self.session.pack(header))
+        self.deliver(task, header, [], self.session.pack(header))
 
-    def finish(self, task: Task, header: dict[str, Any], buffers: list, frames: list) -> None:
-        self.tasks.pop(task.msg_id, None)
+    def do_forward_abort(self, action: ForwardAbort) -> None:
+        self.send_engine(cast(EngineState, action.engine), "abort", {"msg_ids": action.msg_ids})
+
+    def deliver(self, task: Task, header: dict[str, Any], buffers: list, frames: list) -> None:
+        """Send a finished task's reply to its submitter and to every client
+        waiting for it, and record it."""
         task.buffers = []
         self.route(self.client_socket, task.reply_to, frames, hold=True)
         waiters = task.waiters - {task.reply_to}  # the submitter has it already
@@ -761,76 +671,39 @@ class Controller(LoggingConfigurable):
                 frames = self.session.pack({**_without_bulk(header), "id": new_id()}, buffers)
             for ident in waiters:
                 self.route(self.client_socket, ident, frames)
-        ok = header.get("status") == "ok"
-        self.finished[task.msg_id] = (ok, task.engine_id)
-        if len(self.finished) > self.dependency_memory:
-            self.finished.popitem(last=False)
         self.db.update_record(task.msg_id, {
             "started": parse_time(header.get("started")), "completed": parse_time(header.get("completed")),
             "received": parse_time(utcnow()), "result_header": _without_bulk(header),
             "result_content": {"status": header.get("status"), "error": header.get("error")},
             "result_buffers": list(buffers), "stdout": header.get("stdout", ""),
             "stderr": header.get("stderr", "")})
-        for waiting in self.blocked.pop(task.msg_id, []):
-            if waiting.msg_id not in self.tasks:
-                continue  # already failed or aborted
-            if not ok:
-                self.discard_waiting(waiting)
-                self.fail(waiting, "dependency", "DependencyError", f"dependency {task.msg_id} failed")
-                continue
-            waiting.unmet -= 1
-            if waiting.unmet == 0:
-                self.ready.append(waiting)
 
-    def discard_waiting(self, task: Task) -> None:
-        if task in self.ready:
-            self.ready.remove(task)
-        for waiting in self.blocked.values():
-            if task in waiting:
-                waiting.remove(task)
-
-    def check_deadlines(self) -> None:
-        now = time.monotonic()
-        while self.deadlines and self.deadlines[0][0] <= now:
-            _, msg_id = heapq.heappop(self.deadlines)
-            task = self.tasks.get(msg_id)
-            if task is not None and task.engine_id is None:
-                self.discard_waiting(task)
-                self.fail(task, "timeout", "TaskTimeout",
-                          f"the task waited {task.header.get('timeout')}s for its dependencies or an engine")
+    def recorded_outcome(self, msg_id: str) -> tuple[bool, str | None]:
+        """``(succeeded, engine uuid)`` of a task the queue no longer remembers,
+        from the task database (KeyError if it has none)."""
+        record = self.db.get_record(msg_id)
+        return (record.get("result_content") or {}).get("status") == "ok", record.get("engine_uuid")
 
 
-@dataclass(eq=False)
-class Task:
-    msg_id: str
-    reply_to: bytes
-    frames: list
+@dataclass(eq=False, kw_only=True)
+class Task(taskqueue.Task):
+    """A task as the hub keeps it: the signed message to forward and who
+    waits for the result."""
+
+    reply_to: bytes  # the submitting client's reply socket
+    frames: list  # the signed message, forwarded unchanged
     header: dict[str, Any]
-    queue: str
-    targets: list[int] | None
-    retries: int = 0
-    engine_id: int | None = None
-    follow: list[str] = field(default_factory=list)
-    blacklist: set[int] = field(default_factory=set)
-    waiters: set[bytes] = field(default_factory=set)
+    waiters: set[bytes] = field(default_factory=set)  # other clients asking for the result (get_result)
     buffers: list = field(default_factory=list)  # mapped at submission: for the DB and for retries
-    unmet: int = 0
-    deadline: float | None = None
-    submitted: Any = field(default_factory=lambda: parse_time(utcnow()))
+    submitted: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
-@dataclass(eq=False)
-class EngineState:
-    id: int
+@dataclass(eq=False, kw_only=True)
+class EngineState(taskqueue.Engine):
+    """An engine as the hub keeps it: its private routing id and heartbeat."""
+
     ident: bytes  # zmq routing id: private to the engine and the controller
-    uuid: str  # public: shown to clients, stored in task records
-    hostname: str
-    pid: int
-    domain: str | None = None  # who can read its shared-memory files (cluster_launcher.protocol.bulk.domain)
     last_seen: float = field(default_factory=time.monotonic)
-    in_flight: dict[str, Task] = field(default_factory=dict)
-    lb_load: int = 0
-    completed: int = 0
 
     def info(self) -> dict[str, Any]:
         return {"uuid": self.uuid, "hostname": self.hostname, "pid": self.pid, "domain": self.domain}

@@ -15,6 +15,8 @@ class BaseDB(LoggingConfigurable):
     """Interface of a task database.  Subclasses are registered by class
     name (``DictDB``) and selected with ``c.Controller.db_class``.
 
+    ``stores_records`` is false for a backend that keeps nothing (NoDB): the
+    controller then drops a task's buffers as soon as it no longer needs them.
     ``persistent`` says whether records survive a controller restart (used
     by ``--reuse``).  Every method is called from the controller's single
     thread; a backend may block briefly but should batch or defer slow I/O.
@@ -25,6 +27,7 @@ class BaseDB(LoggingConfigurable):
     ``msg_id`` is a ``KeyError``; returned records are the caller's to mutate.
     """
 
+    stores_records: ClassVar[bool] = True
     persistent: ClassVar[bool] = False
 
     def add_record(self, msg_id: str, record: dict[str, Any]) -> None:

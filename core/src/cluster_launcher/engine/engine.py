@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -32,13 +33,21 @@ from ..protocol import connection
 from ..protocol.remote import user_namespace
 from ..protocol.serialize import serialize, unpack_apply
 from ..protocol.session import Message, Session, discard_bulk, new_id, utcnow
+from ..protocol.tunnel import SSHConnection, connect_ssh
 from .streams import StreamSender, TaskStream
 
 log = logging.getLogger("cluster_launcher")
+
+
 class Engine(LoggingConfigurable):
     file = Unicode("", help="The controller-engine.json connection file to use (default: the "
                    "one in the profile's security/ folder).").tag(config=True)
-    ssh = Unicode("", help="SSH server to tunnel through to the controller.").tag(config=True)
+    ssh = Unicode("", help="SSH server ([user@]host[:port] or a ~/.ssh/config Host alias) that every "
+                  "connection to the controller goes through, as tunnels to the controller's location as seen "
+                  "from that server (default: the connection file's 'ssh' field, which controller "
+                  "--enginessh writes).").tag(config=True)
+    sshkey = Unicode("", help="Private key file for Engine.ssh, tried first (then IdentityFile in "
+                     "~/.ssh/config, ssh-agent, ~/.ssh/id_*).").tag(config=True)
     startup_script = Unicode("", help="A Python file run in the engine's namespace at start.").tag(config=True)
     startup_command = Unicode("", help="Python code run in the engine's namespace at start.").tag(config=True)
     work_dir = Unicode("", help="Directory the engine changes to before it runs anything.").tag(config=True)
@@ -69,6 +78,12 @@ class Engine(LoggingConfigurable):
         self.controller_lost = threading.Event()
         self.needs_registration = threading.Event()
         self.registered_at = 0.0  # monotonic time of the last completed registration
+        self.ssh_connection: SSHConnection | None = None
+        self.urls: dict[str, str] = {}  # port field of the connection file -> where to connect for it
+        # What the controller may send on the task socket, by message type (the
+        # protocol's index, docs/internals/protocol.md); anything else is ignored.
+        self.handlers: dict[str, Callable[[Message], None]] = {
+            "apply": self.pending.append, "abort": self.on_abort, "shutdown": self.on_shutdown}
 
     # --- set-up -------------------------------------------------------
 
@@ -99,6 +114,7 @@ class Engine(LoggingConfigurable):
         self.run_startup()
         self.info = info = self.connection_info()
         self.session = Session(key=info["key"], parent=self)
+        self.open_tunnels()
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, self.ident)
@@ -106,15 +122,35 @@ class Engine(LoggingConfigurable):
             self.socket.setsockopt(option, 0)
         self.socket.setsockopt(zmq.LINGER, 2000)
         connection.secure(self.socket, info)
-        self.socket.connect(connection.url(info, "engine_port"))
+        self.socket.connect(self.controller_url("engine_port"))
         self.max_message_size = info.get("max_message_size", -1)
-        self.streams = StreamSender(self.context, self.ident, self.info)
+        self.streams = StreamSender(self.context, self.ident, self.info, self.controller_url("engine_port"))
         self.echo = threading.Thread(target=self._echo_heartbeats, args=(self._echo_socket(),),
                                      name="heartbeat-echo", daemon=True)
         self.echo.start()
         self.register()
         self.heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.heartbeat.start()
+
+    def open_tunnels(self) -> None:
+        """With ``Engine.ssh`` (or the connection file's ``ssh`` field): one SSH
+        connection forwarding a local port to each controller port, so that
+        every socket of the engine connects through it."""
+        server = self.ssh or self.info["ssh"]
+        if not server:
+            return
+        self.ssh_connection = connect_ssh(server, self.timeout, self.sshkey or None)
+        for field in ("engine_port", "heartbeat_port"):
+            tunnel = self.ssh_connection.forward(self.info["location"], self.info[field], self.timeout)
+            self.urls[field] = tunnel.url
+        log.info("connecting to the controller at %s through SSH server %s (engine port via %s, heartbeat "
+                 "port via %s)", self.info["location"], self.ssh_connection.target.where, self.urls["engine_port"],
+                 self.urls["heartbeat_port"])
+
+    def controller_url(self, port_field: str) -> str:
+        """Where the engine connects for the controller's ``port_field``: the
+        local end of its SSH tunnel, or the controller itself."""
+        return self.urls.get(port_field) or connection.url(self.info, port_field)
 
     def register(self) -> None:
         self.session.send(self.socket, "register", {"uuid": self.uuid, "hostname": _socket.gethostname(),
@@ -136,8 +172,9 @@ class Engine(LoggingConfigurable):
             self.heartbeat_period = msg.header.get("heartbeat_period", 1.0)
             log.info("registered as engine %d", self.engine_id)
             return
-        raise ClusterLauncherError(f"no answer from the controller at {connection.url(self.info, 'engine_port')} "
-                                   f"within {self.timeout}s (Engine.timeout); is it running?")
+        through = f" through SSH server {self.ssh_connection.target.where}" if self.ssh_connection else ""
+        raise ClusterLauncherError(f"no answer from the controller at {connection.url(self.info, 'engine_port')}"
+                                   f"{through} within {self.timeout}s (Engine.timeout); is it running?")
 
     def run_startup(self) -> None:
         """Run ``startup_script`` then ``startup_command`` in the user namespace;
@@ -161,7 +198,7 @@ class Engine(LoggingConfigurable):
         sock.setsockopt(zmq.IDENTITY, self.ident + b"-echo")
         sock.setsockopt(zmq.LINGER, 0)
         connection.secure(sock, self.info)
-        sock.connect(connection.url(self.info, "heartbeat_port"))
+        sock.connect(self.controller_url("heartbeat_port"))
         return sock
 
     @staticmethod
@@ -180,7 +217,7 @@ class Engine(LoggingConfigurable):
         sock.setsockopt(zmq.IDENTITY, self.ident + b"-hb")
         sock.setsockopt(zmq.LINGER, 0)
         connection.secure(sock, self.info)
-        sock.connect(connection.url(self.info, "heartbeat_port"))
+        sock.connect(self.controller_url("heartbeat_port"))
         session = Session(key=self.info["key"])  # its own: the main thread's is not shared across threads
         last_pong = time.monotonic()
         sent_at: dict[str, float] = {}  # ping id -> when it was sent
@@ -199,7 +236,7 @@ class Engine(LoggingConfigurable):
                             # "Not registered" about a ping sent before the last
                             # registration completed is old news, not a reason
                             # to register (and get a new engine id) again.
-                            pinged = sent_at.pop(msg.header.get("parent"), 0.0)
+                            pinged = sent_at.pop(str(msg.header.get("parent")), 0.0)
                             if not msg.header.get("registered") and pinged > self.registered_at:
                                 self.needs_registration.set()
                     elif left == 0.0 or self.stopping:
@@ -243,14 +280,18 @@ class Engine(LoggingConfigurable):
                 return
             if msg is None:
                 continue
-            if msg.type == "apply":
-                self.pending.append(msg)
-            elif msg.type == "abort":
-                self.aborted.update(msg.header.get("msg_ids", []))
-            elif msg.type == "shutdown":
-                self.stopping = True
-            else:
+            handler = self.handlers.get(msg.type)
+            if handler is None:
                 log.debug("ignored %s", msg.type)
+            else:
+                handler(msg)
+
+    def on_abort(self, msg: Message) -> None:
+        """Abort these tasks if they have not started (they are answered as aborted)."""
+        self.aborted.update(msg_id for msg_id in msg.header.get("msg_ids") or [] if isinstance(msg_id, str))
+
+    def on_shutdown(self, msg: Message) -> None:
+        self.stopping = True
 
     def reply_aborted(self, msg: Message) -> None:
         self.session.send(self.socket, "apply_reply", {
@@ -317,18 +358,24 @@ class Engine(LoggingConfigurable):
                 "engine_id": self.engine_id, "kind": "remote"}
 
     def close(self) -> None:
+        """Unregister, close the sockets, then the SSH tunnels (if any); safe
+        after a set-up that stopped half-way."""
         self.stopping = True
-        if not self.controller_lost.is_set():
-            try:
-                self.session.send(self.socket, "unregister", {"reason": "shutdown"})
-            except zmq.ZMQError:
-                pass
-        self.socket.close(linger=1000 if not self.controller_lost.is_set() else 0)
-        if hasattr(self, "streams"):
-            self.streams.close()
-        if hasattr(self, "heartbeat"):
-            self.heartbeat.join(timeout=2 * self.heartbeat_period + 1)
-        self.context.term()
+        if hasattr(self, "socket"):
+            if not self.controller_lost.is_set():
+                try:
+                    self.session.send(self.socket, "unregister", {"reason": "shutdown"})
+                except zmq.ZMQError:
+                    pass
+            self.socket.close(linger=1000 if not self.controller_lost.is_set() else 0)
+            if hasattr(self, "streams"):
+                self.streams.close()
+            if hasattr(self, "heartbeat"):
+                self.heartbeat.join(timeout=2 * self.heartbeat_period + 1)
+            self.context.term()
+        if self.ssh_connection is not None:  # after term(): the unregister above leaves through it
+            self.ssh_connection.close()
+            log.info("closed the SSH tunnels through %s", self.ssh_connection.target.where)
 
 
 def _run_startup_code(source: str, filename: str, option: str) -> None:
@@ -367,6 +414,5 @@ def main(config: Config, profile_dir: str) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if hasattr(engine, "socket"):
-            engine.close()
+        engine.close()
     return 1 if engine.controller_lost.is_set() else 0

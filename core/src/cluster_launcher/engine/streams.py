@@ -18,17 +18,19 @@ class StreamSender:
     ``INTERVAL`` seconds from a thread of its own, so output shows up while the
     task computes, flushed or not.  Its own socket and session: the main
     thread's are busy with the task and zmq sockets are not shared between
-    threads.  All stream messages go through here, in order, under one lock."""
+    threads.  All stream messages go through here, in order, under one lock.
+    ``url`` is where the engine reaches the controller's engine port (its SSH
+    tunnel, if it has one)."""
 
     INTERVAL = 0.1
 
-    def __init__(self, context: zmq.Context, ident: bytes, info: dict[str, Any]):
+    def __init__(self, context: zmq.Context, ident: bytes, info: dict[str, Any], url: str):
         self.session = Session(key=info["key"])
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, ident + b"-io")
         self.socket.setsockopt(zmq.LINGER, 0)  # the reply carries the full output anyway
         connection.secure(self.socket, info)
-        self.socket.connect(connection.url(info, "engine_port"))
+        self.socket.connect(url)
         self.lock = threading.Lock()
         self.watched: tuple[TaskStream, ...] = ()
         self.stopped = threading.Event()

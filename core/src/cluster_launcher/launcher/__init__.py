@@ -3,8 +3,9 @@
 :mod:`.base` holds the classes every launcher plugin subclasses
 (:class:`Launcher`, :class:`ControllerLauncher`, :class:`EngineSetLauncher`);
 :mod:`.process` the local child process that the local, SSH and MPI
-launchers build on.  Batch-system launchers will subclass
-:class:`Launcher` directly (docs/launchers.md).
+launchers build on.  Batch-system launchers will subclass a
+``BatchSystemLauncher`` base, to be added here with the first of them
+(docs/launchers.md).
 """
 
 from .base import ControllerLauncher, EngineSetLauncher, Launcher, config_args, python_cmd

@@ -6,6 +6,16 @@ A launcher must be able to describe itself as a dict (:meth:`Launcher.to_dict`)
 so that a later process (``cluster-launcher stop``, ``engines``, ``list``) can
 rebuild it (:meth:`Launcher.from_dict`) and stop or poll what it started.
 
+That state is declared once, on the traits themselves: a trait tagged
+``state`` is recorded by ``to_dict`` and restored by ``from_dict``, under its
+own name (``.tag(state=True)``) or under the key the tag names
+(``log_path = Unicode().tag(state="log")`` keeps the record's ``"log"`` key).
+A launcher held by a state trait (``Instance(SomeLauncher)`` or
+``List(Instance(SomeLauncher))``: the engines of a set) is recorded as its own
+``to_dict`` and rebuilt as the class the trait declares, a child of the
+launcher holding it (:meth:`Launcher.child_launcher`).  No launcher writes
+``to_dict``/``load_state`` by hand, so none can forget a field.
+
 :class:`LocalProcessLauncher` runs one command as a local child process; the
 SSH and MPI launchers subclass it (their command is ``ssh host …`` or
 ``mpiexec …``).  Batch-system launchers submit a job script instead and
@@ -17,10 +27,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard, TypeVar
 
-from traitlets import Dict, Float, Integer, List, Unicode
+from traitlets import Dict, Float, Instance, Integer, List, TraitType, Unicode
 from traitlets.config import Config, LoggingConfigurable
+
+L = TypeVar("L", bound="Launcher")
 
 
 def python_cmd(subcommand: str) -> list[str]:
@@ -47,8 +59,8 @@ class Launcher(LoggingConfigurable):
 
     role: ClassVar[str] = ""  # "controller" or "engines"
 
-    profile_dir = Unicode("", help="The profile directory of the cluster.").tag(config=False)
-    cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=False)
+    profile_dir = Unicode("", help="The profile directory of the cluster.").tag(config=False, state=True)
+    cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=False, state=True)
     environment = Dict(help="Extra environment variables for what the launcher starts.").tag(config=True)
     stop_timeout = Float(5.0, help="Seconds to wait after SIGTERM before SIGKILL.").tag(config=True)
 
@@ -100,22 +112,92 @@ class Launcher(LoggingConfigurable):
         os.makedirs(log_dir, exist_ok=True)
         return os.path.join(log_dir, f"{name}-{self.cluster_id or 'default'}.log")
 
+    @classmethod
+    def state_traits(cls) -> dict[str, TraitType[Any, Any]]:
+        """The traits tagged ``state`` (by trait name): what :meth:`to_dict`
+        records.  Those holding launchers come last: restored after the rest,
+        the children rebuilt from them get this launcher's restored profile and
+        cluster id (and sit at the end of the record, easier to read)."""
+        tagged = cls.class_traits(state=bool)  # the tag is True or the record's key
+        return dict(sorted(tagged.items(), key=lambda item: _holds_launchers(item[1])))
+
     def to_dict(self) -> dict[str, Any]:
-        """What a later process needs to stop or poll what this one started
-        (JSON-serializable; ``class`` is the dotted path of the launcher class)."""
-        return {"class": f"{type(self).__module__}.{type(self).__name__}",
-                "profile_dir": self.profile_dir, "cluster_id": self.cluster_id}
+        """What a later process needs to stop or poll what this one started:
+        every state trait (JSON-serializable; ``class`` is the dotted path of
+        the launcher class)."""
+        record: dict[str, Any] = {"class": f"{type(self).__module__}.{type(self).__name__}"}
+        for name, trait in self.state_traits().items():
+            record[_record_key(name, trait)] = _recorded(getattr(self, name))
+        return record
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> Launcher:
+    def from_dict(cls: type[L], data: dict[str, Any], **kwargs: Any) -> L:
         """A launcher of this class that polls and stops what ``data``
-        (a :meth:`to_dict`, maybe from another process) describes."""
-        launcher = cls(profile_dir=data.get("profile_dir", ""), cluster_id=data.get("cluster_id", ""), **kwargs)
+        (a :meth:`to_dict`, maybe from another process) describes; ``kwargs``
+        (``config=``, ``parent=``) go to the constructor."""
+        launcher = cls(**kwargs)
         launcher.load_state(data)
         return launcher
 
     def load_state(self, data: dict[str, Any]) -> None:
-        """Restore what :meth:`to_dict` recorded beyond the profile and cluster id."""
+        """Restore every state trait :meth:`to_dict` recorded in ``data``; one
+        the record lacks (written by an older version) keeps its default."""
+        for name, trait in self.state_traits().items():
+            key = _record_key(name, trait)
+            if key in data:
+                setattr(self, name, self._restored(trait, data[key]))
+
+    def _restored(self, trait: TraitType[Any, Any] | None, value: Any) -> Any:
+        """``value`` as recorded, with each launcher in it rebuilt from its dict."""
+        klass = trait.klass if isinstance(trait, Instance) else None
+        if _is_launcher_class(klass) and isinstance(value, dict):
+            return klass.from_dict(value, **self._child_settings(klass))
+        if isinstance(trait, List) and isinstance(value, list):
+            return [self._restored(trait._trait, item) for item in value]  # _trait: the element trait
+        return value
+
+    def _child_settings(self, cls: type[Launcher]) -> dict[str, Any]:
+        """The constructor arguments of a ``cls`` launcher that belongs to this
+        one: this launcher as parent (so it reads the same config), its
+        profile and cluster id, and its values of the configurable traits both
+        classes declare (commands, environment, stop_timeout)."""
+        own = self.traits(config=True)
+        shared = {name: getattr(self, name) for name in cls.class_traits(config=True) if name in own}
+        return {"parent": self, "profile_dir": self.profile_dir, "cluster_id": self.cluster_id, **shared}
+
+    def child_launcher(self, cls: type[L], **traits: Any) -> L:
+        """A new ``cls`` launcher that belongs to this one (one engine of a set):
+        built as :meth:`load_state` rebuilds a recorded child, plus ``traits``."""
+        return cls(**{**self._child_settings(cls), **traits})
+
+
+def _record_key(name: str, trait: TraitType[Any, Any]) -> str:
+    """The record's key for state trait ``name``: the name, or the key its tag gives."""
+    tag = trait.metadata.get("state")
+    return tag if isinstance(tag, str) else name
+
+
+def _is_launcher_class(klass: object) -> TypeGuard[type[Launcher]]:
+    return isinstance(klass, type) and issubclass(klass, Launcher)
+
+
+def _holds_launchers(trait: TraitType[Any, Any] | None) -> bool:
+    """Whether ``trait`` is an ``Instance`` of a launcher class, or a ``List`` of them."""
+    if isinstance(trait, List):
+        return _holds_launchers(trait._trait)
+    return isinstance(trait, Instance) and _is_launcher_class(trait.klass)
+
+
+def _recorded(value: Any) -> Any:
+    """``value`` for the JSON record: launchers as their :meth:`Launcher.to_dict`,
+    containers copied so the record never aliases a trait."""
+    if isinstance(value, Launcher):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_recorded(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _recorded(item) for key, item in value.items()}
+    return value
 
 
 class ControllerLauncher(Launcher):
@@ -137,7 +219,7 @@ class EngineSetLauncher(Launcher):
     engine_cmd = List(Unicode(), default_value=python_cmd("engine"),
                       help="Command that runs one engine.").tag(config=True)
     engine_args = List(Unicode(), help="Extra command-line arguments for each engine.").tag(config=True)
-    n = Integer(0, help="How many engines this set started.").tag(config=False)
+    n = Integer(0, help="How many engines this set started.").tag(config=False, state=True)
 
     @property
     def args(self) -> list[str]:
@@ -147,9 +229,3 @@ class EngineSetLauncher(Launcher):
         """How many of this set's engines still run (all or none, unless a
         subclass can tell them apart)."""
         return self.n if self.poll() is None else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "n": self.n}
-
-    def load_state(self, data: dict[str, Any]) -> None:
-        self.n = data.get("n", 0)

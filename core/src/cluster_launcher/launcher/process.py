@@ -1,5 +1,6 @@
 """Launchers that run a command as a local child process, and how a later
-process tells whether a recorded PID is still the process that was started."""
+process tells whether a recorded PID is still the process that was started
+(with psutil, on every system it supports)."""
 
 from __future__ import annotations
 
@@ -7,56 +8,69 @@ import os
 import signal
 import subprocess
 from datetime import datetime
-from typing import Any, ClassVar
 
+import psutil
 from traitlets import Integer, Unicode
 
 from .base import Launcher
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of ``/proc/<pid>/stat`` after the command name, or None
-    (no such process, or no /proc on this system)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
-
-
 def process_start_token(pid: int) -> str:
-    """An id of *this* run of ``pid`` (its start time since boot), so a PID the
-    system reused for another process is not mistaken for ours; '' where the
-    system does not tell."""
-    fields = _proc_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else ""
+    """An id of *this* run of ``pid`` (when it started, in seconds after the
+    system booted), so a PID the system reused for another process is not
+    mistaken for ours; '' when it cannot be told (no such process, or not
+    allowed)."""
+    if pid <= 0:
+        return ""
+    try:
+        return f"{_seconds_after_boot(psutil.Process(pid)):.2f}"
+    except psutil.Error:
+        return ""
+
+
+def _seconds_after_boot(process: psutil.Process) -> float:
+    # psutil's create_time is the boot time (wall clock) plus the start
+    # offset; the wall clock can be stepped between `start` and a later
+    # `stop` (an NTP sync), the offset from boot cannot.
+    return process.create_time() - psutil.boot_time()
+
+
+def _same_run(start_token: str, process: psutil.Process) -> bool:
+    """Whether ``start_token`` was taken from ``process``."""
+    offset = _seconds_after_boot(process)
+    if start_token.isdigit():
+        # A record written before psutil (Linux only): the start time in clock
+        # ticks since boot, from /proc/<pid>/stat.
+        return round(offset * os.sysconf("SC_CLK_TCK")) == int(start_token)
+    try:
+        # Two decimals: finer than the kernel's clock tick, coarser than float noise.
+        return abs(float(start_token) - offset) < 0.015
+    except ValueError:
+        return False
 
 
 def pid_alive(pid: int, start_token: str = "") -> bool:
     """Whether ``pid`` runs: reaped first if it is our exited child; a zombie
     (exited, parent not yet reaping) counts as gone, and so does a process
-    whose start token differs from ``start_token`` (the PID was reused)."""
+    whose start token differs from ``start_token`` (the PID was reused).  A
+    process we may not inspect (AccessDenied) counts as running."""
     if pid <= 0:
         return False
     try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
             return False
     except ChildProcessError:
-        pass
+        pass  # not our child: its parent reaps it
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False
+        return not start_token or _same_run(start_token, process)
+    except psutil.NoSuchProcess:  # ZombieProcess included
         return False
-    except PermissionError:
-        pass
-    fields = _proc_stat(pid)
-    if fields is None:
-        return not os.path.isdir("/proc/self")  # no /proc: trust kill(0); with /proc: it just exited
-    if fields[0] in ("Z", "X"):
-        return False
-    return not start_token or start_token == fields[19]
+    except psutil.AccessDenied:
+        return True
 
 
 def tail(path: str, lines: int = 10, offset: int = 0) -> list[str]:
@@ -76,11 +90,11 @@ class LocalProcessLauncher(Launcher):
     in its own session: a Ctrl-C at the terminal reaches only the process that
     launched it, and it outlives that terminal (``start --daemonize``)."""
 
-    log_name: ClassVar[str] = "process"
-    pid = Integer(0).tag(config=False)
-    start_token = Unicode("").tag(config=False)
-    log_path = Unicode("").tag(config=False)
-    log_offset = Integer(0, help="Where this run's output starts in the log file.").tag(config=False)
+    log_name: str = "process"  # a class default; one engine of a set gets its own (engine-3)
+    pid = Integer(0, help="The PID of the process started.").tag(config=False, state=True)
+    start_token = Unicode("", help="process_start_token(pid) when it started.").tag(config=False, state=True)
+    log_path = Unicode("", help="The log file its output goes to.").tag(config=False, state="log")
+    log_offset = Integer(0, help="Where this run's output starts in the log file.").tag(config=False, state=True)
 
     # ``args`` (the command line) comes from the role class it is mixed with:
     # ``class LocalControllerLauncher(LocalProcessLauncher, ControllerLauncher)``.
@@ -136,14 +150,3 @@ class LocalProcessLauncher(Launcher):
                              self.log_name, self.pid, self.stop_timeout)
             self.signal(signal.SIGKILL)
             self.wait(self.stop_timeout)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "pid": self.pid, "start_token": self.start_token,
-                "log": self.log_path, "log_offset": self.log_offset}
-
-    def load_state(self, data: dict[str, Any]) -> None:
-        super().load_state(data)
-        self.pid = data.get("pid", 0)
-        self.start_token = data.get("start_token", "")
-        self.log_path = data.get("log", "")
-        self.log_offset = data.get("log_offset", 0)

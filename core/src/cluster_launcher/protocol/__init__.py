@@ -3,6 +3,7 @@
 ``session`` signs and verifies messages; ``serialize`` turns Python objects
 into buffers; ``bulk`` moves large buffers through shared memory;
 ``records`` encodes task records for DB replies; ``connection`` reads and
-writes connection files; ``remote`` holds the functions the client asks
+writes connection files; ``tunnel`` carries connections to the controller
+through SSH (paramiko); ``remote`` holds the functions the client asks
 engines to run.  Nothing here knows about a controller, an engine or a client.
 """

@@ -33,7 +33,7 @@ import os
 import re
 import stat
 import uuid
-from typing import Any
+from typing import Any, TypeGuard
 
 import blake3
 import psutil
@@ -111,7 +111,7 @@ def _digest(data: Any) -> str:
     return blake3.blake3(data, max_threads=threads).hexdigest()
 
 
-def _checked_path(path: Any) -> bool:
+def _checked_path(path: Any) -> TypeGuard[str]:
     return (isinstance(path, str) and os.path.dirname(path) == SHM_DIR
             and _NAME.fullmatch(os.path.basename(path)) is not None)
 

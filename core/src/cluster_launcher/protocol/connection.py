@@ -84,7 +84,8 @@ def read_connection_file(path: str, role: str) -> dict[str, Any]:
         raise ConnectionFileError(f"{path}: field 'max_message_size' should be an int >= -1")
     if not info["key"]:
         raise ConnectionFileError(f"{path}: field 'key' is empty; messages cannot be signed")
-    if not 0 < info.get("client_port", info.get("engine_port", 0)) < 65536:
+    port = info["client_port"] if "client_port" in info else info.get("engine_port", 0)
+    if not 0 < port < 65536:
         raise ConnectionFileError(f"{path}: port out of range")
     return info
 

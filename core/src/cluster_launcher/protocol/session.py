@@ -162,28 +162,35 @@ class Session(Configurable):
         try:
             return self._unpack(frames)
         except Exception as exc:
-            return self._drop([], f"unreadable message ({type(exc).__name__})")
+            self._drop([], f"unreadable message ({type(exc).__name__})")
+            return None
 
     def _unpack(self, frames: list) -> Message | None:
         if not frames:
-            return self._drop([], "no frames")
+            self._drop([], "no frames")
+            return None
         try:
             split = frames.index(DELIM) if isinstance(frames[0], bytes) else _index_of_delim(frames)
         except ValueError:
-            return self._drop(frames[:1], "no message delimiter")  # a ROUTER's first frame: the sender
+            self._drop(frames[:1], "no message delimiter")  # a ROUTER's first frame: the sender
+            return None
         if len(frames) < split + 3:
-            return self._drop(frames[:split], "truncated message")
+            self._drop(frames[:split], "truncated message")
+            return None
         signature, body = _bytes(frames[split + 1]), frames[split + 2:]
         if not hmac.compare_digest(signature, self.sign([_view(f) for f in body])):
-            return self._drop(frames[:split], "bad signature")
+            self._drop(frames[:split], "bad signature")
+            return None
         try:
             header = json.loads(_bytes(body[0]))
         except Exception:
             header = None
         if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-            return self._drop(frames[:split], "malformed header")
+            self._drop(frames[:split], "malformed header")
+            return None
         if self.replay_window > 0 and not self._first_time(signature):
-            return self._drop(frames[:split], "replayed message")
+            self._drop(frames[:split], "replayed message")
+            return None
         idents = [_bytes(f) for f in frames[:split]]
         return Message(idents, header, [_view(f) for f in body[1:]], frames[split:])
 

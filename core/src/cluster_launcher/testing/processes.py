@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..protocol import connection
 
@@ -94,11 +95,11 @@ class LocalCluster:
     def start_controller(self, *extra: str) -> Process:
         client_file = connection.connection_file(self.profile_dir, "client")
         before = os.stat(client_file).st_mtime_ns if os.path.exists(client_file) else 0
-        self.controller = Process("controller", self.profile_dir, *self.controller_args, *extra)
+        controller = self.controller = Process("controller", self.profile_dir, *self.controller_args, *extra)
         wait_for(lambda: os.path.exists(client_file) and os.stat(client_file).st_mtime_ns != before
-                 or self.controller.popen.poll() is not None, 15, "the controller's connection file")
-        assert self.controller.popen.poll() is None, self.controller.output()
-        return self.controller
+                 or controller.popen.poll() is not None, 15, "the controller's connection file")
+        assert controller.popen.poll() is None, controller.output()
+        return controller
 
     def start_engines(self, n: int, *extra: str) -> list[Process]:
         started = [Process("engine", self.profile_dir, *self.engine_args, *extra) for _ in range(n)]
@@ -107,7 +108,7 @@ class LocalCluster:
 
     add_engines = start_engines
 
-    def client(self, n: int | None = None, **kwargs: object):
+    def client(self, n: int | None = None, **kwargs: Any):
         """A connected Client once ``n`` (default: every engine started) engines registered."""
         from ..client import Client
 

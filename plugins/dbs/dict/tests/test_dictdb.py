@@ -212,6 +212,14 @@ def test_nodb_stores_nothing_and_says_history_is_disabled():
     assert db.persistent is False
 
 
+@pytest.mark.parametrize("name", ["NoDB", "nodb", "IPython.parallel.controller.dictdb.NoDB"])
+def test_nodb_in_any_spelling_tells_the_controller_it_keeps_nothing(name):
+    # The controller drops a task's buffers early when the DB keeps nothing;
+    # it asks the class, so every spelling that resolves to NoDB counts.
+    assert plugins.resolve("db", name).stores_records is False
+    assert plugins.resolve("db", "DictDB").stores_records is True
+
+
 # -- docs ----------------------------------------------------------------
 
 
