@@ -428,6 +428,42 @@ def test_a_peer_without_the_key_cannot_take_over_an_engines_stream(cluster):
         context.term()
 
 
+def test_signed_messages_of_types_no_handler_takes_reach_nothing(cluster):
+    # Every socket dispatches through an explicit table of handlers: a signed
+    # message named after an attribute ("socket", "info", "run") is ignored,
+    # not called (it used to come back as a TypeError reply).
+    cluster.start_controller()
+    cluster.start_engines(1)
+    client_info = connection.read_connection_file(connection.connection_file(cluster.profile_dir, "client"), "client")
+    engine_info = connection.read_connection_file(connection.connection_file(cluster.profile_dir, "engine"), "engine")
+    session = Session(key=client_info["key"])
+    context = zmq.Context()
+    reply = context.socket(zmq.DEALER)
+    reply.setsockopt(zmq.IDENTITY, b"r-" + session.session_id.encode())  # where the controller answers
+    other = context.socket(zmq.DEALER)
+    try:
+        reply.connect(connection.url(client_info, "client_port"))
+        other.connect(connection.url(engine_info, "engine_port"))
+        for name in ("socket", "info", "run", "__init__"):
+            session.send(reply, name, {"session": session.session_id})
+            session.send(other, name, {"session": session.session_id})
+        wait_for(lambda: "ignored an engine message of type '__init__'" in cluster.controller.output(), 10,
+                 "the engine-port messages to be ignored")
+        wait_for(lambda: "ignored a client message of unknown type '__init__'" in cluster.controller.output(), 10,
+                 "the client-port messages to be ignored")
+        status = session.send(reply, "queue_status", {"session": session.session_id, "targets": None})
+        assert reply.poll(10_000), "no answer to queue_status"
+        first = session.recv(reply)  # the first answer on this socket: nothing came before it
+        assert first is not None and (first.type, first.header["parent"]) == ("queue_status_reply", status["id"])
+        with cluster.client() as client:
+            assert client[0].apply_sync(lambda: "still works") == "still works"
+        assert "TypeError" not in cluster.controller.output()
+    finally:
+        reply.close(0)
+        other.close(0)
+        context.term()
+
+
 def test_oversized_and_garbage_messages_are_refused_without_flooding_the_log(cluster):
     cluster.controller_args = (*FAST_HEARTBEAT, "--Controller.max_message_size=1000000")
     cluster.start_controller()

@@ -19,7 +19,6 @@ from ..paths import profile_dir_for
 from ..protocol import connection
 from ..protocol.records import decode_record, encode_record
 from ..protocol.session import Session, new_id
-from ..protocol.tunnel import open_tunnel
 from .asyncresult import AsyncMapResult, AsyncResult, Metadata, TaskState
 from .io import Answer, ClientSockets, ControlRequest, Dispatcher
 from .view import DirectView, LoadBalancedView, msg_ids_of
@@ -63,6 +62,8 @@ class Client:
             sshserver = sshserver if sshserver is not None else info["ssh"]
             connect_url = self.url
             if sshserver:
+                from ..protocol.tunnel import open_tunnel  # paramiko: ~0.4 s to import, for tunnels only
+
                 self._conn.tunnel = open_tunnel(sshserver, info["location"], info["client_port"], timeout, sshkey)
                 connect_url = self._conn.tunnel.url
             self._conn.connect(connect_url, timeout, info)

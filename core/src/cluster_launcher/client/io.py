@@ -18,15 +18,17 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from ..error import BulkError, ClusterLauncherError
 from ..protocol import connection
 from ..protocol.session import Message, Session, discard_bulk, new_id
-from ..protocol.tunnel import Tunnel
 from .asyncresult import TaskState, Waiter
+
+if TYPE_CHECKING:
+    from ..protocol.tunnel import Tunnel
 
 log = logging.getLogger("cluster_launcher.client")
 
