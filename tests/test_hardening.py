@@ -366,7 +366,10 @@ def test_abort_without_arguments_aborts_only_the_callers_tasks(cluster, tmp_path
     cluster.start_engines(1)
     release = str(tmp_path / "release")
     with cluster.client() as mine, cluster.client() as theirs:
-        blocker = mine.load_balanced_view().apply_async(wait_for_gate, release)
+        started = str(tmp_path / "started")
+        blocker = mine.load_balanced_view().apply_async(wait_for_gate, release, 60, started)
+        # Running, not only sent: a task on an engine that has not started it is aborted too.
+        wait_for(lambda: os.path.exists(started), 20, "the blocker to start")
         my_task = mine.load_balanced_view().apply_async(lambda: "mine")
         their_task = theirs.load_balanced_view().apply_async(lambda: "theirs")
         wait_for(lambda: mine.queue_status()["unassigned"] == 2, 20, "both tasks to queue")

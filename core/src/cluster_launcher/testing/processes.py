@@ -62,11 +62,14 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def wait_for_gate(gate: str, timeout: float = 60) -> None:
+def wait_for_gate(gate: str, timeout: float = 60, started: str | None = None) -> None:
     """Run on an engine: wait until the test creates the file ``gate`` (the
     cross-package tests' ``make_gate``), so a task stays running or queued
     exactly as long as the test needs; TimeoutError after ``timeout`` seconds,
-    so that an engine is never held for ever."""
+    so that an engine is never held for ever.  ``started``: a file created
+    first, for a test that must know the task runs (not only that it was sent)."""
+    if started:
+        open(started, "w").close()
     deadline = time.monotonic() + timeout
     while not os.path.exists(gate):
         if time.monotonic() > deadline:
