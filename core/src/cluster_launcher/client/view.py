@@ -247,7 +247,8 @@ class DirectView(View):
         owner = threading.get_ident()
         depth = [0]
 
-        def synced_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0):
+        def synced_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (),
+                          level: int = 0) -> Any:
             outermost = depth[0] == 0 and threading.get_ident() == owner and level == 0
             depth[0] += 1
             try:

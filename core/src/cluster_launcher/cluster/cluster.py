@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from traitlets import Bool, Float, Integer, Unicode
 from traitlets.config import Config, LoggingConfigurable
@@ -27,6 +27,9 @@ from ..launcher import ControllerLauncher, EngineSetLauncher, Launcher
 from ..paths import ensure_profile_dir, profile_dir_for, profile_name
 from ..protocol.connection import connection_file
 from .state import read_state, recorded_launcher, state_file, write_state
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 LauncherT = TypeVar("LauncherT", bound=Launcher)
 
@@ -98,7 +101,7 @@ class Cluster(LoggingConfigurable):
         self.started_at = 0.0
         self.reuse = bool((self.config.get("Controller") or {}).get("reuse", False))
         self.report: Callable[[str], None] = self.log.info  # `start` prints these lines instead
-        self._client = None
+        self._client: Client | None = None
         self._stop_registered = False
 
     # --- files ------------------------------------------------------------
@@ -227,7 +230,7 @@ class Cluster(LoggingConfigurable):
             if client is not None:
                 client.close()
 
-    def _new_client(self, **kwargs: Any):
+    def _new_client(self, **kwargs: Any) -> Client:
         from ..client import Client  # zmq and cloudpickle: only when a cluster is really used
         return Client(profile_dir=self.profile_dir, cluster_id=self.cluster_id, **kwargs)
 
@@ -270,13 +273,13 @@ class Cluster(LoggingConfigurable):
             atexit.register(self._stop_at_exit)
             self._stop_registered = True
 
-    def connect(self, **kwargs: Any):
+    def connect(self, **kwargs: Any) -> Client:
         """A Client connected to this cluster (closed by :meth:`stop`)."""
         if self._client is None:
             self._client = self._new_client(**kwargs)
         return self._client
 
-    def start_and_connect(self):
+    def start_and_connect(self) -> Client:
         """:meth:`start`, then :meth:`connect`."""
         self.start()
         return self.connect()
@@ -344,7 +347,7 @@ class Cluster(LoggingConfigurable):
             launcher.wait(max(0.0, deadline - time.monotonic()))
 
     @staticmethod
-    def _close_quietly(client) -> None:
+    def _close_quietly(client: Client) -> None:
         try:
             client.close()
         except Exception:
@@ -359,7 +362,7 @@ class Cluster(LoggingConfigurable):
             atexit.unregister(self._stop_at_exit)
             self._stop_registered = False
 
-    def __enter__(self):
+    def __enter__(self) -> Client:
         return self.start_and_connect()
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..protocol import connection
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 
 class Process:
@@ -111,7 +114,7 @@ class LocalCluster:
 
     add_engines = start_engines
 
-    def client(self, n: int | None = None, **kwargs: Any):
+    def client(self, n: int | None = None, **kwargs: Any) -> Client:
         """A connected Client once ``n`` (default: every engine started) engines registered."""
         from ..client import Client
 
