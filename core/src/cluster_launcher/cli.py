@@ -36,6 +36,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors raised as ConfigError so they print like
     every other error (one line, exit 2)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations: IPython's `--profile=NAME` must not silently mean `--profile-dir`.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{self.prog}: {message}")
 
@@ -58,7 +63,7 @@ class Commands:
         if isinstance(taken, Mapping) and name in taken:
             raise PluginError(f"cluster_launcher_register_commands: a plugin adds the subcommand {name!r}, "
                               "which exists already")
-        parser = self._subparsers.add_parser(name, help=help, description=description or help)
+        parser = self._subparsers.add_parser(name, help=help, description=description or help, allow_abbrev=False)
         parser.set_defaults(func=handler)
         return parser
 
@@ -67,7 +72,7 @@ class Commands:
 
 
 def _profile_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     group = parent.add_argument_group("profile")
     group.add_argument("--profile", metavar="NAME", help="Use profile NAME (default: 'default'), "
                        "in $CLUSTER_LAUNCHER_DIR (default ~/.cluster-launcher).")
@@ -111,11 +116,12 @@ def _split_trait_arguments(extra: list[str]) -> list[str]:
 
 def command_config(args: argparse.Namespace) -> tuple[str, Config]:
     """The profile directory and the checked Config of a parsed runtime subcommand."""
-    profile_dir = paths.ensure_profile_dir(paths.profile_dir_for(args.profile, args.profile_dir))
+    profile_dir = paths.profile_dir_for(args.profile, args.profile_dir)
     cfg = config.build_config(args.role, profile_dir, _flag_overrides(args) + args.trait_overrides)
     if args.command in STARTING_COMMANDS:  # `stop`/`list` must work even if a plugin went away
         config.check_names(cfg, args.role)
-    return profile_dir, cfg
+    # Only once the config is right: a mistyped option leaves no trace on disk.
+    return paths.ensure_profile_dir(profile_dir), cfg
 
 
 def _runtime(module: str, function: str) -> Callable[[argparse.Namespace], int]:
@@ -153,7 +159,8 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
      ]),
     ("stop", "Stop a cluster started with `start`.", "cluster.commands", "stop_main", "cluster", []),
     ("engines", "Start more engines for a running cluster.", "cluster.commands", "engines_main", "cluster", [
-        (("-n", "--n"), "n", None, {"type": int, "metavar": "N", "help": "Number of engines (default: one per CPU)."}),
+        (("-n", "--n"), "n", None,
+         {"type": int, "metavar": "N", "help": "Number of engines (default: one per CPU)."}),
         (("--engines",), "engines", "Cluster.engine_launcher_class",
          {"metavar": "LAUNCHER", "help": "How to start engines: Local, MPI, SSH, PBS, ..."}),
         (("--daemonize",), "daemonize", "Cluster.daemonize",
@@ -175,7 +182,8 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
         (("--ssh",), "ssh", "Controller.ssh",
          {"metavar": "[USER@]HOST", "help": "SSH server clients tunnel through (written to controller-client.json)."}),
         (("--log-to-file",), "log_to_file", ("Controller.log_to_file", "True"),
-         {"action": "store_true", "help": "Also write the log to the profile's log/ folder."}),
+         {"action": "store_true", "help": "Write the log to the profile's log/ folder: the default "
+          "(rotated; --Controller.log_to_file=False turns it off), accepted for IPython compatibility."}),
         (("--log-level",), "log_level", "Controller.log_level",
          {"metavar": "LEVEL", "help": "DEBUG, INFO, WARNING, ERROR or a number (default: INFO)."}),
     ]),
@@ -186,7 +194,8 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
          {"metavar": "[USER@]HOST[:PORT]", "help": "SSH server (or ~/.ssh/config alias) every connection to the "
           "controller goes through (default: the connection file's ssh field)."}),
         (("--log-to-file",), "log_to_file", ("Engine.log_to_file", "True"),
-         {"action": "store_true", "help": "Also write the log to the profile's log/ folder."}),
+         {"action": "store_true", "help": "Write the log to the profile's log/ folder: the default "
+          "(rotated; --Engine.log_to_file=False turns it off), accepted for IPython compatibility."}),
         (("--log-level",), "log_level", "Engine.log_level",
          {"metavar": "LEVEL", "help": "DEBUG, INFO, WARNING, ERROR or a number (default: INFO)."}),
     ]),
@@ -197,7 +206,7 @@ def _add_runtime_commands(subparsers: argparse._SubParsersAction) -> None:
     parent = _profile_options()
     for name, help_text, module, function, role, flags in RUNTIME_COMMANDS:
         parser = subparsers.add_parser(name, help=help_text, description=help_text, parents=[parent],
-                                       epilog=TRAIT_HELP)
+                                       epilog=TRAIT_HELP, allow_abbrev=False)
         flag_options = []
         for option_strings, dest, option, kwargs in flags:
             parser.add_argument(*option_strings, dest=dest, **kwargs)
@@ -211,8 +220,16 @@ def _add_runtime_commands(subparsers: argparse._SubParsersAction) -> None:
 # --- profile and plugins -----------------------------------------------------
 
 
+def _profile_name(args: argparse.Namespace) -> str | None:
+    """The profile named positionally or by ``--profile NAME`` (IPython's form); both only if they agree."""
+    if args.name is not None and args.profile is not None and args.name != args.profile:
+        raise ConfigError(f"profile {args.action}: two profile names given, {args.name!r} and "
+                          f"--profile={args.profile!r}; give one")
+    return args.name if args.name is not None else args.profile
+
+
 def _profile_create(args: argparse.Namespace) -> int:
-    path, written = profile.create_profile(args.name, args.profile_dir, overwrite=args.overwrite)
+    path, written = profile.create_profile(_profile_name(args), args.profile_dir, overwrite=args.overwrite)
     print(f"profile: {path}")
     for filename in profile.CONFIG_FILES.values():
         full = f"{path}/{filename}"
@@ -229,19 +246,20 @@ def _profile_list(args: argparse.Namespace) -> int:
 
 
 def _profile_locate(args: argparse.Namespace) -> int:
-    print(paths.locate_profile(args.name))
+    print(paths.locate_profile(_profile_name(args)))
     return 0
 
 
 def _add_profile_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("profile", help="Create, list and locate profiles.",
-                                   description="Create, list and locate profiles.")
+                                   description="Create, list and locate profiles.", allow_abbrev=False)
     actions = parser.add_subparsers(dest="action", required=True, metavar="{create,list,locate}", parser_class=_Parser)
     create = actions.add_parser("create", help="Create a profile with commented config files.",
                                 description="Create a profile: cluster_config.py, controller_config.py, "
                                 "engine_config.py (every option commented out and explained), security/, log/, "
-                                "pid/.  Existing config files are kept unless --overwrite.")
+                                "pid/.  Existing config files are kept unless --overwrite.", allow_abbrev=False)
     create.add_argument("name", nargs="?", default=None, metavar="NAME", help="Profile name (default: 'default').")
+    create.add_argument("--profile", metavar="NAME", help="Profile name, IPython's way (same as NAME).")
     create.add_argument("--profile-dir", metavar="DIR", help="Create the profile in DIR instead.")
     create.add_argument("--parallel", action="store_true", help="Accepted for IPython compatibility "
                         "(every profile is a parallel one).")
@@ -249,11 +267,12 @@ def _add_profile_command(subparsers: argparse._SubParsersAction) -> None:
     create.set_defaults(func=_profile_create)
     listing = actions.add_parser("list", help="List the profiles in $CLUSTER_LAUNCHER_DIR.",
                                  description="List the profiles in $CLUSTER_LAUNCHER_DIR "
-                                 "(default ~/.cluster-launcher).")
+                                 "(default ~/.cluster-launcher).", allow_abbrev=False)
     listing.set_defaults(func=_profile_list)
     locate = actions.add_parser("locate", help="Print the directory of a profile.",
-                                description="Print the directory of an existing profile.")
+                                description="Print the directory of an existing profile.", allow_abbrev=False)
     locate.add_argument("name", nargs="?", default=None, metavar="NAME", help="Profile name (default: 'default').")
+    locate.add_argument("--profile", metavar="NAME", help="Profile name, IPython's way (same as NAME).")
     locate.set_defaults(func=_profile_locate)
 
 
@@ -288,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_command(subparsers)
     plugin_parser = subparsers.add_parser("plugins", help="List installed plugins as JSON.",
                                           description="List installed plugins (name, distribution, version, "
-                                          "kinds, classes, short names, hooks) as JSON.")
+                                          "kinds, classes, short names, hooks) as JSON.", allow_abbrev=False)
     plugin_parser.add_argument("--all", action="store_true", help="Print an object with the plugins and every hook "
                                "spec of the core, with the plugins implementing each.")
     plugin_parser.set_defaults(func=_plugins)
@@ -304,6 +323,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         if not getattr(args, "accepts_traits", False):
             raise ConfigError(f"unrecognized argument {extra[0]!r} (see {PROG} {args.command} --help)")
         args.trait_overrides = _split_trait_arguments(extra)
+    if getattr(args, "n", None) is not None and args.n < 1:  # `start -n` and `engines -n`
+        raise ConfigError(f"{PROG} {args.command}: argument -n/--n: {args.n} engines: must be at least 1")
     return args
 
 

@@ -96,3 +96,15 @@ class TaskTimeout(RemoteError):
 
 class DependencyError(RemoteError):
     """A task's ``after``/``follow`` dependency failed or cannot be met."""
+
+
+class NoTaskHistory(ClusterLauncherError):
+    """A history request (``db_query``, ``hub_history``, ``get_result`` of a
+    task this client did not submit, ``resubmit``) reached a controller that
+    keeps no task database (``--nodb``)."""
+
+    @classmethod
+    def for_request(cls, request: str) -> NoTaskHistory:
+        return cls(f"{request}: the controller runs without a task database (--nodb, "
+                   "c.Controller.db_class = 'NoDB'), so it keeps no task history; to keep one, start it without "
+                   "--nodb, with c.Controller.db_class = 'DictDB'")

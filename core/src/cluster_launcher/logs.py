@@ -4,24 +4,40 @@ imports nothing internal but the errors."""
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 
 from .error import ConfigError
 
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_LOG_BACKUP_COUNT = 5
 
-def start_logging(role: str, profile_dir: str, cluster_id: str = "", to_file: bool = False,
-                  level: str = "INFO") -> None:
-    """Log the ``role`` process (controller or engine) to stderr, which a
-    launcher captures into the profile's ``log/`` folder; with ``to_file``
-    (started by hand: ``--log-to-file``) also to ``log/<role>[-<id>]-<pid>.log``."""
-    fmt = f"%(asctime)s {role} %(levelname)s %(message)s"
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if to_file:
-        log_dir = os.path.join(profile_dir, "log")
-        os.makedirs(log_dir, exist_ok=True)
-        name = f"{role}{'-' + cluster_id if cluster_id else ''}-{os.getpid()}.log"
-        handlers.append(logging.FileHandler(os.path.join(log_dir, name)))
+
+def log_file_path(role: str, profile_dir: str, cluster_id: str = "") -> str:
+    """``<profile>/log/<role>[-<id>]-<pid>.log``, the file a process started by hand logs to."""
+    name = f"{role}{'-' + cluster_id if cluster_id else ''}-{os.getpid()}.log"
+    return os.path.join(profile_dir, "log", name)
+
+
+def start_logging(role: str, profile_dir: str, cluster_id: str = "", to_file: bool = True,
+                  level: str | int = "INFO", max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+                  backup_count: int = DEFAULT_LOG_BACKUP_COUNT) -> str | None:
+    """Log the ``role`` process (controller or engine) to stderr and, with
+    ``to_file`` (the default: a process started by hand, as IPython does), to
+    :func:`log_file_path`, rotated at ``max_bytes`` keeping ``backup_count``
+    old files so a long-lived process cannot fill the disk.  A launcher, which
+    captures stderr into ``log/`` itself, passes ``to_file=False``
+    (``--Controller.log_to_file=False``).  Returns the log file's path, if any."""
     numeric = int(level) if str(level).isdigit() else logging.getLevelName(str(level).upper())
     if not isinstance(numeric, int):
         raise ConfigError(f"log level {level!r}: use DEBUG, INFO, WARNING, ERROR or a number")
+    fmt = f"%(asctime)s {role} %(levelname)s %(message)s"
+    # stderr always: a terminal shows it, and whoever redirected it (2>file, a test harness) expects it there.
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    path = None
+    if to_file:
+        path = log_file_path(role, profile_dir, cluster_id)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backup_count))
     logging.basicConfig(level=numeric, format=fmt, handlers=handlers, force=True)
+    return path

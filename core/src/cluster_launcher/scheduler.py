@@ -39,6 +39,6 @@ class TaskScheduler(Configurable):
     scheme_name = Unicode("leastload", help="The scheduler plugin that picks an engine for each "
                           "load-balanced task: leastload, lru, twobin, weighted, plainrandom, or any "
                           "installed plugin's name.").tag(config=True)
-    hwm = Integer(0, help="High-water mark: the most load-balanced tasks outstanding on one engine "
+    hwm = Integer(0, min=0, help="High-water mark: the most load-balanced tasks outstanding on one engine "
                   "(0 = no limit).  1 keeps tasks queued in the controller until an engine is "
                   "free, best for tasks of very uneven length.").tag(config=True)

@@ -263,6 +263,27 @@ class AsyncResult:
 
     result = get  # concurrent.futures spelling
 
+    @property
+    def r(self) -> Any:
+        """``get()``: the result, waiting for ever."""
+        return self.get()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The error the result would raise (None if every task succeeded),
+        waiting at most ``timeout`` seconds (concurrent.futures' ``exception``)."""
+        try:
+            self.get(timeout)
+        except TimeoutError:
+            if not self._all_done():
+                raise
+            return None if self.successful() else self._failure()
+        except BaseException as exc:
+            return exc
+        return None
+
+    def _failure(self) -> BaseException:
+        return next(t.failure() for t in self._tasks if t.status != "ok")
+
     def _collect(self) -> Any:
         if self._single:
             return self._tasks[0].value()
@@ -355,6 +376,29 @@ class AsyncResult:
         return sum((md["completed"] - md["started"]).total_seconds()
                    for md in (t.metadata for t in self._tasks) if md["started"] and md["completed"])
 
+    def display_outputs(self, groupby: str = "type", result_only: bool = False) -> None:
+        """Print what the tasks printed, each block headed ``[stdout:<engine id>]``
+        (stderr to sys.stderr).  ``groupby``: 'type' (all stdout, then all
+        stderr), 'engine' (by engine id, both streams together) or 'order'
+        (as submitted).  ``result_only``: print nothing (tasks here have no
+        separate displayed results, only their output)."""
+        if groupby not in ("type", "engine", "order"):
+            raise ValueError(f"display_outputs: groupby is 'type', 'engine' or 'order', not {groupby!r}")
+        if result_only:
+            return
+        mds = [t.metadata for t in self._tasks]
+        if groupby == "engine":
+            mds.sort(key=lambda md: (md["engine_id"] is None, md["engine_id"] or 0))
+        blocks = ([(name, md) for name in ("stdout", "stderr") for md in mds] if groupby == "type"
+                  else [(name, md) for md in mds for name in ("stdout", "stderr")])
+        for name, md in blocks:
+            text = md[name]
+            if text:
+                where = "" if md["engine_id"] is None else md["engine_id"]
+                stream = sys.stdout if name == "stdout" else sys.stderr
+                stream.write(f"[{name}:{where}] {text}" + ("" if text.endswith("\n") else "\n"))
+                stream.flush()
+
     def _require_ready(self, what: str) -> None:
         if not self._all_done():
             raise ValueError(f"{self._describe()}.{what}: not finished yet")
@@ -422,7 +466,7 @@ class AsyncMapResult(AsyncResult):
             return
         pending = list(self._tasks)
         while pending:
-            self._waiter.wait_until(functools.partial(_any_done, pending), None)
+            self._waiter.wait_until(functools.partial(any_done, pending), None)
             still = []
             for task in pending:
                 if task.done:
@@ -437,7 +481,7 @@ class AsyncMapResult(AsyncResult):
         return self.get()[key]
 
 
-def _any_done(tasks: list[TaskState]) -> bool:
+def any_done(tasks: list[TaskState]) -> bool:
     return any(t.done for t in tasks)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from ..error import ClusterLauncherError, ConnectionFileError, NoEnginesRegistered, RemoteError
+from ..error import ClusterLauncherError, ConnectionFileError, NoEnginesRegistered, NoTaskHistory, RemoteError
 from ..paths import profile_dir_for
 from ..protocol import connection
 from ..protocol.records import decode_record, encode_record
@@ -73,6 +73,9 @@ class Client:
         except BaseException:
             self._conn.close()
             raise
+        # Whether the controller keeps a task database (false with --nodb); a
+        # controller that does not say is an older one, which always kept one.
+        self.task_history: bool = bool(self._connect_reply.reply.header.get("task_history", True))
         atexit.register(self._conn.close)
         self._connection_closer = weakref.finalize(self, self._conn.close)
 
@@ -231,6 +234,8 @@ class Client:
             raise ClusterLauncherError(f"{msg_type}: the client was closed")
         if reply.header.get("status") == "error":
             err = reply.header.get("error") or {}
+            if err.get("ename") == "NoTaskHistory":
+                raise NoTaskHistory(str(err.get("evalue", "")))
             raise RemoteError(err.get("ename", "Error"), err.get("evalue", f"{msg_type} failed"),
                               err.get("traceback", ""))
         return Answer(reply, control.tasks)
@@ -277,6 +282,7 @@ class Client:
 
     def resubmit(self, jobs: Any, block: bool = False) -> AsyncResult | Any:
         """Run earlier tasks again (as new tasks); an AsyncResult for the new ones."""
+        self._require_task_history("resubmit")
         old = msg_ids_of(jobs)
         control = self._request("resubmit", {"msg_ids": old})
         mapping = control.reply.header.get("resubmitted") or {}
@@ -293,11 +299,79 @@ class Client:
     def db_query(self, query: dict[str, Any], keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Task records matching a MongoDB-style ``query`` (e.g.
         ``{"completed": {"$ne": None}}``), with only ``keys`` if given."""
+        self._require_task_history("db_query")
         buffers: list = []
         encoded = encode_record(query, buffers)
         reply = self._request("db_query", {"query": encoded, "keys": list(keys) if keys else None},
                               buffers=buffers).reply
         return [Metadata(decode_record(r, reply.buffers)) for r in reply.header.get("records", [])]
+
+    def _require_task_history(self, request: str) -> None:
+        """NoTaskHistory, without asking, if the controller said at connect that it keeps none."""
+        if not self.task_history:
+            raise NoTaskHistory.for_request(request)
+
+    def hub_history(self) -> list[str]:
+        """The msg ids of every task the controller's database holds, oldest first."""
+        self._require_task_history("hub_history")
+        return list(self._request("hub_history", {}).reply.header.get("history") or [])
+
+    def result_status(self, msg_ids: Any, status_only: bool = True) -> dict[str, Any]:
+        """``{'pending': [msg ids], 'completed': [msg ids]}`` for ``msg_ids``
+        (ids, indices into ``history``, AsyncResults).  Tasks this client does
+        not know are looked up in the controller's database (KeyError if it has
+        no such task).  With ``status_only=False`` each completed task's result
+        (its value, or the exception it raised) is also there, keyed by msg id."""
+        if isinstance(msg_ids, (int, str, AsyncResult)):
+            msg_ids = [msg_ids]
+        ids = msg_ids_of([self.history[i] if isinstance(i, int) else i for i in msg_ids])
+        done: dict[str, bool] = {}
+        unknown = []
+        for msg_id in ids:
+            task = self._dispatcher.task(msg_id)
+            if task is None:
+                unknown.append(msg_id)
+            else:
+                done[msg_id] = task.done
+        if unknown:
+            self._require_task_history("result_status")
+            records = {r["msg_id"]: r for r in self.db_query({"msg_id": {"$in": unknown}}, ["msg_id", "completed"])}
+            missing = [m for m in unknown if m not in records]
+            if missing:
+                raise KeyError(f"result_status: no task {missing[0]} in this client or the controller's database")
+            done.update((m, records[m]["completed"] is not None) for m in unknown)
+        status: dict[str, Any] = {"pending": [m for m in ids if not done[m]], "completed": [m for m in ids if done[m]]}
+        if not status_only and status["completed"]:
+            ar = self.get_result(status["completed"])
+            ar.wait()
+            for task in ar._tasks:
+                status[task.msg_id] = task.exception() or task.value()
+        return status
+
+    def spin(self) -> None:
+        """Nothing to do: the client's IO thread reads every reply as it
+        arrives (kept so ipyparallel code that calls it runs)."""
+
+    def clear(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Empty the namespace of the engines ``targets`` (default: all)."""
+        return self.direct_view("all" if targets is None else targets).clear(block=block)
+
+    def activate(self, targets: Any = "all", suffix: str = "") -> DirectView:
+        """A DirectView on ``targets``, made the one the ``%px<suffix>`` magics use."""
+        view = self.direct_view(targets)
+        view.activate(suffix)
+        return view
+
+    def wait_interactive(self, jobs: Any = None, interval: float = 0.1, timeout: float = -1) -> bool:
+        """:meth:`wait` while drawing a progress bar; whether ``jobs`` finished within ``timeout``."""
+        tasks = (list(self._dispatcher.pending.values()) if jobs is None else
+                 [t for t in (self._dispatcher.task(m) for m in msg_ids_of(jobs)) if t is not None])
+        return AsyncResult(self, tasks, fname="wait").wait_interactive(interval, timeout)
+
+    def purge_everything(self) -> None:
+        """Forget every finished task, here and in the controller's database."""
+        self.purge_local_results("all")
+        self.purge_results("all")
 
     def purge_results(self, jobs: Any = (), targets: Any = None) -> None:
         """Forget finished tasks in the controller's database: ``jobs`` (msg ids
@@ -310,6 +384,8 @@ class Client:
             if not fields["msg_ids"] and targets is None:
                 raise ValueError("purge_results: name jobs (msg ids, AsyncResults or 'all') or targets")
         self._request("purge", fields)
+
+    purge_hub_results = purge_results  # ipyparallel's name for purging the controller's database only
 
     def queue_status(self, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
         """Per engine: tasks queued, completed, running; plus 'unassigned'.  One

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..error import BulkError, ClusterLauncherError
+from ..error import BulkError, ClusterLauncherError, NoTaskHistory
 from ..protocol import connection
 from ..protocol.session import Message, Session, discard_bulk, new_id
 from .asyncresult import TaskState, Waiter
@@ -35,7 +35,7 @@ log = logging.getLogger("cluster_launcher.client")
 # Answers to the requests a client waits for (Client._request): "<request>_reply"
 # (an error answer to any of them too), and db_reply for db_query.
 CONTROL_REPLIES = ("connect_reply", "queue_status_reply", "db_reply", "db_query_reply", "purge_reply",
-                   "resubmit_reply", "abort_reply", "shutdown_reply")
+                   "resubmit_reply", "abort_reply", "shutdown_reply", "hub_history_reply")
 # Messages handled before waking waiters, so a flood of replies cannot starve them.
 _BATCH = 256
 
@@ -100,7 +100,15 @@ class Dispatcher:
             discard_bulk(header)
             task.fail_locally(BulkError(f"the result of task {task.msg_id} could not be read: {exc}"))
         else:
-            task.finish(header, buffers)
+            error = header.get("error") or {}
+            if (header.get("status") == "error" and error.get("ename") == "NoTaskHistory"
+                    and header.get("engine_id") is None):
+                # The controller's own answer (no engine ran anything) to get_result of a
+                # finished task without a task DB: the same error as every other history
+                # request, not a RemoteError.
+                task.fail_locally(NoTaskHistory(str(error.get("evalue", ""))))
+            else:
+                task.finish(header, buffers)
         self.finished[task.msg_id] = task
 
     def on_stream(self, msg: Message) -> None:

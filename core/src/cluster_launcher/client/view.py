@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
+import importlib
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import remote
 from ..protocol.serialize import pack_apply
-from .asyncresult import AsyncMapResult, AsyncResult, join_parts
+from .asyncresult import AsyncMapResult, AsyncResult, TaskState, any_done, join_parts
 
 if TYPE_CHECKING:
     from .client import Client
@@ -43,6 +45,15 @@ def msg_ids_of(jobs: Any) -> list[str]:
         else:
             raise TypeError(f"expected a msg id or an AsyncResult, not {type(job).__name__} ({job!r})")
     return ids
+
+
+def with_references(f: Callable, args: tuple, kwargs: dict) -> tuple[Callable, tuple, dict]:
+    """The call to send for ``f(*args, **kwargs)``: when an argument is a
+    :class:`~cluster_launcher.protocol.remote.Reference`, a wrapper that
+    resolves it on the engine first."""
+    if remote.has_references(args, kwargs):
+        return remote.call_with_references, (f, args, kwargs), {}
+    return f, args, kwargs
 
 
 def partition(length: int, parts: int) -> list[tuple[int, int]]:
@@ -131,12 +142,64 @@ class View:
     def _map(self, f: Callable, sequences: tuple, block: bool, **flags: Any) -> Any:
         raise NotImplementedError
 
+    def imap(self, f: Callable, *sequences: Any, **flags: Any) -> Iterator[Any]:
+        """The results of ``map`` one by one, as they are needed."""
+        return iter(self.map_async(f, *sequences, **flags))
+
     def abort(self, jobs: Any = None) -> list[str]:
         """Abort queued tasks (see :meth:`Client.abort`)."""
         return self.client.abort(jobs, targets=self.targets if isinstance(self, DirectView) else None)
 
     def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
+        """Wait for ``jobs`` (default: everything this client has outstanding);
+        return whether they finished within ``timeout`` seconds (negative: no limit)."""
         return self.client.wait(jobs, timeout)
+
+    def spin(self) -> None:
+        """Nothing to do: the client's IO thread reads replies as they arrive
+        (kept so ipyparallel code that calls it runs)."""
+
+    def _own_targets(self, targets: Any) -> Any:
+        return self.targets if targets is None else targets
+
+    def get_result(self, indices_or_msg_ids: Any = None, block: bool | None = None) -> Any:
+        """:meth:`Client.get_result`, blocking as this view does by default."""
+        return self.client.get_result(indices_or_msg_ids, block=self.block if block is None else block)
+
+    def queue_status(self, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
+        """:meth:`Client.queue_status` of this view's engines (or ``targets``)."""
+        return self.client.queue_status(self._own_targets(targets), verbose)
+
+    def purge_results(self, jobs: Any = (), targets: Any = None) -> None:
+        """:meth:`Client.purge_results`: ``jobs``, and/or the tasks that ran on ``targets``."""
+        self.client.purge_results(jobs, targets)
+
+    def shutdown(self, targets: Any = None, hub: bool = False, block: bool | None = None) -> None:
+        """Stop this view's engines (or ``targets``) and, with ``hub``, the controller."""
+        own = self._own_targets(targets)
+        self.client.shutdown("all" if own is None else own, hub=hub,
+                             block=True if block is None else block)
+
+    # --- decorators --------------------------------------------------------------
+
+    def remote(self, block: bool | None = None, **flags: Any) -> Callable[[Callable], RemoteFunction]:
+        """Decorator: calling the function runs it through this view (``apply``),
+        with ``block`` and the view's other ``flags`` set for each call."""
+        def decorate(f: Callable) -> RemoteFunction:
+            return RemoteFunction(self, f, block, flags)
+        return decorate
+
+    def parallel(self, dist: str = "b", block: bool | None = None, **flags: Any) -> Callable[[Callable],
+                                                                                          ParallelFunction]:
+        """Decorator: calling the function with sequences calls it once per
+        engine on a contiguous part of each (``dist='b'``) and joins the
+        returned parts; ``.map(*sequences)`` calls it on each item."""
+        if dist != "b":
+            raise ValueError(f"parallel: dist={dist!r} is not supported; only 'b' (contiguous blocks)")
+
+        def decorate(f: Callable) -> ParallelFunction:
+            return ParallelFunction(self, f, block, flags)
+        return decorate
 
 
 class DirectView(View):
@@ -156,7 +219,7 @@ class DirectView(View):
         return isinstance(self.targets if targets is None else targets, int)
 
     def _apply(self, f: Callable, args: tuple, kwargs: dict, block: bool, targets: Any = None) -> Any:
-        tasks = self.client._submit(pack_apply(f, args, kwargs), "mux", self._engine_ids(targets))
+        tasks = self.client._submit(pack_apply(*with_references(f, args, kwargs)), "mux", self._engine_ids(targets))
         ar = AsyncResult(self.client, tasks, fname=getattr(f, "__name__", ""), single=self._single(targets))
         return ar.get() if block else ar
 
@@ -178,6 +241,15 @@ class DirectView(View):
     def execute(self, code: str, block: bool | None = None, targets: Any = None) -> Any:
         """Run ``code`` (a string of Python) in each engine's namespace."""
         return self._call(remote.execute, (code,), block, targets)
+
+    def activate(self, suffix: str = "") -> None:
+        """Make this view the one the ``%px<suffix>`` magics use in the running IPython."""
+        # Imported on use: the magics need IPython, which a client otherwise does not.
+        importlib.import_module(".magics", __package__).activate(self, suffix)
+
+    def clear(self, targets: Any = None, block: bool | None = None) -> Any:
+        """Empty each engine's namespace: every name pushed, defined or imported there is gone."""
+        return self._call(remote.clear, (), block, targets)
 
     def run(self, filename: str, block: bool | None = None, targets: Any = None) -> Any:
         """Run the Python file ``filename`` (read here) in each engine's namespace."""
@@ -311,7 +383,7 @@ class LoadBalancedView(View):
         return self.client._submit(buffers, "task", targets, **options)
 
     def _apply(self, f: Callable, args: tuple, kwargs: dict, block: bool) -> Any:
-        tasks = self._send_task(pack_apply(f, args, kwargs))
+        tasks = self._send_task(pack_apply(*with_references(f, args, kwargs)))
         ar = AsyncResult(self.client, tasks, fname=getattr(f, "__name__", ""), single=True)
         return ar.get() if block else ar
 
@@ -337,6 +409,96 @@ class LoadBalancedView(View):
         other keyword argument is a TypeError."""
         return self._map(f, sequences, self.block if block is None else block, chunksize=chunksize,
                          ordered=ordered, **flags)
+
+    def imap(self, f: Callable, *sequences: Any, ordered: bool = True,
+             max_outstanding: int | str = "auto") -> Iterator[Any]:
+        """``f`` over the items of ``sequences``, lazily: items are read and sent
+        as results are taken, at most ``max_outstanding`` tasks in flight
+        ('auto': one per allowed engine), so an endless generator works.
+        Results come in input order, or with ``ordered=False`` as they finish."""
+        if not sequences:
+            raise TypeError("imap() needs at least one sequence")
+        if max_outstanding == "auto":
+            allowed = self.client._resolve_targets(self.targets) if self.targets is not None else self.client.ids
+            max_outstanding = max(1, len(allowed))
+        if not isinstance(max_outstanding, int) or isinstance(max_outstanding, bool) or max_outstanding < 1:
+            raise ValueError(f"imap: max_outstanding is an int >= 1 or 'auto', not {max_outstanding!r}")
+        return self._lazy_results(f, zip(*sequences, strict=False), ordered, max_outstanding)
+
+    def _lazy_results(self, f: Callable, calls: Iterator[tuple], ordered: bool, max_outstanding: int
+                      ) -> Iterator[Any]:
+        in_flight: list[TaskState] = []
+        exhausted = False
+        waiter = self.client._waiter
+        while in_flight or not exhausted:  # ends when the input is used up and every result was taken
+            while not exhausted and len(in_flight) < max_outstanding:
+                args = next(calls, None)
+                if args is None:
+                    exhausted = True
+                else:
+                    in_flight += self._send_task(pack_apply(f, args, {}))
+            if not in_flight:
+                return
+            if ordered:
+                task = in_flight.pop(0)
+                waiter.wait_until(task.is_done, None)
+            else:
+                waiter.wait_until(functools.partial(any_done, in_flight), None)
+                task = next(t for t in in_flight if t.done)
+                in_flight.remove(task)
+            yield task.value()
+
+
+class RemoteFunction:
+    """A function that runs through a view when called (``@view.remote()``)."""
+
+    def __init__(self, view: View, func: Callable, block: bool | None, flags: dict[str, Any]):
+        self.view, self.func, self.block, self.flags = view, func, block, flags
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        block = self.view.block if self.block is None else self.block
+        with self.view.temp_flags(**self.flags):
+            return self.view._apply(self.func, args, kwargs, block)
+
+    def __repr__(self) -> str:
+        return f"<RemoteFunction {getattr(self.func, '__name__', self.func)!r} on {self.view!r}>"
+
+
+class ParallelFunction(RemoteFunction):
+    """A function called once per engine on contiguous parts of its sequence
+    arguments (``@view.parallel()``); ``.map`` calls it on each item."""
+
+    def __call__(self, *sequences: Any) -> Any:
+        block = self.view.block if self.block is None else self.block
+        with self.view.temp_flags(**self.flags):
+            seqs, length = _as_sequences(sequences)
+            view, tasks = self.view, []
+            if isinstance(view, DirectView):
+                engine_ids: list[int | None] = list(view._engine_ids())
+            else:  # load-balanced: one part per allowed engine, each sent wherever the scheduler likes
+                targets = view.targets
+                engine_ids = [None] * len(view.client._resolve_targets(targets if targets is not None else "all"))
+            for engine_id, (start, stop) in zip(engine_ids, partition(length, len(engine_ids)), strict=False):
+                if start == stop:
+                    continue  # fewer items than engines: no empty calls
+                buffers = pack_apply(self.func, tuple(s[start:stop] for s in seqs), {})
+                if engine_id is None and isinstance(view, LoadBalancedView):
+                    tasks += view._send_task(buffers)
+                elif engine_id is not None:
+                    tasks += view.client._submit(buffers, "mux", [engine_id])
+            ar = AsyncMapResult(view.client, tasks, fname=getattr(self.func, "__name__", ""),
+                                joiner=_join_gathered)
+            return ar.get() if block else ar
+
+    def map(self, *sequences: Iterable[Any]) -> Any:
+        """``func`` on each item of ``sequences`` (as the view's ``map``)."""
+        block = self.view.block if self.block is None else self.block
+        with self.view.temp_flags(**self.flags):
+            return self.view.map(self.func, *sequences, block=block)
+
+    def __repr__(self) -> str:
+        return f"<ParallelFunction {getattr(self.func, '__name__', self.func)!r} on {self.view!r}>"
 
 
 def _join_gathered(parts: list) -> Any:

@@ -62,19 +62,19 @@ class Cluster(LoggingConfigurable):
     interpreter exit if :meth:`stop` was not called.
     """
 
-    n = Integer(None, allow_none=True, help="Number of engines to start (default: one per CPU for "
+    n = Integer(None, allow_none=True, min=1, help="Number of engines to start (default: one per CPU for "
                 "`cluster-launcher start`, 4 for Cluster() in Python).").tag(config=True)
     engine_launcher_class = Unicode("Local", help="How engines start: Local, MPI, SSH, PBS, SGE, "
                                     "LSF, Slurm, WindowsHPC, a launcher class name or a dotted "
                                     "path.").tag(config=True)
     controller_launcher_class = Unicode("Local", help="How the controller starts: Local, SSH, "
                                         "MPI, PBS, … (as engine_launcher_class).").tag(config=True)
-    delay = Float(0.0, help="Seconds to wait after starting the controller before starting "
+    delay = Float(0.0, min=0.0, help="Seconds to wait after starting the controller before starting "
                   "engines.").tag(config=True)
     daemonize = Bool(False, help="Detach `start` from the terminal and return once the cluster "
                      "runs.").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
-    start_timeout = Float(60.0, help="Seconds `start` waits for the controller and engines to be "
+    start_timeout = Float(60.0, min=0.0, help="Seconds `start` waits for the controller and engines to be "
                           "ready.").tag(config=True)
     profile = Unicode("default", help="The profile's name (its folder is profile_<name> in "
                       "$CLUSTER_LAUNCHER_DIR).").tag(config=True)
@@ -101,6 +101,7 @@ class Cluster(LoggingConfigurable):
         self.started_at = 0.0
         self.reuse = bool((self.config.get("Controller") or {}).get("reuse", False))
         self.report: Callable[[str], None] = self.log.info  # `start` prints these lines instead
+        self.warn: Callable[[str], None] = self.log.warning  # `stop` prints what it had to kill instead
         self._client: Client | None = None
         self._stop_registered = False
 
@@ -296,14 +297,16 @@ class Cluster(LoggingConfigurable):
         self.start_engines(n)
         self.wait_for_engines(before + n)
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
         """Stop engines and controller: a shutdown request through the
-        controller when it answers, then by PID (SIGTERM, later SIGKILL)
-        whatever is left.  Removes the record, and the connection files
-        unless the controller reuses them."""
+        controller when it answers, then by PID (SIGTERM, SIGKILL after each
+        launcher's ``stop_timeout``) whatever is left.  Returns once every
+        process it stopped has exited, with one line (also given to
+        :attr:`warn`) per process it had to kill.  Removes the record, and the
+        connection files unless the controller reuses them."""
         self._unregister_stop()
         if self.controller is None:
-            return  # nothing started (e.g. refused because this cluster id runs): touch nothing
+            return []  # nothing started (e.g. refused because this cluster id runs): touch nothing
         try:
             plugins.get_plugin_manager().hook.cluster_launcher_cluster_stopping(
                 profile_dir=self.profile_dir, cluster_id=self.cluster_id)
@@ -314,15 +317,20 @@ class Cluster(LoggingConfigurable):
             self._client = None
         if self.running():
             self._request_shutdown()
+        killed: list[str] = []
         for launcher in [*self.engine_sets, self.controller]:
             if launcher is not None:
                 launcher.stop()
+                killed += launcher.killed
+        for line in killed:
+            self.warn(line)
         curve_key = connection_file(self.profile_dir, "curve", self.cluster_id)
         for path in [self.state_path] + ([] if self.reuse else [*self.connection_files(), curve_key]):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+        return killed
 
     def _request_shutdown(self) -> None:
         """Ask the controller to stop the engines and itself, and give them

@@ -76,7 +76,7 @@ def start_main(config: Config, profile_dir: str) -> int:
     # c.Cluster.n, else one engine per CPU (Cluster() has made a configured None its own default)
     n = cluster.n if cluster.n is not None and "n" in (config.get("Cluster") or {}) else (os.cpu_count() or 1)
     cluster.n = n
-    cluster.report = _say
+    cluster.report = cluster.warn = _say
     previous = _on_signals(_raise_signalled)
     ready = False
     try:
@@ -196,7 +196,8 @@ def stop_main(config: Config, profile_dir: str) -> int:
     engines = sum(s.running_engines() for s in cluster.engine_sets)
     state = read_state(cluster.state_path) or {}
     write_state(cluster.state_path, {**state, "stopping": True})  # a foreground `start` exits quietly
-    cluster.stop()
+    cluster.warn = _say
+    cluster.stop()  # returns once every process it stopped has exited
     what = f"{engines} engines and the controller" if was_running else "the leftovers of a dead cluster"
     _say(f"stopped cluster {cluster.cluster_id or 'default'!r} of profile {profile_name(profile_dir)!r} ({what})")
     return 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import difflib
 import logging
+import math
 import os
 import traceback
 import warnings
@@ -304,8 +305,25 @@ def check(config: Config, origins: Origins) -> Config:
             if not isinstance(value, LazyConfigValue):
                 traits[option]._validate(cls.__new__(cls), value)  # honours allow_none
         except (TraitError, ValueError, SyntaxError) as exc:
+            allowed = _allowed_range(traits[option])
+            if allowed and isinstance(value, (int, float)):
+                raise ConfigError(f"{where}{section}.{option} = {value!r} is out of range: {allowed}") from None
             raise ConfigError(f"{where}bad value for {section}.{option}: {' '.join(str(exc).split())}") from None
     return config
+
+
+def _allowed_range(trait: TraitType) -> str:
+    """'must be at least 1', 'must be from 0 to 65535', ... for a numeric trait with bounds; '' otherwise."""
+    # traitlets' Float has the infinities as its default bounds: no bound, for a reader.
+    low, high = (None if bound is None or math.isinf(bound) else bound
+                 for bound in (getattr(trait, "min", None), getattr(trait, "max", None)))
+    if low is not None and high is not None:
+        return f"must be from {low} to {high}"
+    if low is not None:
+        return f"must be at least {low}"
+    if high is not None:
+        return f"must be at most {high}"
+    return ""
 
 
 def _from_command_line(trait: TraitType, text: str) -> object:

@@ -28,7 +28,7 @@ from traitlets.config import Config, LoggingConfigurable
 
 from .. import plugins
 from ..db import BaseDB, check_query
-from ..error import BulkError, ClusterLauncherError
+from ..error import BulkError, ClusterLauncherError, NoTaskHistory
 from ..logs import start_logging
 from ..protocol import bulk, connection
 from ..protocol.records import decode_record, encode_record
@@ -50,13 +50,14 @@ class Controller(LoggingConfigurable):
                        "host's name when listening on every interface).").tag(config=True)
     reuse = Bool(False, help="Reuse the ports and key of existing connection files, so engines and "
                  "clients started earlier reconnect after a controller restart.").tag(config=True)
-    client_port = Integer(0, help="Port for clients (0: a random free port).").tag(config=True)
-    engine_port = Integer(0, help="Port for engines (0: a random free port).").tag(config=True)
-    heartbeat_port = Integer(0, help="Port for engine heartbeats (0: a random free port).").tag(config=True)
+    client_port = Integer(0, min=0, max=65535, help="Port for clients (0: a random free port).").tag(config=True)
+    engine_port = Integer(0, min=0, max=65535, help="Port for engines (0: a random free port).").tag(config=True)
+    heartbeat_port = Integer(0, min=0, max=65535,
+                             help="Port for engine heartbeats (0: a random free port).").tag(config=True)
     db_class = Unicode("DictDB", help="The task database: DictDB (in memory), NoDB (none), "
                        "SQLiteDB, MongoDB, or any installed plugin's class name.").tag(config=True)
-    heartbeat_period = Float(1.0, help="Seconds between heartbeats.").tag(config=True)
-    heartbeat_timeout = Float(10.0, help="Seconds without a heartbeat before an engine is declared "
+    heartbeat_period = Float(1.0, min=0.001, help="Seconds between heartbeats.").tag(config=True)
+    heartbeat_timeout = Float(10.0, min=0.001, help="Seconds without a heartbeat before an engine is declared "
                               "dead and its tasks failed or retried.").tag(config=True)
     ssh = Unicode("", help="SSH server clients should tunnel through to reach the controller "
                   "(written into controller-client.json).").tag(config=True)
@@ -65,22 +66,28 @@ class Controller(LoggingConfigurable):
     cluster_id = Unicode("", help="The id of the cluster within its profile (names its files).").tag(config=True)
     log_level = Union([Integer(), Unicode()], default_value="INFO", help="Log level: DEBUG, INFO, WARNING, "
                       "ERROR or a number.").tag(config=True)
-    log_to_file = Bool(False, help="Also write the log to the profile's log/ folder (launchers "
-                       "capture the output there anyway; this is for controllers started by hand).").tag(config=True)
+    log_to_file = Bool(True, help="Write the log to the profile's log/ folder (log/controller[-<id>]-<pid>.log, "
+                       "rotated) as well as to stderr.  A launcher captures stderr into log/ itself and "
+                       "passes False.").tag(config=True)
+    log_max_bytes = Integer(10 * 1024 * 1024, min=1024, help="Size at which the log file is rotated "
+                            "(log_to_file).").tag(config=True)
+    # At least 1: Python's RotatingFileHandler never rotates with no backup file.
+    log_backup_count = Integer(5, min=1, help="How many rotated log files are kept (<name>.log.1 "
+                               "...).").tag(config=True)
     curve = Bool(False, help="Encrypt all traffic with CurveZMQ (messages are signed either way). "
                  "The server key goes into the connection files; clients and engines use it "
                  "by themselves.").tag(config=True)
-    shutdown_grace = Float(2.0, help="Seconds a shutdown request waits for engines to leave before "
+    shutdown_grace = Float(2.0, min=0.0, help="Seconds a shutdown request waits for engines to leave before "
                            "the controller exits.").tag(config=True)
     max_message_size = Integer(1 << 30, min=-1, help="Largest message (bytes, all frames) the controller "
                                "accepts; a peer sending a larger one is disconnected before it is buffered. "
                                "Buffers that go through shared memory do not count. -1: no limit.").tag(config=True)
-    reply_grace = Float(10.0, help="Seconds a task's result waits for a client whose reply socket is "
+    reply_grace = Float(10.0, min=0.0, help="Seconds a task's result waits for a client whose reply socket is "
                         "not connected (reconnecting after a controller restart, or a network hiccup) "
                         "before it is dropped.").tag(config=True)
-    shm_sweep_interval = Float(30.0, help="Seconds between sweeps of /dev/shm for shared-memory files "
+    shm_sweep_interval = Float(30.0, min=0.001, help="Seconds between sweeps of /dev/shm for shared-memory files "
                                "left by processes of this user that died.").tag(config=True)
-    dependency_memory = Integer(10_000, help="How many finished tasks the controller remembers (about "
+    dependency_memory = Integer(10_000, min=0, help="How many finished tasks the controller remembers (about "
                                 "250 bytes each) for after/follow dependencies; older ones are looked "
                                 "up in the task DB.").tag(config=True)
 
@@ -103,7 +110,8 @@ class Controller(LoggingConfigurable):
             "apply": self.client_apply, "queue_status": self.client_queue_status,
             "db_query": self.client_db_query, "get_result": self.client_get_result,
             "purge": self.client_purge, "resubmit": self.client_resubmit,
-            "abort": self.client_abort, "shutdown": self.client_shutdown}
+            "abort": self.client_abort, "shutdown": self.client_shutdown,
+            "hub_history": self.client_hub_history}
         self.engine_handlers: dict[str, Callable[[Message], None]] = {
             "register": self.engine_register, "unregister": self.engine_unregister,
             "apply_reply": self.engine_apply_reply, "stream": self.engine_stream}
@@ -355,7 +363,8 @@ class Controller(LoggingConfigurable):
         self.clients.add(ident)
         engines = {str(e.id): e.info() for e in self.engines.values()}
         self.send_client(ident, "connect_reply", {"parent": msg.header["id"], "status": "ok",
-                                                  "engines": engines, "cluster_id": self.cluster_id})
+                                                  "engines": engines, "cluster_id": self.cluster_id,
+                                                  "task_history": self.db.stores_records})
 
     def client_disconnect(self, msg: Message) -> None:
         self.forget_client(self.reply_to(msg))
@@ -406,7 +415,25 @@ class Controller(LoggingConfigurable):
             "parent": msg.header["id"], "status": "ok", "engines": status,
             "unassigned": self.queue.unassigned(), "clients": len(self.clients)})
 
+    def refused_without_history(self, msg: Message) -> bool:
+        """Answer a history request with NoTaskHistory when the task DB keeps
+        nothing (NoDB), rather than an empty answer that looks like no task ran."""
+        if self.db.stores_records:
+            return False
+        self.send_client(self.reply_to(msg), msg.type + "_reply", {
+            "parent": msg.header["id"], "status": "error",
+            "error": {"ename": "NoTaskHistory", "evalue": str(NoTaskHistory.for_request(msg.type))}})
+        return True
+
+    def client_hub_history(self, msg: Message) -> None:
+        if self.refused_without_history(msg):
+            return
+        self.send_client(self.reply_to(msg), "hub_history_reply", {
+            "parent": msg.header["id"], "status": "ok", "history": self.db.get_history()})
+
     def client_db_query(self, msg: Message) -> None:
+        if self.refused_without_history(msg):
+            return
         query = decode_record(msg.header.get("query") or {}, list(msg.buffers))
         check_query(query)
         records = self.db.find_records(query, msg.header.get("keys"))
@@ -421,6 +448,10 @@ class Controller(LoggingConfigurable):
             task = self.queue.pending(msg_id)
             if task is not None:
                 task.waiters.add(ident)
+                continue
+            if not self.db.stores_records:
+                self.send_client(ident, "apply_reply", _error_header(
+                    msg_id, "remote", "NoTaskHistory", str(NoTaskHistory.for_request(f"get_result of task {msg_id}"))))
                 continue
             try:
                 record = self.db.get_record(msg_id)
@@ -452,6 +483,8 @@ class Controller(LoggingConfigurable):
         self.send_client(self.reply_to(msg), "purge_reply", {"parent": header["id"], "status": "ok"})
 
     def client_resubmit(self, msg: Message) -> None:
+        if self.refused_without_history(msg):
+            return
         resubmitted = {}
         for old_id in msg.header.get("msg_ids", []):
             if self.queue.pending(old_id):
@@ -775,7 +808,8 @@ def _remove(path: str) -> None:
 def main(config: Config, profile_dir: str) -> int:
     """Run a controller until it is told to stop (``cluster-launcher controller``)."""
     controller = Controller(profile_dir=profile_dir, config=config)
-    start_logging("controller", profile_dir, controller.cluster_id, controller.log_to_file, controller.log_level)
+    start_logging("controller", profile_dir, controller.cluster_id, controller.log_to_file, controller.log_level,
+                  controller.log_max_bytes, controller.log_backup_count)
     controller.setup()
 
     def stop(signum: int, frame: Any) -> None:

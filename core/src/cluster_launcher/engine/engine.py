@@ -27,7 +27,7 @@ import zmq
 from traitlets import Bool, Float, Integer, List, Unicode, Union
 from traitlets.config import Config, LoggingConfigurable
 
-from ..error import ClusterLauncherError, ConfigError
+from ..error import ClusterLauncherError, ConfigError, ConnectionFileError
 from ..logs import start_logging
 from ..protocol import connection
 from ..protocol.remote import user_namespace
@@ -53,9 +53,9 @@ class Engine(LoggingConfigurable):
     startup_script = Unicode("", help="A Python file run in the engine's namespace at start.").tag(config=True)
     startup_command = Unicode("", help="Python code run in the engine's namespace at start.").tag(config=True)
     work_dir = Unicode("", help="Directory the engine changes to before it runs anything.").tag(config=True)
-    timeout = Float(10.0, help="Seconds to wait for the controller, at start and after it goes "
+    timeout = Float(10.0, min=0.0, help="Seconds to wait for the controller, at start and after it goes "
                     "away, before the engine gives up and exits.").tag(config=True)
-    connect_timeout = Float(30.0, help="Seconds to wait for the connection file to appear.").tag(config=True)
+    connect_timeout = Float(30.0, min=0.0, help="Seconds to wait for the connection file to appear.").tag(config=True)
     extra_paths = List(Unicode(), help="Directories prepended to sys.path.").tag(config=True)
     mpi = Unicode("", help="Initialize MPI in the engine before it runs anything: 'mpi4py' imports "
                   "mpi4py.MPI (which calls MPI_Init), '' does nothing.  IPython's c.MPI.use."
@@ -63,8 +63,14 @@ class Engine(LoggingConfigurable):
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
     log_level = Union([Integer(), Unicode()], default_value="INFO", help="Log level: DEBUG, INFO, WARNING, "
                       "ERROR or a number.").tag(config=True)
-    log_to_file = Bool(False, help="Also write the log to the profile's log/ folder (launchers "
-                       "capture the output there anyway; this is for engines started by hand).").tag(config=True)
+    log_to_file = Bool(True, help="Write the log to the profile's log/ folder (log/engine[-<id>]-<pid>.log, "
+                       "rotated) as well as to stderr.  A launcher captures stderr into log/ itself and "
+                       "passes False.").tag(config=True)
+    log_max_bytes = Integer(10 * 1024 * 1024, min=1024, help="Size at which the log file is rotated "
+                            "(log_to_file).").tag(config=True)
+    # At least 1: Python's RotatingFileHandler never rotates with no backup file.
+    log_backup_count = Integer(5, min=1, help="How many rotated log files are kept (<name>.log.1 "
+                               "...).").tag(config=True)
 
     def __init__(self, profile_dir: str = "", **kwargs: Any):
         super().__init__(**kwargs)
@@ -90,7 +96,18 @@ class Engine(LoggingConfigurable):
     # --- set-up -------------------------------------------------------
 
     def connection_info(self) -> dict[str, Any]:
-        path = self.file or connection.connection_file(self.profile_dir, "engine", self.cluster_id)
+        """The controller's connection file: an explicit ``Engine.file`` must
+        exist now (a wrong path is a mistake, not a controller still starting);
+        the profile's own is waited for up to ``connect_timeout`` seconds."""
+        if self.file:
+            if not os.path.exists(self.file):
+                raise ConnectionFileError(f"--file={self.file}: no such connection file (Engine.file must name "
+                                          "an existing controller-engine.json)")
+            return connection.read_connection_file(self.file, "engine")
+        path = connection.connection_file(self.profile_dir, "engine", self.cluster_id)
+        if not os.path.exists(path):
+            log.info("waiting up to %gs (Engine.connect_timeout) for the controller's connection file %s",
+                     self.connect_timeout, path)
         deadline = time.monotonic() + self.connect_timeout
         while not os.path.exists(path) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -405,7 +422,8 @@ def _user_traceback(exc: BaseException) -> str:
 def main(config: Config, profile_dir: str) -> int:
     """Run an engine until the controller shuts it down or goes away."""
     engine = Engine(profile_dir=profile_dir, config=config)
-    start_logging("engine", profile_dir, engine.cluster_id, engine.log_to_file, engine.log_level)
+    start_logging("engine", profile_dir, engine.cluster_id, engine.log_to_file, engine.log_level,
+                  engine.log_max_bytes, engine.log_backup_count)
     import signal
 
     def stop(signum: int, frame: Any) -> None:

@@ -62,7 +62,10 @@ class Launcher(LoggingConfigurable):
     profile_dir = Unicode("", help="The profile directory of the cluster.").tag(config=False, state=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=False, state=True)
     environment = Dict(help="Extra environment variables for what the launcher starts.").tag(config=True)
-    stop_timeout = Float(5.0, help="Seconds to wait after SIGTERM before SIGKILL.").tag(config=True)
+    stop_timeout = Float(5.0, min=0.0, help="Seconds to wait after SIGTERM before SIGKILL.").tag(config=True)
+    # What the last stop had to kill, one line each ('engine 3 (pid 123) ignored SIGTERM for 5s: killed'),
+    # for `cluster-launcher stop` to report.  Not a trait: nothing a later process needs from the record.
+    killed: tuple[str, ...] = ()
 
     def start(self, n: int = 1) -> None:
         """Start the role (``n`` engines for an engine set); return once

@@ -103,7 +103,7 @@ class LocalProcessLauncher(Launcher):
     def start(self, n: int = 1) -> None:
         env = {**os.environ, **self.environment}
         self.log_path = self.log_file(self.log_name)
-        args = self.args
+        args = [*self.args, *self.captured_output_args()]
         with open(self.log_path, "ab") as log:
             # Appending keeps what an earlier run left there; the offset lets
             # an error report show this run's lines only.
@@ -115,6 +115,22 @@ class LocalProcessLauncher(Launcher):
         self.pid = self._process.pid
         self.start_token = process_start_token(self.pid)
         self.log.debug("started %s (pid %s): %s", self.log_name, self.pid, " ".join(args))
+
+    def display_name(self) -> str:
+        """'engine 3', 'controller': from the log file's name, which the record
+        keeps (``log_name`` is set by the launcher that started the process only)."""
+        name = self.log_name
+        suffix = f"-{self.cluster_id or 'default'}.log"
+        base = os.path.basename(self.log_path)
+        if base.endswith(suffix) and len(base) > len(suffix):
+            name = base[:-len(suffix)]
+        return name.replace("-", " ")
+
+    def captured_output_args(self) -> list[str]:
+        """The flags telling the started controller or engine that its stderr
+        is captured into ``log/`` here, so it writes no log file of its own."""
+        section = {"controller": "Controller", "engines": "Engine"}.get(getattr(self, "role", ""))
+        return [f"--{section}.log_to_file=False"] if section else []
 
     def poll(self) -> int | None:
         process = getattr(self, "_process", None)
@@ -144,9 +160,20 @@ class LocalProcessLauncher(Launcher):
             pass
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``stop_timeout``; returns once the
+        process has exited (a zombie another process must reap counts as
+        exited), or after a second ``stop_timeout`` if even SIGKILL did not
+        end it.  What it had to kill is in :attr:`killed`."""
+        self.killed = ()
         self.signal(signal.SIGTERM)
         if self.wait(self.stop_timeout) is None:
-            self.log.warning("%s (pid %s) ignored SIGTERM for %ss; sending SIGKILL",
-                             self.log_name, self.pid, self.stop_timeout)
-            self.signal(signal.SIGKILL)
-            self.wait(self.stop_timeout)
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL, wait up to ``stop_timeout``, and record it in :attr:`killed`."""
+        self.signal(signal.SIGKILL)
+        gone = self.wait(self.stop_timeout) is not None
+        outcome = "killed" if gone else f"still running {self.stop_timeout:g}s after SIGKILL"
+        self.killed = (*self.killed, f"{self.display_name()} (pid {self.pid}) ignored SIGTERM for "
+                       f"{self.stop_timeout:g}s: {outcome}")
+        self.log.debug("%s", self.killed[-1])

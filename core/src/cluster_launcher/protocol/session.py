@@ -82,14 +82,14 @@ class Session(Configurable):
 
     signature_scheme = Unicode("hmac-sha256", help="How messages are signed (only hmac-sha256).").tag(config=True)
     key = Unicode("", help="The signing key (normally read from the connection file).").tag(config=True)
-    buffer_threshold = Integer(1024, help="Objects larger than this many bytes travel as separate "
+    buffer_threshold = Integer(1024, min=0, help="Objects larger than this many bytes travel as separate "
                                "zero-copy frames.").tag(config=True)
-    copy_threshold = Integer(64 * 1024, help="Frames smaller than this are copied on receive "
+    copy_threshold = Integer(64 * 1024, min=0, help="Frames smaller than this are copied on receive "
                              "(cheaper than zero-copy bookkeeping).").tag(config=True)
-    bulk_threshold = Integer(256 * 1024, help="Buffers of at least this many bytes bound for a "
+    bulk_threshold = Integer(256 * 1024, min=0, help="Buffers of at least this many bytes bound for a "
                              "process on the same host travel through shared memory instead of "
                              "zmq (0 disables).").tag(config=True)
-    replay_window = Integer(65536, help="How many of the last accepted messages' signatures are "
+    replay_window = Integer(65536, min=0, help="How many of the last accepted messages' signatures are "
                             "remembered to drop a message sent again (a replay); 0 disables.").tag(config=True)
 
     def __init__(self, key: bytes | str = b"", **kwargs: Any):
