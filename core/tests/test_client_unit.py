@@ -279,3 +279,16 @@ def test_nothing_listening_times_out(tmp_path):
     with pytest.raises(TimeoutError, match=rf"no controller answered at tcp://127.0.0.1:{port}"):
         Client(url_file=_client_file(tmp_path, client_port=port), timeout=0.3)
     assert os.path.exists(tmp_path / "security" / "controller-client.json")
+
+
+def test_remote_errors_show_the_engines_tracebacks_in_ipython():
+    # IPython calls _render_traceback_() in place of printing the client's own stack.
+    first = RemoteError("ZeroDivisionError", "division by zero", "Traceback (most recent call last):\n"
+                        "  File \"<task>\", line 1, in f\nZeroDivisionError: division by zero\n", {"engine_id": 0})
+    second = RemoteError("KeyError", "'x'", "", {"engine_id": 3})
+    assert first._render_traceback_() == ["[engine 0] ZeroDivisionError: division by zero",
+                                          "Traceback (most recent call last):", '  File "<task>", line 1, in f',
+                                          "ZeroDivisionError: division by zero"]
+    composite = CompositeError("2 of 2 tasks failed", [first, second])
+    assert composite._render_traceback_() == ["CompositeError: 2 of 2 tasks failed",
+                                              *first._render_traceback_(), "[engine 3] KeyError: 'x'"]

@@ -65,6 +65,12 @@ class RemoteError(ClusterLauncherError):
     def render_traceback(self) -> str:
         return self.traceback or str(self)
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows these lines in place of the client's stack (which would
+        # only hide where the task failed): the engine's own traceback.
+        lines = [f"[engine {self.engine_info.get('engine_id')}] {self.ename}: {self.evalue}"]
+        return lines + (self.traceback.rstrip("\n").splitlines() if self.traceback else [])
+
 
 class CompositeError(RemoteError):
     """Several tasks failed; ``elist`` holds each one's RemoteError."""
@@ -80,6 +86,12 @@ class CompositeError(RemoteError):
 
     def raise_exception(self, index: int = 0) -> None:
         raise self.elist[index]
+
+    def _render_traceback_(self) -> list[str]:
+        lines = [f"{type(self).__name__}: {self.message}"]
+        for failure in self.elist:
+            lines += failure._render_traceback_()
+        return lines
 
 
 class EngineError(RemoteError):

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from .. import error as errors
 from .asyncresult import AsyncResult, Metadata
 
 if TYPE_CHECKING:
@@ -201,28 +200,10 @@ def display_outputs(result: AsyncResult, group_outputs: str = "type") -> None:
         show(md, "stderr", sys.stderr)
 
 
-def remote_traceback_lines(exc: errors.RemoteError) -> list[str]:
-    """What IPython shows for a remote error: each engine's traceback, not this process's stack."""
-    failures = exc.elist if isinstance(exc, errors.CompositeError) else [exc]
-    lines = [f"{type(exc).__name__}: {exc.message}"] if isinstance(exc, errors.CompositeError) else []
-    for failure in failures:
-        engine_id = failure.engine_info.get("engine_id")
-        lines.append(f"[engine {engine_id}] {failure.ename}: {failure.evalue}")
-        if failure.traceback:
-            lines.extend(failure.traceback.rstrip("\n").splitlines())
-    return lines
-
-
 def _raise_remote_errors(result: AsyncResult) -> None:
-    """Raise the result's error, if any, so that IPython shows the remote tracebacks."""
-    try:
-        result.get()
-    except errors.RemoteError as exc:
-        # IPython's showtraceback() calls an exception's _render_traceback_() when it has one (the hook
-        # IPython.parallel used); the local stack of this magic would only hide the engines' tracebacks.
-        lines = remote_traceback_lines(exc)
-        exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
-        raise
+    """Raise the result's error, if any: IPython shows a RemoteError's remote
+    tracebacks (its ``_render_traceback_``), not this magic's stack."""
+    result.get()
 
 
 def _usage_errors(func: Callable[..., Any]) -> Callable[..., Any]:
