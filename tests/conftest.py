@@ -15,12 +15,26 @@ gate instead of counting on a sleep being long enough.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cluster_launcher.testing.processes import LocalCluster
+from cluster_launcher.testing.processes import LocalCluster, running_with
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An environment for the ``cluster-launcher`` command line, its home in
+    ``tmp_path/home``; on the way out every process still running with
+    ``tmp_path`` on its command line is killed (by PID) and fails the test."""
+    environ = {**os.environ, "CLUSTER_LAUNCHER_DIR": str(tmp_path / "home")}
+    yield environ
+    stray = running_with(str(tmp_path))
+    for proc in stray:
+        proc.kill()
+    assert not stray, f"processes left running: {[p.info['cmdline'] for p in stray]}"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from cluster_launcher.cluster import Cluster, state_file
 from cluster_launcher.protocol.connection import connection_file
@@ -22,29 +21,6 @@ from cluster_launcher.protocol.connection import connection_file
 TIMEOUT = 60
 CLI = [sys.executable, "-m", "cluster_launcher"]
 DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "local-cluster.md"
-
-
-@pytest.fixture
-def env(tmp_path):
-    """An environment whose cluster-launcher home is a temp dir; on the way
-    out, every process still running with that dir on its command line is
-    reported and killed (by PID)."""
-    home = tmp_path / "home"
-    environ = {**os.environ, "CLUSTER_LAUNCHER_DIR": str(home)}
-    yield environ
-    stray = strays(str(tmp_path))
-    for proc in stray:
-        proc.kill()
-    assert not stray, f"processes left running: {[p.info['cmdline'] for p in stray]}"
-
-
-def strays(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if marker in cmdline and proc.pid != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found
 
 
 def run(args: list[str], env: dict, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:

@@ -14,37 +14,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from cluster_launcher.testing.processes import running_with
+
 TIMEOUT = 60
 CLI = [sys.executable, "-m", "cluster_launcher"]
 IGNORE_SIGTERM = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """An environment whose cluster-launcher home is ``tmp_path/home``; on the
-    way out every process still running with ``tmp_path`` on its command line
-    is killed (by PID) and fails the test."""
-    environ = {**os.environ, "CLUSTER_LAUNCHER_DIR": str(tmp_path / "home")}
-    yield environ
-    stray = _running_with(str(tmp_path))
-    for proc in stray:
-        proc.kill()
-    assert not stray, f"processes left running: {[p.info['cmdline'] for p in stray]}"
-
-
-def _running_with(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if marker in cmdline and proc.pid != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path | None = None,
@@ -210,7 +189,7 @@ def test_numeric_option_out_of_range_is_refused_before_anything_starts(tmp_path,
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and allowed in lines[0], lines
     assert not (tmp_path / "home").exists()  # no profile folder, so no record, connection file or log
-    assert _running_with(str(tmp_path)) == []
+    assert running_with(str(tmp_path)) == []
 
 
 # --- 5. engine --file naming a missing file -----------------------------------------

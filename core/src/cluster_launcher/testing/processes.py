@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from ..protocol import connection
 
 if TYPE_CHECKING:
@@ -78,6 +80,16 @@ def wait_for_gate(gate: str, timeout: float = 60, started: str | None = None) ->
         if time.monotonic() > deadline:
             raise TimeoutError(f"gate {gate} was not opened within {timeout:g} s")
         time.sleep(0.01)
+
+
+def running_with(marker: str) -> list[psutil.Process]:
+    """Processes (not zombies, not this one) whose command line contains ``marker``."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if marker in cmdline and proc.pid != os.getpid() and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
 
 
 class LocalCluster:
