@@ -210,7 +210,7 @@ def test_require_depend_dependent(client):
 
 
 def test_activate_binds_the_px_magics(client, tmp_path, monkeypatch):
-    interactiveshell = pytest.importorskip("IPython.core.interactiveshell")
+    from IPython.core import interactiveshell  # a dev dependency: installed wherever the tests run
     from traitlets.config import Config as IPythonConfig
 
     # The shell's profile in a tmp dir and its history in memory: nothing written to ~/.ipython.

@@ -15,9 +15,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-pytest.importorskip("IPython")
-
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import ExecutionResult, InteractiveShell
 from traitlets.config import Config as IPythonConfig
