@@ -7,6 +7,9 @@ import logging
 import logging.handlers
 import os
 
+from traitlets import Bool, Integer, Unicode, Union
+from traitlets.config import LoggingConfigurable
+
 from .error import ConfigError
 
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
@@ -41,3 +44,24 @@ def start_logging(role: str, profile_dir: str, cluster_id: str = "", to_file: bo
         handlers.append(logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backup_count))
     logging.basicConfig(level=numeric, format=fmt, handlers=handlers, force=True)
     return path
+
+
+class ProcessLogging(LoggingConfigurable):
+    """The logging options of a controller or engine process (a base of
+    ``Controller`` and ``Engine``: set them as ``c.Controller.log_level`` ...)."""
+
+    log_level = Union([Integer(), Unicode()], default_value="INFO", help="Log level: DEBUG, INFO, WARNING, "
+                      "ERROR or a number.").tag(config=True)
+    log_to_file = Bool(True, help="Write the log to the profile's log/ folder (log/<controller or engine>"
+                       "[-<id>]-<pid>.log, rotated) as well as to stderr.  A launcher captures stderr into log/ "
+                       "itself and passes False.").tag(config=True)
+    log_max_bytes = Integer(DEFAULT_LOG_MAX_BYTES, min=1024, help="Size at which the log file is rotated "
+                            "(log_to_file).").tag(config=True)
+    # At least 1: Python's RotatingFileHandler never rotates with no backup file.
+    log_backup_count = Integer(DEFAULT_LOG_BACKUP_COUNT, min=1, help="How many rotated log files are kept "
+                               "(<name>.log.1 ...).").tag(config=True)
+
+    def start_logging(self, role: str, profile_dir: str, cluster_id: str = "") -> str | None:
+        """:func:`start_logging` with these options; returns the log file's path, if any."""
+        return start_logging(role, profile_dir, cluster_id, self.log_to_file, self.log_level,
+                             self.log_max_bytes, self.log_backup_count)

@@ -23,13 +23,13 @@ from datetime import datetime, timezone
 from typing import Any, cast
 
 import zmq
-from traitlets import Bool, Float, Integer, Unicode, Union
-from traitlets.config import Config, LoggingConfigurable
+from traitlets import Bool, Float, Integer, Unicode
+from traitlets.config import Config
 
 from .. import plugins
 from ..db import BaseDB, check_query
 from ..error import BulkError, ClusterLauncherError, NoTaskHistory
-from ..logs import start_logging
+from ..logs import ProcessLogging
 from ..protocol import bulk, connection
 from ..protocol.records import decode_record, encode_record
 from ..protocol.session import Message, Session, discard_bulk, new_id, parse_time, utcnow
@@ -40,7 +40,7 @@ from .taskqueue import Dispatch, Fail, ForwardAbort, Requeue, TaskQueue
 log = logging.getLogger("cluster_launcher")
 
 
-class Controller(LoggingConfigurable):
+class Controller(ProcessLogging):
     """Where the controller listens and how it keeps task history."""
 
     ip = Unicode("127.0.0.1", help="Interface to listen on. '*' (or '0.0.0.0') listens on every "
@@ -64,16 +64,6 @@ class Controller(LoggingConfigurable):
     enginessh = Unicode("", help="SSH server engines should tunnel through to reach the controller "
                         "(written into controller-engine.json).").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile (names its files).").tag(config=True)
-    log_level = Union([Integer(), Unicode()], default_value="INFO", help="Log level: DEBUG, INFO, WARNING, "
-                      "ERROR or a number.").tag(config=True)
-    log_to_file = Bool(True, help="Write the log to the profile's log/ folder (log/controller[-<id>]-<pid>.log, "
-                       "rotated) as well as to stderr.  A launcher captures stderr into log/ itself and "
-                       "passes False.").tag(config=True)
-    log_max_bytes = Integer(10 * 1024 * 1024, min=1024, help="Size at which the log file is rotated "
-                            "(log_to_file).").tag(config=True)
-    # At least 1: Python's RotatingFileHandler never rotates with no backup file.
-    log_backup_count = Integer(5, min=1, help="How many rotated log files are kept (<name>.log.1 "
-                               "...).").tag(config=True)
     curve = Bool(False, help="Encrypt all traffic with CurveZMQ (messages are signed either way). "
                  "The server key goes into the connection files; clients and engines use it "
                  "by themselves.").tag(config=True)
@@ -808,8 +798,7 @@ def _remove(path: str) -> None:
 def main(config: Config, profile_dir: str) -> int:
     """Run a controller until it is told to stop (``cluster-launcher controller``)."""
     controller = Controller(profile_dir=profile_dir, config=config)
-    start_logging("controller", profile_dir, controller.cluster_id, controller.log_to_file, controller.log_level,
-                  controller.log_max_bytes, controller.log_backup_count)
+    controller.start_logging("controller", profile_dir, controller.cluster_id)
     controller.setup()
 
     def stop(signum: int, frame: Any) -> None:

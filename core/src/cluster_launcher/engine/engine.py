@@ -24,11 +24,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import zmq
-from traitlets import Bool, Float, Integer, List, Unicode, Union
-from traitlets.config import Config, LoggingConfigurable
+from traitlets import Float, List, Unicode
+from traitlets.config import Config
 
 from ..error import ClusterLauncherError, ConfigError, ConnectionFileError
-from ..logs import start_logging
+from ..logs import ProcessLogging
 from ..protocol import connection
 from ..protocol.remote import user_namespace
 from ..protocol.serialize import serialize, unpack_apply
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cluster_launcher")
 
 
-class Engine(LoggingConfigurable):
+class Engine(ProcessLogging):
     file = Unicode("", help="The controller-engine.json connection file to use (default: the "
                    "one in the profile's security/ folder).").tag(config=True)
     ssh = Unicode("", help="SSH server ([user@]host[:port] or a ~/.ssh/config Host alias) that every "
@@ -61,16 +61,6 @@ class Engine(LoggingConfigurable):
                   "mpi4py.MPI (which calls MPI_Init), '' does nothing.  IPython's c.MPI.use."
                   ).tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
-    log_level = Union([Integer(), Unicode()], default_value="INFO", help="Log level: DEBUG, INFO, WARNING, "
-                      "ERROR or a number.").tag(config=True)
-    log_to_file = Bool(True, help="Write the log to the profile's log/ folder (log/engine[-<id>]-<pid>.log, "
-                       "rotated) as well as to stderr.  A launcher captures stderr into log/ itself and "
-                       "passes False.").tag(config=True)
-    log_max_bytes = Integer(10 * 1024 * 1024, min=1024, help="Size at which the log file is rotated "
-                            "(log_to_file).").tag(config=True)
-    # At least 1: Python's RotatingFileHandler never rotates with no backup file.
-    log_backup_count = Integer(5, min=1, help="How many rotated log files are kept (<name>.log.1 "
-                               "...).").tag(config=True)
 
     def __init__(self, profile_dir: str = "", **kwargs: Any):
         super().__init__(**kwargs)
@@ -422,8 +412,7 @@ def _user_traceback(exc: BaseException) -> str:
 def main(config: Config, profile_dir: str) -> int:
     """Run an engine until the controller shuts it down or goes away."""
     engine = Engine(profile_dir=profile_dir, config=config)
-    start_logging("engine", profile_dir, engine.cluster_id, engine.log_to_file, engine.log_level,
-                  engine.log_max_bytes, engine.log_backup_count)
+    engine.start_logging("engine", profile_dir, engine.cluster_id)
     import signal
 
     def stop(signum: int, frame: Any) -> None:
