@@ -17,10 +17,8 @@ from traitlets.config import Config
 from ..error import ClusterError, ClusterLauncherError
 from ..launcher import EngineSetLauncher
 from ..paths import home_dir, profile_name
-from .cluster import Cluster
+from .cluster import POLL_INTERVAL, Cluster
 from .state import read_state, recorded_launcher, state_file, write_state
-
-POLL_INTERVAL = 0.1
 
 
 class _Signalled(Exception):
