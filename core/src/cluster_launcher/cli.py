@@ -177,6 +177,9 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
          {"action": "store_true", "help": "Encrypt all traffic with CurveZMQ."}),
         (("--nodb",), "nodb", ("Controller.db_class", "NoDB"),
          {"action": "store_true", "help": "Keep no task database (Controller.db_class=NoDB)."}),
+        (("--db",), "db", "Controller.db_class",
+         {"metavar": "NAME", "help": "The task database: dict (default, in memory), sqlite, mongodb, nodb, "
+          "or any installed backend's class name (Controller.db_class)."}),
         (("--enginessh",), "enginessh", "Controller.enginessh",
          {"metavar": "[USER@]HOST", "help": "SSH server engines tunnel through (written to controller-engine.json)."}),
         (("--ssh",), "ssh", "Controller.ssh",

@@ -120,3 +120,8 @@ class NoTaskHistory(ClusterLauncherError):
         return cls(f"{request}: the controller runs without a task database (--nodb, "
                    "c.Controller.db_class = 'NoDB'), so it keeps no task history; to keep one, start it without "
                    "--nodb, with c.Controller.db_class = 'DictDB'")
+
+
+class TaskDBError(ClusterLauncherError):
+    """The task database cannot be opened, read or written: the message names
+    the file or server and what to do."""

@@ -83,12 +83,13 @@ class Registry:
     def resolve(self, kind: str, name: str | type, role: str | None = None) -> type:
         """The class for ``name``: exact name, then ``<name>EngineSetLauncher``
         or ``<name>ControllerLauncher`` for ``role`` (without a role: the one
-        installed), case-insensitively, then a legacy ``IPython.parallel.…``
-        path, then any importable dotted path."""
+        installed) or ``<name>DB``, case-insensitively, then a legacy
+        ``IPython.parallel.…`` path, then any importable dotted path."""
         if not isinstance(name, str):
             return name  # already a class
         by_lower = {n.lower(): e.cls for n, e in self.by_kind[kind].items()}
-        suffixes = ([ROLES[role]] if role else list(ROLES.values())) if kind == "launcher" else []
+        suffixes = ([ROLES[role]] if role else list(ROLES.values())) if kind == "launcher" else \
+            ["DB"] if kind == "db" else []  # --db=sqlite: SQLiteDB
         found = [by_lower[c] for c in [name.lower()] + [(name + s).lower() for s in suffixes] if c in by_lower]
         if len(found) == 1 or (found and by_lower.get(name.lower()) is found[0]):
             return found[0]

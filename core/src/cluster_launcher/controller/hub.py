@@ -116,12 +116,18 @@ class Controller(ProcessLogging):
 
     def setup(self) -> None:
         scheduling = TaskScheduler(parent=self)
-        self.db: BaseDB = plugins.resolve("db", self.db_class)(parent=self)
+        key, ports, db_session = self._reused_key_and_ports()
+        self.session = Session(key=key, parent=self)
+        # The task DB's session (SQLiteDB's default table) outlives a restart with
+        # --reuse, so the history the previous controller kept stays readable.
+        self.db_session = db_session or self.session.session_id
+        # Opened before anything is bound or written, so a DB that cannot be
+        # used stops the controller with nothing half-done.
+        self.db: BaseDB = plugins.resolve("db", self.db_class)(
+            parent=self, session=self.db_session, profile_dir=self.profile_dir)
         self.queue: TaskQueue[Task, EngineState] = TaskQueue(
             plugins.resolve("scheduler", scheduling.scheme_name)(), hwm=scheduling.hwm,
             memory=self.dependency_memory, recorded_outcome=self.recorded_outcome)
-        key, ports = self._reused_key_and_ports()
-        self.session = Session(key=key, parent=self)
         swept = bulk.sweep()
         if swept:
             log.info("removed %d shared-memory file(s) left by processes that died", swept)
@@ -139,7 +145,9 @@ class Controller(ProcessLogging):
         with open(self.pid_file, "w") as f:
             f.write(str(os.getpid()))
 
-    def _reused_key_and_ports(self) -> tuple[str, dict[str, int]]:
+    def _reused_key_and_ports(self) -> tuple[str, dict[str, int], str]:
+        """The key, ports and task-DB session to use: new ones, or with
+        ``reuse`` those of the existing connection files."""
         ports = {"client_port": self.client_port, "engine_port": self.engine_port,
                  "heartbeat_port": self.heartbeat_port}
         if self.reuse:
@@ -151,8 +159,8 @@ class Controller(ProcessLogging):
                 ports = {"client_port": client["client_port"], "engine_port": engine["engine_port"],
                          "heartbeat_port": engine["heartbeat_port"]}
                 log.info("reusing key and ports of %s", client_file)
-                return client["key"], ports
-        return connection.new_key(), ports
+                return client["key"], ports, str(engine.get("db_session") or "")
+        return connection.new_key(), ports, ""
 
     def _bind(self, port: int) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
@@ -190,7 +198,8 @@ class Controller(ProcessLogging):
                   "curve_serverkey": self.curve_keys[0].decode() if self.curve_keys else ""}
         self.client_info = {**common, "client_port": self.ports[self.client_socket], "ssh": self.ssh}
         self.engine_info = {**common, "engine_port": self.ports[self.engine_socket],
-                            "heartbeat_port": self.ports[self.heartbeat_socket], "ssh": self.enginessh}
+                            "heartbeat_port": self.ports[self.heartbeat_socket], "ssh": self.enginessh,
+                            "db_session": self.db_session}
         # The client file last: its appearance is what launchers and tests wait for.
         for role, info in (("engine", self.engine_info), ("client", self.client_info)):
             connection.write_connection_file(connection.connection_file(self.profile_dir, role, self.cluster_id), info)
@@ -203,6 +212,9 @@ class Controller(ProcessLogging):
                     self.heartbeat_socket: self.on_heartbeat}
         for sock in handlers:
             poller.register(sock, zmq.POLLIN)
+        durable_fd = self.db.durable_fd()
+        if durable_fd is not None:  # results whose records are now stored go out from here
+            poller.register(durable_fd, zmq.POLLIN)
         self.running = True
         plugins.get_plugin_manager().hook.cluster_launcher_controller_started(
             connection_info=dict(self.client_info), profile_dir=self.profile_dir)
@@ -219,6 +231,9 @@ class Controller(ProcessLogging):
                 wake_at = min(wake_at, self.exit_at)
             timeout = max(0.0, wake_at - time.monotonic())
             for sock, _ in poller.poll(int(timeout * 1000)):
+                if sock == durable_fd:
+                    self.db.run_durable_callbacks()
+                    continue
                 # Drain each ready socket (bounded) before polling again: fewer syscalls under load.
                 for _ in range(1000):
                     try:
@@ -682,24 +697,29 @@ class Controller(ProcessLogging):
         self.send_engine(cast(EngineState, action.engine), "abort", {"msg_ids": action.msg_ids})
 
     def deliver(self, task: Task, header: dict[str, Any], buffers: list, frames: list) -> None:
-        """Send a finished task's reply to its submitter and to every client
-        waiting for it, and record it."""
+        """Record a finished task's reply, then, once the record is stored
+        (the durability promise, BaseDB), send it to its submitter and to
+        every client waiting for it."""
         task.buffers = []
-        self.route(self.client_socket, task.reply_to, frames, hold=True)
-        waiters = task.waiters - {task.reply_to}  # the submitter has it already
-        if waiters:
-            # Shared-memory files are read once, by the submitter: the other
-            # clients waiting for this result get the bytes themselves.
-            if "bulk" in header:
-                frames = self.session.pack({**_without_bulk(header), "id": new_id()}, buffers)
-            for ident in waiters:
-                self.route(self.client_socket, ident, frames)
         self.db.update_record(task.msg_id, {
             "started": parse_time(header.get("started")), "completed": parse_time(header.get("completed")),
             "received": parse_time(utcnow()), "result_header": _without_bulk(header),
             "result_content": {"status": header.get("status"), "error": header.get("error")},
             "result_buffers": list(buffers), "stdout": header.get("stdout", ""),
             "stderr": header.get("stderr", "")})
+        waiters = task.waiters - {task.reply_to}  # the submitter gets the frames themselves
+
+        def send() -> None:
+            self.route(self.client_socket, task.reply_to, frames, hold=True)
+            if waiters:
+                # Shared-memory files are read once, by the submitter: the other
+                # clients waiting for this result get the bytes themselves.
+                others = (self.session.pack({**_without_bulk(header), "id": new_id()}, buffers)
+                          if "bulk" in header else frames)
+                for ident in waiters:
+                    self.route(self.client_socket, ident, others)
+
+        self.db.when_durable(send)
 
     def recorded_outcome(self, msg_id: str) -> tuple[bool, str | None]:
         """``(succeeded, engine uuid)`` of a task the queue no longer remembers,

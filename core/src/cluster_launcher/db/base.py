@@ -3,9 +3,10 @@ records they keep and the queries they answer)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+from traitlets import Unicode
 from traitlets.config import LoggingConfigurable
 
 from .query import Query
@@ -19,7 +20,15 @@ class BaseDB(LoggingConfigurable):
     controller then drops a task's buffers as soon as it no longer needs them.
     ``persistent`` says whether records survive a controller restart (used
     by ``--reuse``).  Every method is called from the controller's single
-    thread; a backend may block briefly but should batch or defer slow I/O.
+    thread; a backend may block briefly but should batch or defer slow I/O
+    (:class:`~cluster_launcher.db.writer.BatchWriter` does that).
+
+    The durability promise: the controller sends a task's result to its
+    clients only from a :meth:`when_durable` callback made after it recorded
+    the result, so a result a client has received is in the database.  An
+    in-memory backend runs the callback at once; a write-behind one runs it
+    once the write is stored, from :meth:`run_durable_callbacks`, which the
+    controller calls whenever :meth:`durable_fd` is readable.
 
     Shared rules (checked by :mod:`cluster_launcher.testing.db_conformance`):
     records hold only :data:`RECORD_FIELDS` (a missing field reads as None);
@@ -29,6 +38,11 @@ class BaseDB(LoggingConfigurable):
 
     stores_records: ClassVar[bool] = True
     persistent: ClassVar[bool] = False
+
+    # Set by the controller, not configured: IPython's backends took them too.
+    session = Unicode("", help="The controller's session id (SQLiteDB names its default table after it).")
+    profile_dir = Unicode("", help="The controller's profile directory (where a file-based backend "
+                          "keeps its file by default).")
 
     def add_record(self, msg_id: str, record: dict[str, Any]) -> None:
         """Store a new record (``record['msg_id'] == msg_id``); a msg_id
@@ -60,5 +74,19 @@ class BaseDB(LoggingConfigurable):
         """Every stored msg_id, in submission order."""
         raise NotImplementedError
 
+    def when_durable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` in the controller's thread once every write made
+        so far is stored: here, at once; see the class docstring."""
+        callback()
+
+    def durable_fd(self) -> int | None:
+        """A file descriptor that becomes readable when callbacks are due
+        (None: callbacks always run at once)."""
+        return None
+
+    def run_durable_callbacks(self) -> None:
+        """Run the :meth:`when_durable` callbacks that are due."""
+
     def close(self) -> None:
-        """Flush and release resources (the controller is stopping)."""
+        """Flush, run the durable callbacks that became due, and release
+        resources (the controller is stopping)."""

@@ -83,6 +83,10 @@ QUERY_CASES: list[tuple[str, Query, list[str]]] = [
     ("$lt datetime", {"submitted": {"$lt": at(2)}}, ["a", "b"]),
     ("$lte datetime", {"submitted": {"$lte": at(2)}}, ["a", "b", "c"]),
     ("$gt datetime skips None", {"completed": {"$gt": at(2)}}, ["b", "d"]),
+    # ipyparallel's DictDB evaluates $gt as "less than": these three tell the two apart.
+    ("$gt is greater than, on str", {"msg_id": {"$gt": "c"}}, ["d", "e"]),
+    ("$gt is greater than, on datetime", {"submitted": {"$gt": at(2)}}, ["d", "e"]),
+    ("$gt and $lt bound a range", {"submitted": {"$gt": at(0), "$lt": at(6)}}, ["b", "c", "d"]),
     ("$gte datetime", {"completed": {"$gte": at(2)}}, ["a", "b", "d"]),
     ("datetimes compare across time zones", {"completed": {"$lt": at(5.5, PLUS_TWO)}}, ["a", "b"]),
     ("equal instants in other zones", {"submitted": {"$eq": at(1)}}, ["b"]),
@@ -266,6 +270,30 @@ def check_returned_records_are_copies(make_db: MakeDB) -> None:
         db.close()
 
 
+def check_records_survive_reopen(make_db: MakeDB, reopen_db: MakeDB) -> None:
+    """A persistent backend's records, closed and opened again, are all there:
+    same history, same records, same answers to queries."""
+    db = make_db()
+    try:
+        for record in make_records():
+            db.add_record(record["msg_id"], record)
+        db.update_record("c", {"engine_uuid": "e3", "completed": at(8), "result_buffers": [b"late"]})
+    finally:
+        db.close()
+    again = reopen_db()
+    try:
+        assert again.get_history() == ["a", "b", "c", "d", "e"]
+        assert [bytes(b) for b in again.get_record("a")["result_buffers"]] == [b"result-a", b"second buffer"]
+        assert again.get_record("c")["completed"] == at(8)
+        assert _ids(again.find_records({"completed": {"$gte": at(8)}})) == ["c", "d"]
+        again.add_record("f", {"msg_id": "f", "submitted": at(20)})
+        assert again.get_history()[-1] == "f", "a record added after reopening goes last"
+        with _raises(KeyError, "a"):
+            again.add_record("a", make_records()[0])
+    finally:
+        again.close()
+
+
 CHECKS: list[Callable[[MakeDB], None]] = [
     check_query_cases,
     check_bad_queries_name_the_problem,
@@ -276,6 +304,14 @@ CHECKS: list[Callable[[MakeDB], None]] = [
     check_unknown_and_duplicate_ids,
     check_drops,
     check_returned_records_are_copies,
+]
+
+
+# Checks for backends whose records outlive the object (``persistent``): each
+# takes ``make_db`` (a fresh, empty store) and ``reopen_db`` (a new object on
+# the same store).
+PERSISTENT_CHECKS: list[Callable[[MakeDB, MakeDB], None]] = [
+    check_records_survive_reopen,
 ]
 
 
