@@ -89,6 +89,7 @@ INT64 = range(-(2**63), 2**63)
 # raises can never succeed and is logged and skipped.
 TRANSIENT = (pymongo.errors.ConnectionFailure, pymongo.errors.ExecutionTimeout, pymongo.errors.WriteConcernError)
 DUPLICATE_KEY = 11000
+KNOWN_LIMIT = 100_000  # recent msg_ids answered from memory (about 10 MB)
 DELETE_CHUNK = 10_000  # msg_ids per delete_many, far below BSON's 16 MB document limit
 
 # ---------------------------------------------------------------------------
@@ -370,10 +371,12 @@ class MongoDB(BaseDB):
         # lookup asks the server.
         self._had_history = last is not None
         self._seq = int(last["seq"]) + 1 if last is not None and isinstance(last.get("seq"), int) else 0
-        # msg_ids of the records this object added (and has not dropped):
-        # updates, the hot path, and duplicate adds are answered without the
-        # server, which may be slow or gone.  About 100 bytes per task.
-        self._known: set[str] = set()
+        # msg_ids of the records this object added lately (and has not
+        # dropped): updates, the hot path, and duplicate adds are answered
+        # without the server, which may be slow or gone.  Bounded (about 100
+        # bytes each): an older record is looked up on the server when it is
+        # updated, and a duplicate of one is refused by the unique index (logged).
+        self._known: dict[str, None] = {}
         self._retrying = threading.Event()  # set by the writer between a failure and the next success
         self._closed = False
         self._writer = BatchWriter(self._apply, target=f"MongoDB {self.url}", log=self.log,
@@ -392,7 +395,7 @@ class MongoDB(BaseDB):
         document["msg_id"] = msg_id
         document["seq"] = self._seq
         self._seq += 1
-        self._known.add(msg_id)
+        self._remember(msg_id)
         self._writer.put(_Insert(document), key=msg_id)
 
     def update_record(self, msg_id: str, changes: dict[str, Any]) -> None:
@@ -403,7 +406,7 @@ class MongoDB(BaseDB):
         if msg_id not in self._known:
             if not self._on_server(msg_id):
                 raise KeyError(f"no task record {msg_id!r}")
-            self._known.add(msg_id)
+            self._remember(msg_id)
         encoded = _encode_fields({name: value for name, value in changes.items() if name != "msg_id"})
         if encoded:
             self._writer.put(_Update(msg_id, encoded), key=msg_id)
@@ -412,7 +415,7 @@ class MongoDB(BaseDB):
         """Forget one record; unknown ``msg_id`` is a KeyError."""
         self._flush("drop a task record")
         result = self._call(self._records.delete_one, {"msg_id": msg_id})
-        self._known.discard(msg_id)
+        self._known.pop(msg_id, None)
         if result.deleted_count == 0:
             raise KeyError(f"no task record {msg_id!r}")
 
@@ -428,7 +431,8 @@ class MongoDB(BaseDB):
             for start in range(0, len(ids), DELETE_CHUNK):
                 chunk = ids[start:start + DELETE_CHUNK]
                 self._call(self._records.delete_many, {"msg_id": {"$in": chunk}})
-        self._known.difference_update(ids)
+        for msg_id in ids:
+            self._known.pop(msg_id, None)
 
     # -- reading ---------------------------------------------------------
 
@@ -492,6 +496,11 @@ class MongoDB(BaseDB):
         except pymongo.errors.PyMongoError as exc:
             raise TaskDBError(f"cannot use the MongoDB task database at {self.url} "
                               f"({_reason(exc, self._secrets)}); is the server running?") from None
+
+    def _remember(self, msg_id: str) -> None:
+        self._known[msg_id] = None
+        if len(self._known) > KNOWN_LIMIT:
+            del self._known[next(iter(self._known))]
 
     def _on_server(self, msg_id: str) -> bool:
         """Whether the server has a record for ``msg_id`` (one of an earlier run)."""

@@ -313,6 +313,24 @@ def test_updates_of_records_added_here_never_ask_the_server(make_db: MakeDB) -> 
     assert db.get_record("a")["stdout"] == "late output"
 
 
+def test_the_msg_ids_kept_in_memory_are_bounded_and_older_ones_asked_of_the_server(
+        make_db: MakeDB, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(cluster_launcher_mongodb, "KNOWN_LIMIT", 3)
+    db = make_db()
+    for i in range(10):
+        db.add_record(f"t{i}", {"msg_id": f"t{i}", "submitted": at(i)})
+    assert list(db._known) == ["t7", "t8", "t9"]
+    db.update_record("t0", {"completed": at(20)})  # not in memory: found on the server
+    assert db.get_record("t0")["completed"] == at(20)
+    with pytest.raises(KeyError, match="no task record 'never'"):
+        db.update_record("never", {"completed": at(20)})
+    db.add_record("t1", {"msg_id": "t1", "submitted": at(30)})  # forgotten here: the unique index refuses it
+    db._writer.flush(timeout=DEADLINE, fail_fast=False)
+    assert db.get_history() == [f"t{i}" for i in range(10)]
+    assert db.get_record("t1")["submitted"] == at(1)
+    assert any("t1" in record.getMessage() and "skipped" in record.getMessage() for record in caplog.records)
+
+
 def test_records_of_an_earlier_run_are_found_updated_and_not_added_twice(make_db: MakeDB) -> None:
     first = make_db()
     first.add_record("old", {"msg_id": "old", "submitted": at(0)})
