@@ -210,3 +210,26 @@ def test_plugins_lists_both_backends_and_the_meta_distribution_installs_them():
     assert by_distribution["cluster-launcher-mongodb"]["classes"] == ["MongoDB"]
     meta = {requirement.split(";")[0].strip() for requirement in metadata.requires("cluster-launcher") or []}
     assert {"cluster-launcher-sqlite", "cluster-launcher-mongodb"} <= meta
+
+
+FAILING_DB = '''
+from cluster_launcher_dict import DictDB
+
+
+class ResultRefusingDB(DictDB):
+    """A backend that cannot store results (a third party's bug, a server gone)."""
+
+    def update_record(self, msg_id, changes):
+        if "result_header" in changes:
+            raise RuntimeError("this backend cannot store results")
+        super().update_record(msg_id, changes)
+'''
+
+
+def test_a_result_the_db_cannot_record_still_reaches_its_client(cluster, tmp_path, monkeypatch):
+    (tmp_path / "refusing_db.py").write_text(FAILING_DB)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    started = cluster("--Controller.db_class=refusing_db.ResultRefusingDB", n=1)
+    with started.client() as client:
+        assert client[0].apply_async(_square, 5).get(20) == 25
+    assert "could not record the result of task" in started.controller.output()

@@ -701,12 +701,6 @@ class Controller(ProcessLogging):
         (the durability promise, BaseDB), send it to its submitter and to
         every client waiting for it."""
         task.buffers = []
-        self.db.update_record(task.msg_id, {
-            "started": parse_time(header.get("started")), "completed": parse_time(header.get("completed")),
-            "received": parse_time(utcnow()), "result_header": _without_bulk(header),
-            "result_content": {"status": header.get("status"), "error": header.get("error")},
-            "result_buffers": list(buffers), "stdout": header.get("stdout", ""),
-            "stderr": header.get("stderr", "")})
         waiters = task.waiters - {task.reply_to}  # the submitter gets the frames themselves
 
         def send() -> None:
@@ -719,6 +713,17 @@ class Controller(ProcessLogging):
                 for ident in waiters:
                     self.route(self.client_socket, ident, others)
 
+        try:
+            self.db.update_record(task.msg_id, {
+                "started": parse_time(header.get("started")), "completed": parse_time(header.get("completed")),
+                "received": parse_time(utcnow()), "result_header": _without_bulk(header),
+                "result_content": {"status": header.get("status"), "error": header.get("error")},
+                "result_buffers": list(buffers), "stdout": header.get("stdout", ""),
+                "stderr": header.get("stderr", "")})
+        except Exception:  # a result the DB cannot take still belongs to its client
+            log.exception("could not record the result of task %s; sending it anyway", task.msg_id)
+            send()
+            return
         self.db.when_durable(send)
 
     def recorded_outcome(self, msg_id: str) -> tuple[bool, str | None]:
