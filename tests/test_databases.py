@@ -16,6 +16,7 @@ from importlib import metadata
 
 import pytest
 
+from cluster_launcher import Client
 from cluster_launcher.error import NoTaskHistory, RemoteError
 from cluster_launcher.protocol import connection
 from cluster_launcher.testing.processes import LocalCluster, Process
@@ -233,3 +234,36 @@ def test_a_result_the_db_cannot_record_still_reaches_its_client(cluster, tmp_pat
     with started.client() as client:
         assert client[0].apply_async(_square, 5).get(20) == 25
     assert "could not record the result of task" in started.controller.output()
+
+
+# -- start --db=NAME: the controller `start` runs uses it ------------------------------------
+
+CLI = [sys.executable, "-m", "cluster_launcher"]
+
+
+def test_start_with_db_sqlite_keeps_history_in_the_profile(tmp_path, env):
+    started = subprocess.run([*CLI, "start", "-n", "1", "--daemonize", "--db=sqlite"], env=env,
+                             capture_output=True, text=True, timeout=90)
+    assert started.returncode == 0, started.stdout + started.stderr
+    profile = tmp_path / "home" / "profile_default"
+    try:
+        with Client(profile_dir=str(profile), timeout=10) as client:
+            client.wait_for_engines(1, timeout=30)
+            ar = client[0].apply_async(_square, 4)
+            assert ar.get(20) == 16
+        with sqlite3.connect(profile / "tasks.db") as connection:
+            (table,) = [t for t in _tables(profile / "tasks.db") if t != "cluster_launcher_tables"]
+            assert connection.execute(f'SELECT msg_id FROM "{table}"').fetchall() == [(ar.msg_id,)]
+    finally:
+        stopped = subprocess.run([*CLI, "stop"], env=env, capture_output=True, text=True, timeout=90)
+        assert stopped.returncode == 0, stopped.stderr
+
+
+def test_start_with_an_unknown_db_fails_before_starting_anything(tmp_path, env):
+    started = subprocess.run([*CLI, "start", "-n", "1", "--daemonize", "--db=sqlight"], env=env,
+                             capture_output=True, text=True, timeout=90)
+    assert started.returncode == 2
+    assert started.stderr.strip().splitlines() == [
+        "cluster-launcher: error: Controller.db_class: unknown db 'sqlight'; installed: DictDB, MongoDB, NoDB, "
+        "SQLiteDB; did you mean 'SQLiteDB'?"]
+    assert not (tmp_path / "home").exists()

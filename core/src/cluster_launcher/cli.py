@@ -144,6 +144,15 @@ def _runtime(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 # it sets to its value, or (--Class.option, fixed value) for an on/off flag, or None.
 Flag: TypeAlias = tuple[tuple[str, ...], str, str | tuple[str, str] | None, dict[str, Any]]
 
+# The task database, for `controller` and for the controller `start` runs.
+DB_FLAGS: list[Flag] = [
+    (("--nodb",), "nodb", ("Controller.db_class", "NoDB"),
+     {"action": "store_true", "help": "Keep no task database (Controller.db_class=NoDB)."}),
+    (("--db",), "db", "Controller.db_class",
+     {"metavar": "NAME", "help": "The task database: dict (default, in memory), sqlite, mongodb, nodb, "
+      "or any installed backend's class name (Controller.db_class)."}),
+]
+
 # (name, help, module, function, role, flags)
 RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
     ("start", "Start a controller and engines (as configured in cluster_config.py).", "cluster.commands", "start_main",
@@ -156,6 +165,7 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
           {"metavar": "LAUNCHER", "help": "How to start the controller: Local, SSH, MPI, PBS, ..."}),
          (("--daemonize",), "daemonize", "Cluster.daemonize",
           {"action": "store_true", "help": "Return once the cluster runs, leaving it in the background."}),
+        *DB_FLAGS,
      ]),
     ("stop", "Stop a cluster started with `start`.", "cluster.commands", "stop_main", "cluster", []),
     ("engines", "Start more engines for a running cluster.", "cluster.commands", "engines_main", "cluster", [
@@ -175,11 +185,7 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
          {"action": "store_true", "help": "Reuse the ports and key of the existing connection files."}),
         (("--curve",), "curve", ("Controller.curve", "True"),
          {"action": "store_true", "help": "Encrypt all traffic with CurveZMQ."}),
-        (("--nodb",), "nodb", ("Controller.db_class", "NoDB"),
-         {"action": "store_true", "help": "Keep no task database (Controller.db_class=NoDB)."}),
-        (("--db",), "db", "Controller.db_class",
-         {"metavar": "NAME", "help": "The task database: dict (default, in memory), sqlite, mongodb, nodb, "
-          "or any installed backend's class name (Controller.db_class)."}),
+        *DB_FLAGS,
         (("--enginessh",), "enginessh", "Controller.enginessh",
          {"metavar": "[USER@]HOST", "help": "SSH server engines tunnel through (written to controller-engine.json)."}),
         (("--ssh",), "ssh", "Controller.ssh",

@@ -343,7 +343,8 @@ def check_names(config: Config, role: str) -> None:
     # role -> (section, option, kind, launcher role) of each name it resolves
     names_by_role: dict[str, list[tuple[str, str, str, str | None]]] = {
         "cluster": [("Cluster", "engine_launcher_class", "launcher", "engines"),
-                    ("Cluster", "controller_launcher_class", "launcher", "controller")],
+                    ("Cluster", "controller_launcher_class", "launcher", "controller"),
+                    ("Controller", "db_class", "db", None)],  # start --db=NAME
         "controller": [("Controller", "db_class", "db", None), ("TaskScheduler", "scheme_name", "scheduler", None)],
     }
     defaults: dict[str, type[Configurable]] = {"Cluster": Cluster, "Controller": Controller,
