@@ -13,7 +13,10 @@ results waiting for their record.  That wait is the durability promise: a
 result goes to its client only after the transaction holding its record has
 committed.  With ``synchronous = 'NORMAL'`` (the default) a committed
 transaction survives the controller being killed; ``'FULL'`` makes it
-survive a power cut too, at the price of an fsync per batch.
+survive a power cut too, at the price of an fsync per batch.  The
+controller's thread asks the file nothing while routing: an update is for a
+record it added (kept in memory until the record has its result), and a
+duplicate msg_id is refused from the table's latest ids, kept in memory.
 
 Storage: times are integer microseconds since the epoch (exact, ordered,
 indexable); dict fields are JSON text; buffer lists are one framed BLOB;
@@ -59,6 +62,7 @@ META_TABLE = "cluster_launcher_tables"
 JSON_FIELDS = ("header", "content", "result_header", "result_content")
 COLUMNS = tuple(RECORD_FIELDS)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+RECENT_LIMIT = 10_000  # msg_ids checked for duplicates in memory (about 1 MB)
 _OPEN_TIMEOUT = 2.0  # seconds to wait for a lock held by another process when opening
 
 
@@ -255,7 +259,12 @@ class SQLiteDB(BaseDB):
         self._writer_connection = self._connect(check_same_thread=False)
         self._writer_connection.execute(f"PRAGMA synchronous={self.synchronous}")
         self._unfinished: set[str] = set()  # added by us, no result yet: updates need no lookup
-        self._adding: dict[str, int] = {}  # added by us, maybe not written yet -> writer position
+        # The table's latest msg_ids: a duplicate among them is refused at once,
+        # with no query on the hot path.  An older one is refused by the unique
+        # index when written (logged, and the new task's record is not kept).
+        self._recent: dict[str, None] = dict.fromkeys(reversed([row[0] for row in self._reader.execute(
+            f"SELECT msg_id FROM {self._table_sql} ORDER BY seq DESC LIMIT ?", (RECENT_LIMIT,))]))
+        self._refused: set[str] = set()  # the writer's: msg_ids whose insert the unique index refused
         self._finished_since_retention = 0
         self._last_retention = time.monotonic()
         self._retention_lock = threading.Lock()
@@ -359,17 +368,13 @@ class SQLiteDB(BaseDB):
         check_record(record)
         if record.get("msg_id", msg_id) != msg_id:
             raise ValueError(f"task record for {msg_id!r} has msg_id {record['msg_id']!r}")
-        if msg_id in self._unfinished or msg_id in self._adding or self._stored(msg_id):
+        if msg_id in self._unfinished or msg_id in self._recent:
             raise KeyError(f"task record {msg_id!r} already exists")
         row = _encode_record({**record, "msg_id": msg_id})
         self.writer.put(("add", msg_id, row), key=msg_id)
-        self._adding[msg_id] = self.writer.queued
-        durable = self.writer.durable
-        while self._adding:  # the written ones are found by _stored from now on
-            oldest = next(iter(self._adding))
-            if self._adding[oldest] > durable:
-                break
-            del self._adding[oldest]
+        self._recent[msg_id] = None
+        if len(self._recent) > RECENT_LIMIT:
+            del self._recent[next(iter(self._recent))]
         if record.get("completed") is None and record.get("result_header") is None:
             self._unfinished.add(msg_id)
 
@@ -378,7 +383,7 @@ class SQLiteDB(BaseDB):
         check_record(changes, "task record update")
         if changes.get("msg_id", msg_id) != msg_id:
             raise ValueError(f"cannot change the msg_id of task record {msg_id!r}")
-        if msg_id not in self._unfinished and msg_id not in self._adding:
+        if msg_id not in self._unfinished and msg_id not in self._recent:
             self.writer.flush()
             if not self._stored(msg_id):
                 raise KeyError(f"no task record {msg_id!r}")
@@ -405,7 +410,7 @@ class SQLiteDB(BaseDB):
         self.writer.flush(what="delete task records")
         for msg_id in msg_ids:
             self._unfinished.discard(msg_id)
-            self._adding.pop(msg_id, None)
+            self._recent.pop(msg_id, None)
 
     # --- reading (the controller's thread, after the writer caught up) -------------
 
@@ -487,11 +492,14 @@ class SQLiteDB(BaseDB):
                     try:
                         connection.execute(insert, [_stored_value(c, row.get(c)) for c in COLUMNS])
                     except sqlite3.IntegrityError:  # can never succeed: report it, keep the rest
-                        self.log.error("SQLiteDB: %s: task record %r is already stored; the new one is "
-                                       "dropped", self.path, msg_id)
+                        self.log.error("SQLiteDB: %s: task record %r is already stored; the new task's "
+                                       "record is not kept", self.path, msg_id)
+                        self._refused.add(msg_id)
                         continue
                     finished += row.get("completed") is not None
                 elif kind == "update":
+                    if msg_id in self._refused:  # the new task's, not the stored record's
+                        continue
                     changes = op[2]
                     assignments = ", ".join(f"{_quote(c)} = ?" for c in changes)
                     connection.execute(f"UPDATE {self._table_sql} SET {assignments} WHERE msg_id = ?",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 
+import cluster_launcher_sqlite
 import pytest
 from cluster_launcher_sqlite import SQLiteDB
 from traitlets import TraitError
@@ -248,3 +250,28 @@ def test_bad_settings_are_trait_errors_naming_them():
         SQLiteDB(record_limit=-1)
     with pytest.raises(TraitError, match="synchronous"):
         SQLiteDB(synchronous="SOMETIMES")
+
+
+def test_duplicates_are_refused_from_memory_and_older_ones_by_the_unique_index(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(cluster_launcher_sqlite, "RECENT_LIMIT", 3)
+    db = SQLiteDB(location=str(tmp_path), table="tasks")
+    try:
+        for i in range(6):
+            db.add_record(f"t{i}", {"msg_id": f"t{i}", "submitted": at(i), "completed": at(i), "stdout": "first"})
+        with pytest.raises(KeyError, match="'t5' already exists"):  # recent: refused at once
+            db.add_record("t5", {"msg_id": "t5", "submitted": at(9)})
+        # Out of the window: queued, then refused by the index; the new task's updates
+        # do not touch the stored record.
+        db.add_record("t0", {"msg_id": "t0", "submitted": at(9)})
+        db.update_record("t0", {"completed": at(10), "stdout": "second"})
+        assert db.get_history() == [f"t{i}" for i in range(6)]
+        assert db.get_record("t0")["stdout"] == "first" and db.get_record("t0")["completed"] == at(0)
+        assert any("'t0' is already stored" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    finally:
+        db.close()
+    reopened = SQLiteDB(location=str(tmp_path), table="tasks")  # the window starts with the table's latest ids
+    try:
+        with pytest.raises(KeyError, match="'t4' already exists"):
+            reopened.add_record("t4", {"msg_id": "t4"})
+    finally:
+        reopened.close()
