@@ -54,6 +54,10 @@ def _square(x):
     return x * x
 
 
+def _megabyte(byte):
+    return bytes([byte]) * 2**20
+
+
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_every_history_request_with_each_backend(backend, cluster):
     if backend == "mongodb" and not MONGODB_URL:
@@ -105,6 +109,7 @@ def test_received_results_survive_sigkill_and_reuse_five_times(cluster, tmp_path
         with started.client() as client:
             ars = [client.load_balanced_view().apply_async(_square, restart * 100 + i) for i in range(20)]
             ars.append(client[0].apply_async(_square, restart))  # a direct task too
+            ars.append(client[1].apply_async(_megabyte, restart))  # through shared memory (over 256 KiB)
             for ar in ars:
                 received[ar.msg_id] = ar.get(20)
         # Killed the moment the last result arrived: no chance to flush anything more.
