@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 VENV_DIR = HERE / ".venvs" / "ipyparallel"
 DEFAULT_JSON = HERE / "results" / "latest.json"
 THEIR_PACKAGES = ["ipyparallel", "numpy", "psutil"]
-SIDE_TIMEOUT = {"full": 900, "quick": 240}  # seconds one side may take before it is killed
+SIDE_TIMEOUT = {"full": 1800, "quick": 240}  # seconds one side may take before it is killed
 
 sys.path.insert(0, str(HERE))
 from workloads import FULL, QUICK, WORKLOAD_NAMES, Sizes  # noqa: E402
@@ -179,7 +179,33 @@ def rows_for(sizes: Sizes) -> list[Row]:
             "ours <= 1.2x ours@half",
             lambda ours, theirs, base: ours <= 1.2 * base["ours_mem_half_mb"]),
     ]
+    rows += database_rows(sizes)
     return rows
+
+
+def database_rows(sizes: Sizes) -> list[Row]:
+    """The task-database rows: throughput per database, SQLite's size and its queries."""
+    n = sizes.db_tasks
+    limited = f"record_limit={sizes.record_limit}"
+    return [
+        Row("databases", f"LB apply_async no-op x{sizes.tasks}, DictDB", "db_dict_apply_tasks_per_s",
+            "tasks/s", True),
+        Row("databases", f"LB apply_async no-op x{sizes.tasks}, SQLiteDB", "db_sqlite_apply_tasks_per_s",
+            "tasks/s", True),
+        Row("databases", f"LB apply_async no-op x{sizes.tasks}, NoDB", "db_nodb_apply_tasks_per_s",
+            "tasks/s", True),
+        Row("databases", "SQLiteDB throughput as % of DictDB", "db_sqlite_pct_of_dict", "%", True,
+            ">= 75%", lambda ours, theirs, base: ours >= 75.0),
+        Row("databases", f"controller RSS, {n} tasks, SQLiteDB", "db_sqlite_all_rss_mb", "MB", False),
+        Row("databases", f"SQLite file+WAL, {n} tasks", "db_sqlite_all_file_mb", "MB", False),
+        Row("databases", f"controller RSS, {n} tasks, SQLiteDB {limited}", "db_sqlite_limited_rss_mb",
+            "MB", False),
+        Row("databases", f"SQLite file+WAL, {n} tasks, {limited}", "db_sqlite_limited_file_mb", "MB", False),
+        Row("databases", f"db_query completed > t (~{max(1, n // 100)} of {n})", "db_query_recent_ms", "ms",
+            False, "ours < 50 ms", lambda ours, theirs, base: ours < 50.0),
+        Row("databases", f"db_query msg_id $in 100 ids (of {n})", "db_query_in_ms", "ms", False,
+            "ours < 50 ms", lambda ours, theirs, base: ours < 50.0),
+    ]
 
 
 def format_number(value: float | None) -> str:

@@ -18,8 +18,10 @@ import argparse
 import gc
 import json
 import logging
+import os
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -62,16 +64,19 @@ class Sizes:
     memory_batch: int
     record_limit: int
     engines: int
+    db_rounds: int   # interleaved rounds of the per-database throughput runs (median taken)
+    db_tasks: int    # tasks stored in SQLiteDB for the size and query rows
+    db_queries: int  # repeats of each timed db_query (median taken)
 
 
 FULL = Sizes(start_engine_counts=(2, 4, 8), start_repeats=2, tasks=5000, latency_calls=2000,
              bandwidth_mb=(1, 100), bandwidth_repeats={1: 30, 100: 4}, map_items=100_000,
              map_chunksize=1000, memory_tasks=100_000, memory_batch=1000, record_limit=1000,
-             engines=2)
+             engines=2, db_rounds=3, db_tasks=100_000, db_queries=7)
 QUICK = Sizes(start_engine_counts=(2, 4), start_repeats=1, tasks=200, latency_calls=100,
               bandwidth_mb=(1, 10), bandwidth_repeats={1: 3, 10: 2}, map_items=2000,
               map_chunksize=100, memory_tasks=1000, memory_batch=250, record_limit=100,
-              engines=2)
+              engines=2, db_rounds=1, db_tasks=1000, db_queries=3)
 
 
 # --- adapters: the only side-specific code ----------------------------------------------
@@ -80,12 +85,22 @@ class Adapter:
     """Starts/stops a cluster and returns a connected client with all engines up."""
 
     name = ""
+    # Whether SQLiteDB can cap its records (ipyparallel's cannot: it keeps every task).
+    sqlite_retention = True
+    # Seconds until a finished task's record is certainly in the SQLite file.
+    sqlite_commit_delay = 0.0
 
     def version(self) -> str:
         raise NotImplementedError
 
-    def start(self, n: int, record_limit: int | None = None) -> tuple[Any, Any]:
-        """Start controller + ``n`` engines; return (handle, client) once all are registered."""
+    def start(self, n: int, record_limit: int | None = None,
+              extra_args: list[str] | None = None) -> tuple[Any, Any]:
+        """Start controller + ``n`` engines; return (handle, client) once all are registered.
+        ``extra_args`` go on the controller's command line."""
+        raise NotImplementedError
+
+    def db_args(self, db_class: str) -> list[str]:
+        """Controller arguments selecting the task database ``db_class`` (DictDB, SQLiteDB, NoDB)."""
         raise NotImplementedError
 
     def stop(self, handle: Any, client: Any) -> None:
@@ -113,20 +128,26 @@ class OursAdapter(Adapter):
         import cluster_launcher
         return cluster_launcher.__version__
 
-    def start(self, n: int, record_limit: int | None = None) -> tuple[Any, Any]:
+    def start(self, n: int, record_limit: int | None = None,
+              extra_args: list[str] | None = None) -> tuple[Any, Any]:
         from traitlets.config import Config
 
         import cluster_launcher
         config = Config()
-        if record_limit is not None:
-            # The controller's own command line, as a user would set it.
-            config.ControllerLauncher.controller_args = [f"--DictDB.record_limit={record_limit}"]
+        # The controller's own command line, as a user would set it.
+        args = [f"--DictDB.record_limit={record_limit}"] if record_limit is not None else []
+        args += extra_args or []
+        if args:
+            config.ControllerLauncher.controller_args = args
         cluster = cluster_launcher.Cluster(n=n, config=config)
         client = cluster.__enter__()
         return cluster, client
 
     def stop(self, handle: Any, client: Any) -> None:
         handle.__exit__(None, None, None)
+
+    def db_args(self, db_class: str) -> list[str]:
+        return [f"--Controller.db_class={db_class}"]
 
     def controller_pid(self, handle: Any) -> int:
         pid = getattr(handle.controller, "pid", 0)
@@ -138,14 +159,19 @@ class TheirsAdapter(Adapter):
     memory workload, as on our side)."""
 
     name = "theirs"
+    sqlite_retention = False
+    # ipyparallel's SQLiteDB commits every 2 s (a PeriodicCallback), not per task.
+    sqlite_commit_delay = 2.5
 
     def version(self) -> str:
         import ipyparallel
         return ipyparallel.__version__
 
-    def start(self, n: int, record_limit: int | None = None) -> tuple[Any, Any]:
+    def start(self, n: int, record_limit: int | None = None,
+              extra_args: list[str] | None = None) -> tuple[Any, Any]:
         import ipyparallel
         args = [f"--DictDB.record_limit={record_limit}"] if record_limit is not None else []
+        args += extra_args or []
         cluster = ipyparallel.Cluster(n=n, controller_args=args, log_level=logging.WARNING)
         client = cluster.start_and_connect_sync()
         client.wait_for_engines(n, timeout=RESULT_TIMEOUT)
@@ -157,6 +183,10 @@ class TheirsAdapter(Adapter):
 
     def controller_pid(self, handle: Any) -> int:
         return handle.controller.pid
+
+    def db_args(self, db_class: str) -> list[str]:
+        # ipyparallel 8/9: the option lives on IPController (HubFactory before 7).
+        return [f"--IPController.db_class={db_class}"]
 
 
 ADAPTERS: dict[str, Callable[[], Adapter]] = {"ours": OursAdapter, "theirs": TheirsAdapter}
@@ -333,10 +363,134 @@ def workload_memory(adapter: Adapter, sizes: Sizes, _client: Any) -> dict[str, f
         adapter.stop(handle, client)
 
 
+DB_CLASSES = {"DictDB": "dict", "SQLiteDB": "sqlite", "NoDB": "nodb"}  # class -> metric key part
+SQLITE_FILENAME = "tasks.db"  # the default on both sides; set explicitly so the size is found
+
+
+def sqlite_args(adapter: Adapter, location: str, record_limit: int = 0) -> list[str]:
+    """SQLiteDB in ``location`` (a throwaway folder, so each run starts from an empty file)."""
+    args = adapter.db_args("SQLiteDB")
+    args += [f"--SQLiteDB.location={location}", f"--SQLiteDB.filename={SQLITE_FILENAME}"]
+    if record_limit:
+        args.append(f"--SQLiteDB.record_limit={record_limit}")
+    return args
+
+
+def sqlite_file_mb(location: str) -> float:
+    """Size of the SQLite file plus its write-ahead log (what the disk holds right now)."""
+    total = 0
+    for suffix in ("", "-wal"):
+        path = os.path.join(location, SQLITE_FILENAME + suffix)
+        if os.path.exists(path):
+            total += os.path.getsize(path)
+    if total == 0:
+        raise RuntimeError(f"no SQLite file {SQLITE_FILENAME!r} in {location}")
+    return total / 1e6
+
+
+def lb_noop_rate(client: Any, tasks: int) -> float:
+    """Tasks/s of ``tasks`` load-balanced no-op apply_async calls (as the throughput workload)."""
+    view = client.load_balanced_view()
+    wait_all([view.apply_async(noop) for _ in range(20)])  # warm up
+    forget_local_results(client)
+    began = time.perf_counter()
+    wait_all([view.apply_async(lambda: None) for _ in range(tasks)])
+    rate = tasks / (time.perf_counter() - began)
+    forget_local_results(client)
+    return rate
+
+
+def fill_sqlite(adapter: Adapter, sizes: Sizes, record_limit: int, metrics: dict[str, float],
+                label: str, then: Callable[[Any, list[str], str], None] | None = None) -> None:
+    """Run ``sizes.db_tasks`` no-op tasks (as the memory workload) on a controller with SQLiteDB;
+    record its RSS and file size as ``db_{label}_rss_mb`` / ``db_{label}_file_mb``, then call
+    ``then(client, msg_ids spread over the history, msg_id of the task ~1% from the end)``."""
+    with tempfile.TemporaryDirectory(prefix="bench-db-") as location:
+        handle, client = adapter.start(sizes.engines, extra_args=sqlite_args(adapter, location, record_limit))
+        try:
+            ready_to_run_code(client)
+            pid = adapter.controller_pid(handle)
+            view = client.load_balanced_view()
+            stride = max(1, sizes.db_tasks // 100)
+            marker_index = sizes.db_tasks - max(1, sizes.db_tasks // 100)
+            spread: list[str] = []
+            marker = ""
+            done = 0
+            while done < sizes.db_tasks:
+                batch = min(sizes.memory_batch, sizes.db_tasks - done)
+                results = [view.apply_async(noop) for _ in range(batch)]
+                for index in range(done, done + batch):
+                    if index % stride == 0:
+                        spread.append(results[index - done].msg_ids[0])
+                    if index == marker_index:
+                        marker = results[index - done].msg_ids[0]
+                wait_all(results)
+                del results
+                forget_local_results(client)
+                done += batch
+            time.sleep(adapter.sqlite_commit_delay)
+            metrics[f"db_{label}_rss_mb"] = tree_rss_mb(pid)[0]
+            metrics[f"db_{label}_file_mb"] = sqlite_file_mb(location)
+            if then is not None:
+                then(client, spread, marker)
+        finally:
+            adapter.stop(handle, client)
+
+
+def workload_databases(adapter: Adapter, sizes: Sizes, _client: Any) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+
+    # 1. Throughput per database.  The three run interleaved, round after round, so a
+    # burst of load on the machine hits all of them rather than one.
+    rates: dict[str, list[float]] = {db: [] for db in DB_CLASSES}
+    for _ in range(sizes.db_rounds):
+        for db_class in DB_CLASSES:
+            with tempfile.TemporaryDirectory(prefix="bench-db-") as location:
+                args = sqlite_args(adapter, location) if db_class == "SQLiteDB" else adapter.db_args(db_class)
+                handle, client = adapter.start(sizes.engines, extra_args=args)
+                try:
+                    ready_to_run_code(client)
+                    rates[db_class].append(lb_noop_rate(client, sizes.tasks))
+                finally:
+                    adapter.stop(handle, client)
+    for db_class, key in DB_CLASSES.items():
+        metrics[f"db_{key}_apply_tasks_per_s"] = statistics.median(rates[db_class])
+    # Per round, not of the medians: the two runs of a round saw the same machine.
+    metrics["db_sqlite_pct_of_dict"] = 100 * statistics.median(
+        sqlite / dict_ for sqlite, dict_ in zip(rates["SQLiteDB"], rates["DictDB"], strict=True))
+
+    # 2 and 3. Size after db_tasks tasks without retention, and queries on those records.
+    def time_queries(client: Any, spread: list[str], marker: str) -> None:
+        found = client.db_query({"msg_id": marker}, keys=["msg_id", "completed"])
+        since = found[0]["completed"]
+        recent: list[float] = []
+        picked: list[float] = []
+        for _ in range(sizes.db_queries):
+            began = time.perf_counter()
+            records = client.db_query({"completed": {"$gt": since}}, keys=["msg_id", "completed"])
+            recent.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            full = client.db_query({"msg_id": {"$in": spread}})
+            picked.append(time.perf_counter() - began)
+        # Checked so a query that quietly matches nothing cannot pass as fast.
+        if not records or len(full) != len(spread):
+            raise RuntimeError(f"db_query found {len(records)} recent and {len(full)}/{len(spread)} picked records")
+        metrics["db_query_recent_ms"] = statistics.median(recent) * 1e3
+        metrics["db_query_recent_records"] = len(records)
+        metrics["db_query_in_ms"] = statistics.median(picked) * 1e3
+        metrics["db_query_in_records"] = len(full)
+
+    fill_sqlite(adapter, sizes, 0, metrics, "sqlite_all", then=time_queries)
+    if adapter.sqlite_retention:
+        fill_sqlite(adapter, sizes, sizes.record_limit, metrics, "sqlite_limited")
+    metrics["db_tasks"] = sizes.db_tasks
+    return metrics
+
+
 # Workloads that share one running cluster, then those that start their own.
 SHARED = {"throughput": workload_throughput, "latency": workload_latency,
           "bandwidth": workload_bandwidth, "map": workload_map}
-OWN_CLUSTER = {"start": workload_start, "memory": workload_memory}
+OWN_CLUSTER = {"start": workload_start, "memory": workload_memory, "databases": workload_databases}
 WORKLOAD_NAMES = list(SHARED) + list(OWN_CLUSTER)
 
 

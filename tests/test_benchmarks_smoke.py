@@ -26,7 +26,8 @@ def test_quick_run_of_our_side_prints_the_table(tmp_path: Path) -> None:
     header = out.splitlines()[0].split()
     assert header == ["workload", "unit", "ours", "theirs", "ratio", "target", "result"], out
     for label in ("local start, 4 engines ready", "LB apply_async no-op", "apply_sync round trip",
-                  "push+pull", "raw pyzmq round trip", "LB map chunked", "controller RSS"):
+                  "push+pull", "raw pyzmq round trip", "LB map chunked", "controller RSS",
+                  "SQLiteDB throughput as % of DictDB", "SQLite file+WAL", "db_query msg_id $in"):
         assert label in out, f"{label!r} missing from the table:\n{out}"
 
     report = json.loads(results.read_text())
