@@ -51,7 +51,8 @@ def _wait_for_gate(gate: str | None, value=None):
 
 def test_ids_and_views(client):
     assert client.ids == [0, 1]
-    assert set(client.engines[0]) == {"uuid", "hostname", "pid", "domain"}
+    assert set(client.engines[0]) == {"uuid", "hostname", "pid", "domain", "mpi"}
+    assert client.engines[0]["mpi"] is None and client.mpi_ranks == {} and client.mpi_engines == {}
     assert isinstance(client[0], DirectView) and client[0].targets == 0
     assert client[:].targets == [0, 1]
     assert client[[1]].targets == [1]

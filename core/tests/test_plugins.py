@@ -12,7 +12,8 @@ from cluster_launcher import hookimpl, plugins
 from cluster_launcher.error import PluginError, UnknownNameError
 from cluster_launcher.launcher import EngineSetLauncher
 
-BUILTIN_ENTRY_POINTS = {"local", "dict", "leastload", "lru", "twobin", "weighted", "plainrandom", "file"}
+BUILTIN_ENTRY_POINTS = {"local", "mpi", "dict", "sqlite", "mongodb", "leastload", "lru", "twobin", "weighted",
+                        "plainrandom", "file"}
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def test_builtins_load_through_entry_points():
     assert described["dict"]["classes"] == ["DictDB", "NoDB"]
     registry = plugins.get_registry()
     assert {"leastload", "lru", "twobin", "weighted", "plainrandom"} <= set(registry.names("scheduler"))
-    assert registry.names("launcher", role="controller") == ["LocalControllerLauncher"]
+    assert registry.names("launcher", role="controller") == ["LocalControllerLauncher", "MPIControllerLauncher"]
 
 
 @pytest.mark.parametrize(("kind", "name", "role", "expected"), [
@@ -177,9 +178,20 @@ def test_env_vars_in_this_process_after_reset(monkeypatch):
     assert plugins.describe() == []
 
 
+MPIEXEC_NAMES = ("IPython.parallel.apps.launcher.MPIExecEngineSetLauncher", "MPIExecEngineSetLauncher", "MPIExec")
+
+
 def test_seed_mpiexec_names_resolve_to_the_mpi_launcher_names():
-    """The 0.11 name MPIExec… is today's MPI…: with no MPI plugin installed the
-    error names the MPI launcher and its distribution, not MPIExec."""
-    for name in ("IPython.parallel.apps.launcher.MPIExecEngineSetLauncher", "MPIExecEngineSetLauncher", "MPIExec"):
+    """The 0.11 name MPIExec… is today's MPI…."""
+    for name in MPIEXEC_NAMES:
+        assert plugins.resolve("launcher", name, role="engines").__name__ == "MPIEngineSetLauncher"
+
+
+def test_without_the_mpi_plugin_the_error_names_its_distribution(monkeypatch):
+    """With the MPI plugin not loaded, the error names the MPI launcher and
+    the distribution to install, not the 0.11 name MPIExec."""
+    monkeypatch.setenv("CLUSTER_LAUNCHER_LOAD_PLUGINS", "local")
+    plugins.reset()
+    for name in MPIEXEC_NAMES:
         with pytest.raises(UnknownNameError, match=r"'MPI(EngineSetLauncher)?'.*pip install cluster-launcher-mpi"):
             plugins.resolve("launcher", name, role="engines")

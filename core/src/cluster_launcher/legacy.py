@@ -41,6 +41,7 @@ LEGACY_OPTIONS = {
     ("Engine", "wait_for_url_file"): ("connect_timeout", False),
     ("Engine", "sshserver"): ("ssh", False),
     ("Engine", "use"): ("mpi", False),  # c.MPI.use = 'mpi4py'
+    ("Engine", "init_script"): ("mpi_init_script", False),  # c.MPI.init_script
 }
 # Options of IPython's application classes that have no counterpart here
 # (logging goes to the profile's log/ folder; there is no separate monitor

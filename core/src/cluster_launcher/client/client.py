@@ -104,8 +104,24 @@ class Client:
 
     @property
     def engines(self) -> dict[int, dict[str, Any]]:
-        """Engine id -> {uuid, hostname, pid, domain}."""
+        """Engine id -> {uuid, hostname, pid, domain, mpi}; ``mpi`` is
+        ``{'rank': r, 'size': n}`` for an engine running as an MPI rank."""
         return dict(self._dispatcher.engines)
+
+    @property
+    def mpi_ranks(self) -> dict[int, int]:
+        """Engine id -> MPI rank, for the engines running under MPI."""
+        return {eid: info["mpi"]["rank"] for eid, info in sorted(self._dispatcher.engines.items())
+                if info.get("mpi")}
+
+    @property
+    def mpi_engines(self) -> dict[int, list[int]]:
+        """MPI rank -> the ids of the engines with that rank (one per MPI job),
+        so ``client[client.mpi_engines[0]]`` addresses rank 0."""
+        by_rank: dict[int, list[int]] = {}
+        for eid, rank in self.mpi_ranks.items():
+            by_rank.setdefault(rank, []).append(eid)
+        return dict(sorted(by_rank.items()))
 
     def wait_for_engines(self, n: int, timeout: float = 30) -> list[int]:
         """Wait until at least ``n`` engines are registered; TimeoutError if not

@@ -122,7 +122,8 @@ class Dispatcher:
 
     def on_registration(self, msg: Message) -> None:
         header = msg.header
-        self.engines[int(header["engine_id"])] = {k: header.get(k) for k in ("uuid", "hostname", "pid", "domain")}
+        self.engines[int(header["engine_id"])] = {k: header.get(k) for k in ("uuid", "hostname", "pid", "domain",
+                                                                            "mpi")}
 
     def on_unregistration(self, msg: Message) -> None:
         self.engines.pop(int(msg.header["engine_id"]), None)

@@ -161,9 +161,11 @@ class Cluster(LoggingConfigurable):
     def _check_alive(self, what: str) -> None:
         """Raise a ClusterError naming the log to read if the controller or an engine died."""
         for role, launcher in [("controller", self.controller), *(("engine", s) for s in self.engine_sets)]:
-            for code, log_path, lines in (launcher.exited() if launcher else []):
+            if launcher is None:
+                continue
+            for code, log_path, lines in launcher.exited():
                 where = f"; see {log_path}" if log_path else ""
-                raise ClusterError(f"{role} exited with code {code} {what}{where}", lines)
+                raise ClusterError(f"{launcher.exit_label(role)} exited with code {code} {what}{where}", lines)
 
     def start_controller(self) -> None:
         """Start the controller and wait for its connection files (fresh ones,

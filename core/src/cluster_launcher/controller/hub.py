@@ -559,7 +559,7 @@ class Controller(ProcessLogging):
         header = msg.header
         engine = EngineState(id=self.next_engine_id, ident=ident, uuid=str(header.get("uuid", "")),
                              hostname=str(header.get("hostname", "")), pid=header.get("pid", 0),
-                             domain=header.get("domain"))
+                             domain=header.get("domain"), mpi=_mpi_rank(header.get("mpi")))
         self.next_engine_id += 1
         self.by_ident[ident] = engine.id
         self.send_engine(engine, "register_reply", {
@@ -752,9 +752,18 @@ class EngineState(taskqueue.Engine):
 
     ident: bytes  # zmq routing id: private to the engine and the controller
     last_seen: float = field(default_factory=time.monotonic)
+    mpi: dict[str, int] | None = None  # {'rank': r, 'size': n} of an engine under MPI
 
     def info(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "hostname": self.hostname, "pid": self.pid, "domain": self.domain}
+        return {"uuid": self.uuid, "hostname": self.hostname, "pid": self.pid, "domain": self.domain,
+                "mpi": self.mpi}
+
+
+def _mpi_rank(value: Any) -> dict[str, int] | None:
+    """An engine's ``mpi`` field if it is ``{'rank': int, 'size': int}``, else None."""
+    if isinstance(value, dict) and all(type(value.get(k)) is int for k in ("rank", "size")):
+        return {"rank": value["rank"], "size": value["size"]}
+    return None
 
 
 def _error_header(msg_id: str, kind: str, ename: str, evalue: str, engine_id: int | None = None) -> dict[str, Any]:

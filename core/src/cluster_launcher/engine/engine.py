@@ -41,6 +41,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("cluster_launcher")
 
 
+# Where MPI launchers tell a process its rank and the job's size, by implementation.
+MPI_ENVIRONMENT = (("PMI_RANK", "PMI_SIZE"),  # MPICH (Hydra), Intel MPI
+                   ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),  # Open MPI
+                   ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"))  # MVAPICH
+
+
+def mpi_rank_and_size() -> dict[str, int] | None:
+    """``{'rank': r, 'size': n}`` of this process in MPI_COMM_WORLD: from
+    mpi4py if MPI is initialized, else from the launcher's environment; None
+    outside MPI."""
+    mpi4py_mpi = sys.modules.get("mpi4py.MPI")
+    if mpi4py_mpi is not None and mpi4py_mpi.Is_initialized() and not mpi4py_mpi.Is_finalized():
+        world = mpi4py_mpi.COMM_WORLD
+        return {"rank": int(world.Get_rank()), "size": int(world.Get_size())}
+    for rank, size in MPI_ENVIRONMENT:
+        if os.environ.get(rank, "").isdigit() and os.environ.get(size, "").isdigit():
+            return {"rank": int(os.environ[rank]), "size": int(os.environ[size])}
+    return None
+
+
 class Engine(ProcessLogging):
     file = Unicode("", help="The controller-engine.json connection file to use (default: the "
                    "one in the profile's security/ folder).").tag(config=True)
@@ -60,6 +80,9 @@ class Engine(ProcessLogging):
     mpi = Unicode("", help="Initialize MPI in the engine before it runs anything: 'mpi4py' imports "
                   "mpi4py.MPI (which calls MPI_Init), '' does nothing.  IPython's c.MPI.use."
                   ).tag(config=True)
+    mpi_init_script = Unicode("", help="Python code run in the engine's namespace instead of the "
+                              "import Engine.mpi makes, to initialize MPI your own way (IPython's "
+                              "c.MPI.init_script); it must leave MPI initialized.").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
 
     def __init__(self, profile_dir: str = "", **kwargs: Any):
@@ -70,6 +93,7 @@ class Engine(ProcessLogging):
         # engine and the controller, so no peer can claim its task stream.
         self.ident = new_id().encode()
         self.engine_id: int | None = None
+        self.mpi_rank: dict[str, int] | None = None  # {'rank': r, 'size': n} under MPI
         self.pending: deque[Message] = deque()
         self.aborted: set[str] = set()
         self.stopping = False
@@ -112,13 +136,7 @@ class Engine(ProcessLogging):
             except OSError as exc:
                 raise ConfigError(f"Engine.work_dir={self.work_dir!r}: cannot change to it: {exc.strerror}") from None
         sys.path[:0] = [*self.extra_paths, os.getcwd()]
-        if self.mpi == "mpi4py":
-            try:
-                import mpi4py.MPI  # noqa: F401 - importing it initializes MPI
-            except ImportError as exc:
-                raise ClusterLauncherError(f"Engine.mpi='mpi4py' but mpi4py cannot be imported: {exc}") from None
-        elif self.mpi:
-            raise ClusterLauncherError(f"Engine.mpi={self.mpi!r}: the only MPI binding supported is 'mpi4py'")
+        self.init_mpi()
         # Before registering: an engine whose start-up fails never shows up in client.ids.
         self.run_startup()
         self.info = info = self.connection_info()
@@ -164,9 +182,27 @@ class Engine(ProcessLogging):
         local end of its SSH tunnel, or the controller itself."""
         return self.urls.get(port_field) or connection.url(self.info, port_field)
 
+    def init_mpi(self) -> None:
+        """Initialize MPI as ``Engine.mpi`` / ``mpi_init_script`` say (IPython's
+        c.MPI.use and c.MPI.init_script), and learn this engine's rank."""
+        if self.mpi not in ("", "mpi4py"):
+            raise ClusterLauncherError(f"Engine.mpi={self.mpi!r}: the only MPI binding supported is 'mpi4py'")
+        if self.mpi_init_script:
+            try:
+                exec(compile(self.mpi_init_script, "<Engine.mpi_init_script>", "exec"), user_namespace())
+            except Exception as exc:
+                raise ClusterLauncherError(f"Engine.mpi_init_script failed: {type(exc).__name__}: {exc}") from None
+        elif self.mpi == "mpi4py":
+            try:
+                import mpi4py.MPI  # noqa: F401 - importing it initializes MPI
+            except ImportError as exc:
+                raise ClusterLauncherError(f"Engine.mpi='mpi4py' but mpi4py cannot be imported: {exc}") from None
+        self.mpi_rank = mpi_rank_and_size()
+
     def register(self) -> None:
         self.session.send(self.socket, "register", {"uuid": self.uuid, "hostname": _socket.gethostname(),
-                                                    "pid": os.getpid(), "domain": self.session.domain})
+                                                    "pid": os.getpid(), "domain": self.session.domain,
+                                                    "mpi": self.mpi_rank})
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if not self.socket.poll(100):

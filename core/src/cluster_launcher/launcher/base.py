@@ -104,6 +104,12 @@ class Launcher(LoggingConfigurable):
         of ``start``'s output (a PID and log file, a job id, …)."""
         return type(self).__name__
 
+    def exit_label(self, role: str) -> str:
+        """What exited, in the error ``start`` reports when a process of this
+        launcher exits early ('engine'; 'mpiexec of the engines' when the
+        process is a wrapper around them)."""
+        return role
+
     @property
     def cluster_args(self) -> list[str]:
         args = [f"--profile-dir={self.profile_dir}"] if self.profile_dir else []

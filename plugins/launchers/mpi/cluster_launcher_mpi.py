@@ -1,0 +1,175 @@
+"""Start engines (or the controller) under ``mpiexec``: IPython's MPI mode.
+
+``start -n 4 --engines=MPI`` runs one ``mpiexec -n 4 <engine command>``; each
+rank is an engine, with ``c.MPI.use = 'mpi4py'`` (``Engine.mpi``) initializing
+MPI in it, so the engines can talk to each other through MPI while the client
+drives them.  ``c.MPILauncher.mpi_cmd`` and ``mpi_args`` are IPython's names.
+
+``mpiexec`` runs each rank in a session of its own, so signalling its process
+group does not reach them: :meth:`MPILauncher.stop` takes the whole process
+tree (``mpiexec``, its proxies, the ranks) as it is at that moment, asks
+``mpiexec`` to stop (it passes SIGTERM on to the ranks), and kills by PID
+whatever of that tree is still running after ``stop_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import psutil
+from traitlets import List, Unicode
+
+from cluster_launcher import hookimpl
+from cluster_launcher.error import ClusterLauncherError
+from cluster_launcher.launcher import ControllerLauncher, EngineSetLauncher, LocalProcessLauncher
+from cluster_launcher.launcher.process import pid_alive, process_start_token
+
+log = logging.getLogger("cluster_launcher")
+
+# Open MPI refuses to run as root unless told twice; MPICH does not ask.
+OPENMPI_ROOT_ENVIRONMENT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+class MPILauncher(LocalProcessLauncher):
+    """``mpiexec -n N [mpi_args] <command>`` as a local child process."""
+
+    mpi_cmd = List(Unicode(), default_value=["mpiexec"], help="The mpiexec command (IPython's "
+                   "c.MPILauncher.mpi_cmd), e.g. ['mpirun'] or ['/opt/mpich/bin/mpiexec'].").tag(config=True)
+    mpi_args = List(Unicode(), help="Arguments for mpiexec before the command, e.g. ['-hosts', 'node1,node2'] "
+                    "or ['--oversubscribe'] (IPython's c.MPILauncher.mpi_args).").tag(config=True)
+    # The ranks' PIDs and start tokens, recorded while mpiexec runs: it may be
+    # gone by the time they must be killed.
+    tree = List(help="[pid, start token] of each process seen under mpiexec.").tag(config=False, state=True)
+    mpi_flavor = Unicode("", help="'mpich', 'openmpi' or '' (unknown), from `mpiexec --version`.").tag(
+        config=False, state=True)
+
+    def mpi_command(self, n: int, command: list[str]) -> list[str]:
+        return [*self.mpi_cmd, "-n", str(n), *self.mpi_args, *command]
+
+    def start(self, n: int = 1) -> None:
+        self.mpi_flavor = self._check_mpiexec()
+        if self.mpi_flavor == "openmpi" and os.geteuid() == 0:
+            # Said out loud rather than done quietly: Open MPI asks root to confirm.
+            log.warning("running Open MPI's %s as root: setting %s", self.mpi_cmd[0],
+                        " ".join(f"{k}=1" for k in OPENMPI_ROOT_ENVIRONMENT))
+            self.environment = {**OPENMPI_ROOT_ENVIRONMENT, **self.environment}
+        super().start(n)
+
+    def _check_mpiexec(self) -> str:
+        """The MPI implementation behind ``mpi_cmd``; ClusterLauncherError
+        naming the setting if there is no such command."""
+        if not self.mpi_cmd:
+            raise ClusterLauncherError("MPILauncher.mpi_cmd is empty; set it to your mpiexec, e.g. ['mpiexec']")
+        program = self.mpi_cmd[0]
+        if shutil.which(program) is None:
+            raise ClusterLauncherError(f"MPILauncher.mpi_cmd: {program!r} not found on PATH; "
+                                       "install an MPI (e.g. pip install mpich mpi4py, or your system's "
+                                       "mpich / openmpi-bin) or set c.MPILauncher.mpi_cmd to its mpiexec")
+        try:
+            version = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=30,
+                                     stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        text = (version.stdout + version.stderr).lower()
+        return "openmpi" if any(word in text for word in ("open mpi", "openrte", "open-mpi")) else \
+            "mpich" if "hydra" in text else ""
+
+    def exit_label(self, role: str) -> str:
+        return f"{self.mpi_cmd[0] if self.mpi_cmd else 'mpiexec'} of the {'engines' if role == 'engine' else role}"
+
+    def exited(self) -> list[tuple[int, str, list[str]]]:
+        reports = super().exited()
+        # The command first: "mpiexec exited with code 255" says little on its own.
+        return [(code, log, [f"$ {' '.join(self.args)}", *lines[:8]]) for code, log, lines in reports]
+
+    def stop(self) -> None:
+        """SIGTERM to mpiexec (it passes it on to the ranks), then SIGKILL to
+        every process of its tree still running after ``stop_timeout``."""
+        self.killed = ()
+        self._take_tree()
+        deadline = time.monotonic() + self.stop_timeout
+        self.signal(signal.SIGTERM)
+        self.wait(self.stop_timeout)
+        _, alive = psutil.wait_procs(self._tree_processes(), timeout=max(0.0, deadline - time.monotonic()))
+        if alive or self.poll() is None:
+            self.signal(signal.SIGKILL)
+            for process in alive:
+                try:
+                    process.kill()
+                except psutil.Error:
+                    continue
+            psutil.wait_procs(alive, timeout=self.stop_timeout)
+            self.killed = (f"{self.display_name()} (mpiexec pid {self.pid}, {len(alive)} more processes) "
+                           f"ignored SIGTERM for {self.stop_timeout:g}s: killed",)
+        self.wait(self.stop_timeout)
+
+    def _take_tree(self) -> None:
+        """Record every process under mpiexec now (so a later `stop` from another
+        process, or one after mpiexec died, still knows the ranks)."""
+        if super().poll() is not None:
+            return
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        known = {pid for pid, _ in self.tree}
+        self.tree = [*self.tree, *([child.pid, process_start_token(child.pid)] for child in children
+                                   if child.pid not in known)]
+
+    def _tree_processes(self) -> list[psutil.Process]:
+        """The recorded processes that are still the ones recorded and running."""
+        processes = []
+        for pid, token in self.tree:
+            if not pid_alive(pid, token):  # gone, a zombie, or the PID now someone else's
+                continue
+            try:
+                processes.append(psutil.Process(pid))
+            except psutil.Error:
+                continue
+        return processes
+
+    def poll(self) -> int | None:
+        code = super().poll()
+        if code is None:
+            self._take_tree()  # cheap, and keeps the record current for a later `stop`
+        return code
+
+
+class MPIControllerLauncher(MPILauncher, ControllerLauncher):
+    """The controller as rank 0 of ``mpiexec -n 1`` (IPython's MPIControllerLauncher)."""
+
+    log_name = "controller"
+
+    @property
+    def args(self) -> list[str]:
+        return self.mpi_command(1, ControllerLauncher.args.fget(self))  # type: ignore[attr-defined]
+
+
+class MPIEngineSetLauncher(MPILauncher, EngineSetLauncher):
+    """``n`` engines as the ranks of one ``mpiexec -n n`` (IPython's MPIEngineSetLauncher)."""
+
+    log_name = "engines"
+
+    @property
+    def args(self) -> list[str]:
+        return self.mpi_command(self.n, EngineSetLauncher.args.fget(self))  # type: ignore[attr-defined]
+
+    def start(self, n: int = 1) -> None:
+        self.n = n
+        super().start(n)
+
+    def running_engines(self) -> int:
+        return self.n if self.poll() is None else 0
+
+    def describe(self) -> str:
+        return f"mpiexec pid {self.pid} with {self.n} ranks, log {self.log_path}"
+
+
+@hookimpl
+def cluster_launcher_register_launchers():
+    return [MPIControllerLauncher, MPIEngineSetLauncher]
