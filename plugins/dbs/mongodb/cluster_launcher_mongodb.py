@@ -361,22 +361,23 @@ class MongoDB(BaseDB):
             for index in ("completed", "engine_uuid", "client_uuid", "seq"):
                 self._records.create_index(index)
             self._records.create_index("msg_id", unique=True)
-            last = self._records.find_one({}, {"seq": 1}, sort=[("seq", pymongo.DESCENDING)])
+            latest = list(self._records.find({}, {"_id": 0, "msg_id": 1, "seq": 1},
+                                             sort=[("seq", pymongo.DESCENDING)], limit=KNOWN_LIMIT))
         except pymongo.errors.PyMongoError as exc:
             self._client.close()
             raise TaskDBError(f"cannot reach the MongoDB task database at {self.url} "
                               f"({_reason(exc, self._secrets)}); start the server, or point "
                               "c.MongoDB.connection_args at a running one") from None
-        # Records of an earlier run (--reuse) are not in _known: for those a
-        # lookup asks the server.
-        self._had_history = last is not None
+        last = latest[0] if latest else None
         self._seq = int(last["seq"]) + 1 if last is not None and isinstance(last.get("seq"), int) else 0
-        # msg_ids of the records this object added lately (and has not
-        # dropped): updates, the hot path, and duplicate adds are answered
-        # without the server, which may be slow or gone.  Bounded (about 100
-        # bytes each): an older record is looked up on the server when it is
-        # updated, and a duplicate of one is refused by the unique index (logged).
-        self._known: dict[str, None] = {}
+        # The collection's latest msg_ids (an earlier run's, with --reuse, then
+        # this object's), not dropped since: updates, the hot path, and
+        # duplicate adds are answered without the server, which may be slow or
+        # gone.  Bounded (about 100 bytes each): an older record is looked up
+        # on the server when it is updated, and a duplicate of one is refused
+        # by the unique index (logged).
+        self._known: dict[str, None] = dict.fromkeys(
+            reversed([str(document["msg_id"]) for document in latest if "msg_id" in document]))
         self._retrying = threading.Event()  # set by the writer between a failure and the next success
         self._closed = False
         self._writer = BatchWriter(self._apply, target=f"MongoDB {self.url}", log=self.log,
@@ -389,7 +390,7 @@ class MongoDB(BaseDB):
         check_record(record)
         if record.get("msg_id", msg_id) != msg_id:
             raise ValueError(f"task record for {msg_id!r} has msg_id {record['msg_id']!r}")
-        if msg_id in self._known or (self._had_history and self._earlier_run_has(msg_id)):
+        if msg_id in self._known:
             raise KeyError(f"task record {msg_id!r} already exists")
         document = {name: value for name, value in _encode_fields(record).items() if value is not None}
         document["msg_id"] = msg_id
@@ -506,18 +507,6 @@ class MongoDB(BaseDB):
         """Whether the server has a record for ``msg_id`` (one of an earlier run)."""
         self._flush("look up a task record")
         return self._call(self._records.find_one, {"msg_id": msg_id}, {"_id": 1}) is not None
-
-    def _earlier_run_has(self, msg_id: str) -> bool:
-        """Whether a record of an earlier run (``--reuse``) has ``msg_id``.
-        No flush: a queued write is for a msg_id in ``_known``.  While the
-        server is lost the answer is no, so that new tasks do not wait for
-        it; its unique index still refuses a duplicate (logged, skipped)."""
-        if self._retrying.is_set():
-            return False
-        try:
-            return self._records.find_one({"msg_id": msg_id}, {"_id": 1}) is not None
-        except pymongo.errors.PyMongoError:
-            return False
 
     def _find(self, query: Query, mongo: dict[str, Any], in_python: list[str],
               projection: list[str] | None) -> list[dict[str, Any]]:

@@ -331,6 +331,33 @@ def test_the_msg_ids_kept_in_memory_are_bounded_and_older_ones_asked_of_the_serv
     assert any("t1" in record.getMessage() and "skipped" in record.getMessage() for record in caplog.records)
 
 
+class _NoLookups:
+    """A collection that fails the test if the controller's hot path asks the server for a record."""
+
+    def __init__(self, collection: Any) -> None:
+        self._collection = collection
+
+    def find_one(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("add_record looked a msg_id up on the server")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._collection, name)
+
+
+def test_after_reuse_new_tasks_are_added_without_asking_the_server(make_db: MakeDB) -> None:
+    first = make_db()
+    for i in range(3):
+        first.add_record(f"old{i}", {"msg_id": f"old{i}", "submitted": at(i)})
+    first.close()
+    second = make_db()  # a controller restarted with --reuse: the same collection
+    second._records = _NoLookups(second._records)
+    second.add_record("new", {"msg_id": "new", "submitted": at(9)})
+    with pytest.raises(KeyError, match="'old1' already exists"):  # known from the collection's latest ids
+        second.add_record("old1", {"msg_id": "old1", "submitted": at(9)})
+    second._writer.flush(timeout=DEADLINE, fail_fast=False)
+    assert second.get_history() == ["old0", "old1", "old2", "new"]
+
+
 def test_records_of_an_earlier_run_are_found_updated_and_not_added_twice(make_db: MakeDB) -> None:
     first = make_db()
     first.add_record("old", {"msg_id": "old", "submitted": at(0)})
