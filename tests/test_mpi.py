@@ -95,6 +95,9 @@ def test_ipython_mpi_profile_flow_four_ranks_allreduce_and_stop(tmp_path, env):
             engine_pids = [info["pid"] for info in client.engines.values()]
         ranks = [p for p in processes if p.pid in engine_pids]
         assert len(ranks) == 4, "the engines are the ranks under the recorded mpiexec"
+        # The record names the ranks too, for a `stop` that finds mpiexec gone.
+        (engine_set,) = json.loads((profile / "pid" / "cluster-default.json").read_text())["engines"]
+        assert set(engine_pids) <= {pid for pid, _ in engine_set["tree"]}
     finally:
         stopped = _run(["stop", "--profile=mpi"], env)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -75,7 +75,7 @@ def test_operations_are_applied_in_order_and_merged_by_key(store):
         assert store.applied == [("first", ["x"]), ("a", ["add", "update"]), ("b", ["add"]), ("barrier", []),
                                  ("a", ["late update"])]
         assert len(store.batches) == 2, "what queued up while a batch was applied goes in one batch"
-        assert writer.queued == writer.durable == 6
+        assert writer.queued == writer.applied == 6
     finally:
         writer.close()
 
@@ -156,3 +156,68 @@ def test_close_applies_what_is_queued_runs_due_callbacks_and_reports_what_it_can
     broken.put("never written")
     broken.close(timeout=0.2)
     assert any("are lost" in r.getMessage() and "/ro/tasks.db" in r.getMessage() for r in caplog.records)
+
+
+def test_flush_never_reports_success_while_a_retry_is_in_flight(store):
+    """A failing batch being retried is out of the queue but not applied: flush
+    fails fast (reads must not wait on a lost server), and waits without fail_fast."""
+    store.failing = ConnectionError("server gone")
+    writer = BatchWriter(store.apply, target="mongodb://db", log=LOG, hold_on_failure=False,
+                         retry_delay=0.001, max_retry_delay=0.01)
+    try:
+        writer.put("record")
+        _run_until(writer, lambda: store.attempts >= 1, "a first failed attempt")
+        store.entered.clear()  # (before closing the gate: an attempt entering now is seen)
+        store.gate.clear()  # the next retry is now in flight, held at the gate
+        assert store.entered.wait(30)
+        with pytest.raises(TaskDBError, match="server gone"):
+            writer.flush()
+        with pytest.raises(TaskDBError, match="server gone"):
+            writer.flush(timeout=0.05, fail_fast=False)
+        store.failing = None
+        store.gate.set()
+        writer.flush(fail_fast=False)
+        assert store.applied == ["record"]
+    finally:
+        store.gate.set()
+        writer.close()
+
+
+def test_while_failing_a_non_holding_writer_calls_back_at_once(store):
+    store.failing = ConnectionError("server gone")
+    writer = BatchWriter(store.apply, target="mongodb://db", log=LOG, hold_on_failure=False,
+                         retry_delay=0.001, max_retry_delay=0.01)
+    ran: list[str] = []
+    try:
+        writer.put("first")
+        _run_until(writer, lambda: store.attempts >= 1, "a failed attempt")
+        store.gate.clear()  # hold the retries: the results put now must not wait for them
+        writer.put("second")
+        writer.when_durable(lambda: ran.append("second"))
+        writer.run_callbacks()
+        assert ran == ["second"]
+    finally:
+        store.failing = None
+        store.gate.set()
+        writer.close()
+
+
+def test_a_failing_callback_is_logged_and_the_others_still_run(store, caplog):
+    writer = BatchWriter(store.apply, target="memory", log=LOG)
+    ran: list[int] = []
+
+    def broken() -> None:
+        raise RuntimeError("cannot send this result")
+
+    try:
+        store.gate.clear()
+        writer.put("one")
+        writer.when_durable(broken)
+        writer.when_durable(lambda: ran.append(2))
+        store.gate.set()
+        _run_until(writer, lambda: ran == [2], "the callback after the broken one")
+        assert any("durable callback" in r.getMessage() and r.exc_info for r in caplog.records)
+    finally:
+        writer.close()
+        writer.close()  # a second close does nothing
+    assert writer.stopped

@@ -86,7 +86,8 @@ PLAIN_FIELDS = tuple(f for f in RECORD_FIELDS if f not in DICT_FIELDS + BUFFER_F
 ORDERING = ("$lt", "$lte", "$gt", "$gte")
 INT64 = range(-(2**63), 2**63)
 # Failures that may pass: the writer retries them.  Anything else a write
-# raises can never succeed and is logged and skipped.
+# raises can never succeed: the writes are then made one at a time and the
+# ones that fail are logged and skipped.
 TRANSIENT = (pymongo.errors.ConnectionFailure, pymongo.errors.ExecutionTimeout, pymongo.errors.WriteConcernError)
 DUPLICATE_KEY = 11000
 KNOWN_LIMIT = 100_000  # recent msg_ids answered from memory (about 10 MB)
@@ -116,9 +117,17 @@ def _unescape(key: str) -> str:
     return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), key)
 
 
+def _text(value: str) -> str:
+    """``value`` as BSON can hold it: a lone surrogate (a non-UTF-8 file name a
+    task printed) is not UTF-8, so it is kept escaped."""
+    return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _encode(value: Any, where: str) -> Any:
     """``value`` as BSON can hold it exactly (see the module docstring)."""
-    if value is None or isinstance(value, (str, bool, float)):
+    if isinstance(value, str):
+        return _text(value)
+    if value is None or isinstance(value, (bool, float)):
         return value
     if isinstance(value, int):
         return value if value in INT64 else {"%b": str(value)}
@@ -130,7 +139,7 @@ def _encode(value: Any, where: str) -> Any:
         return bson.Binary(bytes(value))
     if isinstance(value, dict):
         if all(isinstance(key, str) for key in value):
-            return {_escape(key): _encode(item, where) for key, item in value.items()}
+            return {_escape(_text(key)): _encode(item, where) for key, item in value.items()}
         return {"%i": [[_encode(key, where), _encode(item, where)] for key, item in value.items()]}
     if isinstance(value, (list, tuple)):
         return [_encode(item, where) for item in value]
@@ -181,7 +190,7 @@ def _encode_field(name: str, value: Any) -> Any:
     if name in DATETIME_FIELDS and isinstance(value, datetime) and value.tzinfo is not None:
         return _micros(value)
     if name in PLAIN_FIELDS and isinstance(value, str):
-        return value
+        return _text(value)
     if name in DICT_FIELDS and isinstance(value, dict):
         return _encode(value, name)
     if name in BUFFER_FIELDS and isinstance(value, (list, tuple)) and all(_is_buffer(b) for b in value):
@@ -378,6 +387,9 @@ class MongoDB(BaseDB):
         # by the unique index (logged).
         self._known: dict[str, None] = dict.fromkeys(
             reversed([str(document["msg_id"]) for document in latest if "msg_id" in document]))
+        # Records added here and not finished: their updates (the result, maybe
+        # long after) never ask the server, however many tasks came since.
+        self._unfinished: set[str] = set()
         self._retrying = threading.Event()  # set by the writer between a failure and the next success
         self._closed = False
         self._writer = BatchWriter(self._apply, target=f"MongoDB {self.url}", log=self.log,
@@ -397,6 +409,8 @@ class MongoDB(BaseDB):
         document["seq"] = self._seq
         self._seq += 1
         self._remember(msg_id)
+        if record.get("completed") is None and record.get("result_header") is None:
+            self._unfinished.add(msg_id)
         self._writer.put(_Insert(document), key=msg_id)
 
     def update_record(self, msg_id: str, changes: dict[str, Any]) -> None:
@@ -404,10 +418,12 @@ class MongoDB(BaseDB):
         check_record(changes, "task record update")
         if changes.get("msg_id", msg_id) != msg_id:
             raise ValueError(f"cannot change the msg_id of task record {msg_id!r}")
-        if msg_id not in self._known:
+        if msg_id not in self._known and msg_id not in self._unfinished:
             if not self._on_server(msg_id):
                 raise KeyError(f"no task record {msg_id!r}")
             self._remember(msg_id)
+        if changes.get("completed") is not None or changes.get("result_header") is not None:
+            self._unfinished.discard(msg_id)
         encoded = _encode_fields({name: value for name, value in changes.items() if name != "msg_id"})
         if encoded:
             self._writer.put(_Update(msg_id, encoded), key=msg_id)
@@ -417,6 +433,7 @@ class MongoDB(BaseDB):
         self._flush("drop a task record")
         result = self._call(self._records.delete_one, {"msg_id": msg_id})
         self._known.pop(msg_id, None)
+        self._unfinished.discard(msg_id)
         if result.deleted_count == 0:
             raise KeyError(f"no task record {msg_id!r}")
 
@@ -434,6 +451,7 @@ class MongoDB(BaseDB):
                 self._call(self._records.delete_many, {"msg_id": {"$in": chunk}})
         for msg_id in ids:
             self._known.pop(msg_id, None)
+            self._unfinished.discard(msg_id)
 
     # -- reading ---------------------------------------------------------
 
@@ -556,15 +574,20 @@ class MongoDB(BaseDB):
                 failed = start + int(errors[0]["index"])  # ordered: the ones before it are written
                 self._skip(ops[failed], errors[0])
                 start = failed + 1
-            except bson.errors.InvalidDocument:
-                # Raised while encoding, before or between sends: find the bad
-                # one by writing the rest one at a time.
+            except TRANSIENT:
+                raise
+            except Exception:
+                # Anything else (a document BSON cannot encode, an operation the
+                # server refuses) can never succeed: find the bad ones by writing
+                # the rest one at a time, so they do not hold up the others forever.
                 for op, request in zip(ops[start:], requests[start:], strict=True):
                     try:
                         self._records.bulk_write([request], ordered=True)
+                    except TRANSIENT:
+                        raise
                     except pymongo.errors.BulkWriteError as exc:
                         self._skip(op, (exc.details.get("writeErrors") or [{}])[0])
-                    except bson.errors.InvalidDocument as exc:
+                    except Exception as exc:
                         self._skip(op, {"errmsg": _reason(exc, self._secrets)})
                 return
 

@@ -33,7 +33,6 @@ import json
 import os
 import sqlite3
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta, timezone
@@ -137,7 +136,10 @@ def _encode_value(field: str, value: Any) -> Any:
             return json.dumps(value, separators=(",", ":"), default=_json_default)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"task record field {field!r} cannot be stored: {exc}") from None
-    if value is None or isinstance(value, (str, int, float)):
+    if isinstance(value, str):
+        # A lone surrogate (a non-UTF-8 file name a task printed) cannot be stored as text: kept escaped.
+        return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if value is None or isinstance(value, (int, float)):
         return value
     return json.dumps(value, default=str)  # odd values in text fields are kept as text
 
@@ -241,7 +243,7 @@ class SQLiteDB(BaseDB):
                                   help="SQLite's synchronous setting: NORMAL keeps committed records when the "
                                   "controller is killed; FULL also through a power cut or OS crash (an fsync "
                                   "per batch of writes).").tag(config=True)
-    record_limit = Integer(0, min=0, help="Most finished records to keep; past it the ones that finished "
+    record_limit = Integer(0, min=0, help="Most finished records to keep; past it the finished ones submitted "
                            "longest ago are deleted (pending ones never are).  0: no limit.").tag(config=True)
     max_age = Float(0.0, min=0.0, help="Seconds a finished record is kept after it completed; older ones "
                     "are deleted.  0: forever.").tag(config=True)
@@ -258,6 +260,7 @@ class SQLiteDB(BaseDB):
         self._check_or_create_table()
         self._writer_connection = self._connect(check_same_thread=False)
         self._writer_connection.execute(f"PRAGMA synchronous={self.synchronous}")
+        self._closed = False
         self._unfinished: set[str] = set()  # added by us, no result yet: updates need no lookup
         # The table's latest msg_ids: a duplicate among them is refused at once,
         # with no query on the hot path.  An older one is refused by the unique
@@ -267,7 +270,6 @@ class SQLiteDB(BaseDB):
         self._refused: set[str] = set()  # the writer's: msg_ids whose insert the unique index refused
         self._finished_since_retention = 0
         self._last_retention = time.monotonic()
-        self._retention_lock = threading.Lock()
         self.writer = BatchWriter(self._apply, target=self.path, log=self.log, hold_on_failure=True,
                                   merge=_merge, name=f"sqlite-writer-{self.filename}")
 
@@ -346,9 +348,11 @@ class SQLiteDB(BaseDB):
             connection.execute("BEGIN IMMEDIATE")
             connection.execute(f"CREATE TABLE IF NOT EXISTS {META_TABLE} (name TEXT PRIMARY KEY, format INTEGER, "
                                "created TEXT)")
-            connection.execute(f"CREATE TABLE {self._table_sql} ({body})")
+            # IF NOT EXISTS: another controller may have created it since we looked.
+            connection.execute(f"CREATE TABLE IF NOT EXISTS {self._table_sql} ({body})")
             for column in ("completed", "engine_uuid", "client_uuid"):
-                connection.execute(f"CREATE INDEX {_quote(f'{name}_{column}')} ON {self._table_sql} ({column})")
+                connection.execute(f"CREATE INDEX IF NOT EXISTS {_quote(f'{name}_{column}')} "
+                                   f"ON {self._table_sql} ({column})")
             connection.execute(f"INSERT OR REPLACE INTO {META_TABLE} VALUES (?, ?, ?)",
                                (self.table, FORMAT, datetime.now(timezone.utc).isoformat()))
             connection.execute("COMMIT")
@@ -473,60 +477,77 @@ class SQLiteDB(BaseDB):
 
     def close(self) -> None:
         """Commit what is queued, run the callbacks that became due, close the file."""
+        if self._closed:
+            return
+        self._closed = True
         self.writer.close()
-        self._writer_connection.close()
+        if self.writer.stopped:  # else the thread may still use its connection
+            self._writer_connection.close()
         self._reader.close()
 
     # --- the writer's thread ----------------------------------------------------------
 
     def _apply(self, ops: list[tuple[Any, ...]]) -> None:
-        """Apply ``ops`` in one transaction (called by the BatchWriter; raises
-        only for failures that may pass, and then has changed nothing)."""
+        """Apply ``ops`` in one transaction (called by the BatchWriter).  It
+        raises only for what may pass (the file busy, locked, full: SQLite's
+        OperationalError), and then has changed nothing; an operation that can
+        never succeed (a value SQLite refuses) is logged and left out."""
         connection = self._writer_connection
-        insert = (f"INSERT INTO {self._table_sql} ({', '.join(_quote(c) for c in COLUMNS)}) "
-                  f"VALUES ({', '.join('?' * len(COLUMNS))})")
         try:
             connection.execute("BEGIN IMMEDIATE")
             finished = 0
             for op in ops:
-                kind, msg_id = op[0], op[1]
-                if kind == "add":
-                    row = op[2]
-                    try:
-                        connection.execute(insert, [_stored_value(c, row.get(c)) for c in COLUMNS])
-                    except sqlite3.IntegrityError:  # can never succeed: report it, keep the rest
-                        self.log.error("SQLiteDB: %s: task record %r is already stored; the new task's "
-                                       "record is not kept", self.path, msg_id)
-                        self._refused.add(msg_id)
-                        continue
-                    finished += row.get("completed") is not None
-                elif kind == "update":
-                    if msg_id in self._refused:  # the new task's, not the stored record's
-                        continue
-                    changes = op[2]
-                    assignments = ", ".join(f"{_quote(c)} = ?" for c in changes)
-                    connection.execute(f"UPDATE {self._table_sql} SET {assignments} WHERE msg_id = ?",
-                                       [*(_stored_value(c, v) for c, v in changes.items()), msg_id])
-                    finished += changes.get("completed") is not None
-                else:  # delete
-                    for start in range(0, len(op[2]), 500):
-                        chunk = op[2][start:start + 500]
-                        connection.execute(f"DELETE FROM {self._table_sql} WHERE msg_id IN "
-                                           f"({', '.join('?' * len(chunk))})", chunk)
-            self._finished_since_retention += finished
-            self._apply_retention(connection)
+                try:
+                    finished += self._apply_one(connection, op)
+                except sqlite3.OperationalError:
+                    raise
+                except (sqlite3.Error, ValueError, OverflowError) as exc:  # this record only, never the batch
+                    self.log.error("SQLiteDB: %s: task record %r cannot be stored (%s: %s); it is left out",
+                                   self.path, op[1], type(exc).__name__, exc)
+            finished_since = self._apply_retention(connection, self._finished_since_retention + finished)
             connection.execute("COMMIT")
+            self._finished_since_retention = finished_since  # counted once, whatever retries there were
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
 
-    def _apply_retention(self, connection: sqlite3.Connection) -> None:
+    def _apply_one(self, connection: sqlite3.Connection, op: tuple[Any, ...]) -> int:
+        """Apply one operation; the number of records it finished (for retention)."""
+        kind, msg_id = op[0], op[1]
+        if kind == "add":
+            row = op[2]
+            insert = (f"INSERT INTO {self._table_sql} ({', '.join(_quote(c) for c in COLUMNS)}) "
+                      f"VALUES ({', '.join('?' * len(COLUMNS))})")
+            try:
+                connection.execute(insert, [_stored_value(c, row.get(c)) for c in COLUMNS])
+            except sqlite3.IntegrityError:
+                self.log.error("SQLiteDB: %s: task record %r is already stored; the new task's record is "
+                               "not kept", self.path, msg_id)
+                self._refused.add(msg_id)
+                return 0
+            return int(row.get("completed") is not None)
+        if kind == "update":
+            if msg_id in self._refused:  # the new task's, not the stored record's
+                return 0
+            changes = op[2]
+            assignments = ", ".join(f"{_quote(c)} = ?" for c in changes)
+            connection.execute(f"UPDATE {self._table_sql} SET {assignments} WHERE msg_id = ?",
+                               [*(_stored_value(c, v) for c, v in changes.items()), msg_id])
+            return int(changes.get("completed") is not None)
+        for start in range(0, len(op[2]), 500):  # delete
+            chunk = op[2][start:start + 500]
+            connection.execute(f"DELETE FROM {self._table_sql} WHERE msg_id IN ({', '.join('?' * len(chunk))})",
+                               chunk)
+        return 0
+
+    def _apply_retention(self, connection: sqlite3.Connection, finished_since: int) -> int:
         """Delete what ``record_limit``/``max_age`` say to, within the writer's
         transaction, now and then: every tenth of the limit, or every few
-        seconds for the age."""
-        if self.record_limit and self._finished_since_retention >= max(1, self.record_limit // 10):
-            self._finished_since_retention = 0
+        seconds for the age.  Returns the finished records counted towards the
+        next count check."""
+        if self.record_limit and finished_since >= max(1, self.record_limit // 10):
+            finished_since = 0
             cutoff = connection.execute(
                 f"SELECT seq FROM {self._table_sql} WHERE completed IS NOT NULL ORDER BY seq DESC "
                 "LIMIT 1 OFFSET ?", (self.record_limit,)).fetchone()
@@ -542,6 +563,7 @@ class SQLiteDB(BaseDB):
             if deleted:
                 self.log.info("SQLiteDB: deleted %d task records that completed over max_age=%gs ago",
                               deleted, self.max_age)
+        return finished_since
 
 
 def _stored_value(column: str, value: Any) -> Any:

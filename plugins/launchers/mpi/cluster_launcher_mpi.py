@@ -14,6 +14,7 @@ whatever of that tree is still running after ``stop_timeout``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -93,7 +94,12 @@ class MPILauncher(LocalProcessLauncher):
         self.killed = ()
         self._take_tree()
         deadline = time.monotonic() + self.stop_timeout
-        self.signal(signal.SIGTERM)
+        if self.poll() is None:
+            self.signal(signal.SIGTERM)
+        else:  # mpiexec is gone: nobody passes SIGTERM on to what it left behind
+            for process in self._tree_processes():
+                with contextlib.suppress(psutil.Error):
+                    process.terminate()
         self.wait(self.stop_timeout)
         _, alive = psutil.wait_procs(self._tree_processes(), timeout=max(0.0, deadline - time.monotonic()))
         if alive or self.poll() is None:
@@ -118,8 +124,10 @@ class MPILauncher(LocalProcessLauncher):
         except psutil.Error:
             return
         known = {pid for pid, _ in self.tree}
-        self.tree = [*self.tree, *([child.pid, process_start_token(child.pid)] for child in children
-                                   if child.pid not in known)]
+        found = [[child.pid, process_start_token(child.pid)] for child in children if child.pid not in known]
+        # No token (it exited meanwhile, or cannot be inspected): not recorded,
+        # or a later stop could kill whatever process gets that PID next.
+        self.tree = [*self.tree, *(entry for entry in found if entry[1])]
 
     def _tree_processes(self) -> list[psutil.Process]:
         """The recorded processes that are still the ones recorded and running."""

@@ -223,6 +223,10 @@ class Cluster(LoggingConfigurable):
                         registered = count
                         self.report(f"{count}/{n} engines registered")
                     if count >= n:
+                        # Recorded again now that every process runs: a launcher
+                        # learns things meanwhile (the ranks under an mpiexec)
+                        # that a later `stop` from another process needs.
+                        self.save_state()
                         return
                 if time.monotonic() > deadline:
                     why = f" ({last_error})" if client is None and last_error else ""

@@ -56,9 +56,13 @@ class BatchWriter:
         self._ops: list[Any] = []
         self._by_key: dict[Hashable, int] = {}  # key -> index in _ops of its latest mergeable operation
         self._queued = 0  # operations put so far
-        self._durable = 0  # of which applied (or, failing and not holding, given up waiting for)
+        self._applied = 0  # of which applied
+        # Of which the callbacks may run: applied ones, and (failing and not
+        # holding) every one put until the target works again.
+        self._durable = 0
         self._failure: BaseException | None = None  # the last error while failing, None once it works
         self._closing = False
+        self._closed = False
         # Owned by the controller's thread only: (operations put when asked, callback).
         self._callbacks: deque[tuple[int, Callable[[], None]]] = deque()
         self._wake_read, self._wake_write = os.pipe()
@@ -94,19 +98,21 @@ class BatchWriter:
         return self._queued
 
     @property
-    def durable(self) -> int:
-        """How many of the operations put so far are applied (or, failing and
-        not holding, no longer waited for)."""
+    def applied(self) -> int:
+        """How many of the operations put so far are applied."""
         with self._lock:
-            return self._durable
+            return self._applied
 
     def when_durable(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` in this thread once everything put so far is
-        applied: now if it is, else from :meth:`run_callbacks`."""
+        applied (or, while writes fail and the writer does not hold, at once):
+        now if it is, else from :meth:`run_callbacks`."""
         with self._lock:
+            if self._failure is not None and not self.hold_on_failure:
+                self._durable = self._queued
             queued, durable = self._queued, self._durable
         if queued == durable and not self._callbacks:
-            callback()
+            _run_callback(callback, self.log)
         else:
             self._callbacks.append((queued, callback))
 
@@ -125,7 +131,7 @@ class BatchWriter:
         with self._lock:
             durable = self._durable
         while self._callbacks and self._callbacks[0][0] <= durable:
-            self._callbacks.popleft()[1]()
+            _run_callback(self._callbacks.popleft()[1], self.log)
 
     def flush(self, timeout: float = 30.0, what: str = "read the task database", fail_fast: bool = True) -> None:
         """Wait until everything put so far is applied.  While writes fail,
@@ -134,7 +140,7 @@ class BatchWriter:
         deadline = time.monotonic() + timeout
         with self._lock:
             goal = self._queued
-            while self._durable < goal or (self._failure is not None and self._ops):
+            while self._applied < goal:
                 left = deadline - time.monotonic()
                 if self._failure is not None and (fail_fast or left <= 0):
                     raise TaskDBError(f"cannot {what}: writing to {self.target} fails "
@@ -146,7 +152,10 @@ class BatchWriter:
     def close(self, timeout: float = 30.0) -> None:
         """Apply what is queued (waiting up to ``timeout``), run the callbacks
         that became due, and stop the thread.  Writes still failing at the
-        deadline are reported, not silently lost."""
+        deadline are reported, not silently lost.  A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.flush(timeout, what="finish writing the task database", fail_fast=False)
         except TaskDBError as exc:
@@ -156,8 +165,16 @@ class BatchWriter:
             self._closing = True
             self._lock.notify_all()
         self._thread.join(timeout=max(1.0, timeout))
+        if self._thread.is_alive():  # stuck in apply: its wake-up write must not hit a reused fd
+            self.log.error("the task-database writer for %s did not stop; leaving it", self.target)
+            return
         for fd in (self._wake_read, self._wake_write):
             os.close(fd)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the writer's thread has ended (after :meth:`close`)."""
+        return not self._thread.is_alive()
 
     # --- the writer's thread --------------------------------------------------
 
@@ -185,8 +202,8 @@ class BatchWriter:
                     self._failure = exc
                     self._ops[:0] = batch
                     self._by_key.clear()
-                    if not self.hold_on_failure:
-                        self._durable = max(self._durable, upto)
+                    if not self.hold_on_failure:  # and, while failing, when_durable calls back at once
+                        self._durable = self._queued
                     self._lock.notify_all()
                 self._wake()
                 with self._lock:
@@ -199,6 +216,7 @@ class BatchWriter:
             failures, delay = 0, self._retry_delay
             with self._lock:
                 self._failure = None
+                self._applied = upto
                 self._durable = max(self._durable, upto)
                 self._lock.notify_all()
             self._wake()
@@ -208,6 +226,15 @@ class BatchWriter:
             os.write(self._wake_write, b"\0")
         except (BlockingIOError, OSError):  # full: the controller has wake-ups pending already
             pass
+
+
+def _run_callback(callback: Callable[[], None], log: logging.Logger) -> None:
+    # One callback that fails (a result that cannot be sent) must not stop
+    # the controller's loop, nor the callbacks after it.
+    try:
+        callback()
+    except Exception:
+        log.exception("error in a task-database durable callback")
 
 
 def _one_line(exc: BaseException) -> str:

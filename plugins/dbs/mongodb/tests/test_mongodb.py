@@ -498,3 +498,32 @@ def test_a_record_the_client_cannot_encode_is_skipped_and_the_rest_written(make_
     assert db.get_record("after")["stdout"] == "still written"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "'poison'" in errors[0] and "DocumentTooLarge" in errors[0], errors
+
+
+def test_a_long_running_task_gets_its_result_without_asking_the_server(
+        make_db: MakeDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cluster_launcher_mongodb, "KNOWN_LIMIT", 2)
+    db = make_db()
+    db.add_record("long", {"msg_id": "long", "submitted": at(0)})
+    for i in range(5):  # more tasks than the window holds come and go meanwhile
+        db.add_record(f"quick{i}", {"msg_id": f"quick{i}", "submitted": at(1 + i), "completed": at(2 + i)})
+    assert "long" not in db._known
+    collection = db._records
+    db._records = _NoLookups(collection)
+    db.update_record("long", {"completed": at(30), "result_header": {"status": "ok"}})
+    db._records = collection
+    db._writer.flush(timeout=DEADLINE, fail_fast=False)
+    assert db.get_record("long")["completed"] == at(30)
+
+
+def test_output_that_is_not_utf8_is_kept_escaped(make_db: MakeDB) -> None:
+    """A task printing a non-UTF-8 file name gives a lone surrogate, which BSON
+    cannot hold: it is stored escaped rather than stopping every write."""
+    db = make_db()
+    printed = "caf\udce9 \u00e9t\u00e9"
+    db.add_record("t", {"msg_id": "t", "submitted": at(0), "stdout": printed,
+                        "result_header": {"stdout": printed, "caf\udce9": 1}})
+    db._writer.flush(timeout=DEADLINE, fail_fast=False)
+    record = db.get_record("t")
+    assert record["stdout"] == "caf\\udce9 \u00e9t\u00e9"
+    assert record["result_header"] == {"stdout": "caf\\udce9 \u00e9t\u00e9", "caf\\udce9": 1}

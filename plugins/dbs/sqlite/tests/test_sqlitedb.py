@@ -275,3 +275,27 @@ def test_duplicates_are_refused_from_memory_and_older_ones_by_the_unique_index(t
             reopened.add_record("t4", {"msg_id": "t4"})
     finally:
         reopened.close()
+
+
+def test_a_record_sqlite_refuses_is_left_out_and_the_rest_written(tmp_path, caplog):
+    """One bad value (here an int too big for SQLite) costs its record only,
+    never the batch: results behind it are not held forever."""
+    db = SQLiteDB(location=str(tmp_path), table="tasks")
+    delivered: list[str] = []
+    try:
+        db.add_record("ok1", {"msg_id": "ok1", "submitted": at(0)})
+        db.add_record("bad", {"msg_id": "bad", "submitted": at(1), "client_uuid": 2**70})
+        db.add_record("ok2", {"msg_id": "ok2", "submitted": at(2), "stdout": "caf\udce9 \u00e9t\u00e9"})
+        db.when_durable(lambda: delivered.append("after"))
+        deadline = time.monotonic() + 30
+        while not delivered:
+            assert time.monotonic() < deadline, "a bad record held the results behind it"
+            select.select([db.durable_fd()], [], [], 0.5)
+            db.run_durable_callbacks()
+        assert db.get_history() == ["ok1", "ok2"]
+        # A lone surrogate (a non-UTF-8 file name a task printed) is kept, escaped.
+        assert db.get_record("ok2")["stdout"] == "caf\\udce9 \u00e9t\u00e9"
+        assert any("'bad' cannot be stored (OverflowError" in r.getMessage() for r in caplog.records)
+    finally:
+        db.close()
+        db.close()  # a second close does nothing

@@ -114,6 +114,7 @@ def test_stop_kills_by_pid_what_mpiexec_leaves_behind(tmp_path):
     launcher = MPIEngineSetLauncher(mpi_cmd=[str(fake)], profile_dir=str(tmp_path), engine_cmd=["true"],
                                     stop_timeout=1)
     launcher.start(1)
+    rank = None
     try:
         deadline = time.monotonic() + 30
         while not (launcher.poll() is None and launcher.tree):  # poll records the tree
@@ -124,6 +125,7 @@ def test_stop_kills_by_pid_what_mpiexec_leaves_behind(tmp_path):
         assert rank.pid != launcher.pid and os.getsid(rank.pid) != os.getsid(launcher.pid)
     finally:
         launcher.stop()
+    assert rank is not None
     assert not rank.is_running() or rank.status() == psutil.STATUS_ZOMBIE, "the rank outlived stop"
     assert launcher.poll() is not None
     assert launcher.killed and "ignored SIGTERM" in launcher.killed[0], launcher.killed
