@@ -20,7 +20,8 @@ duplicate msg_id is refused from the table's latest ids, kept in memory.
 
 Storage: times are integer microseconds since the epoch (exact, ordered,
 indexable); dict fields are JSON text; buffer lists are one framed BLOB;
-other fields are stored as they are.  Queries are translated to SQL where
+the other fields hold text, and anything else a peer put there (a number, a
+list) is a tagged JSON BLOB, which never equals or orders with text.  Queries are translated to SQL where
 SQL means exactly what :func:`cluster_launcher.db.matches` means, and the
 rest of a query (conditions on dict fields, arguments of unusual types) is
 checked in Python on the rows SQL found.
@@ -124,6 +125,9 @@ def _unframe_buffers(blob: bytes | None) -> list[bytes] | None:
     return buffers
 
 
+_OTHER_VALUE = b"\x00cluster-launcher-json:"  # the tag of a non-text value in a text field
+
+
 def _encode_value(field: str, value: Any) -> Any:
     if field in DATETIME_FIELDS:
         return _encode_time(value, field)
@@ -139,9 +143,14 @@ def _encode_value(field: str, value: Any) -> Any:
     if isinstance(value, str):
         # A lone surrogate (a non-UTF-8 file name a task printed) cannot be stored as text: kept escaped.
         return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if value is None or isinstance(value, (int, float)):
-        return value
-    return json.dumps(value, default=str)  # odd values in text fields are kept as text
+    if value is None:
+        return None
+    # Anything else in a text field (a number, a list a peer sent) is a tagged
+    # BLOB: never equal to a text, and read back as it was.
+    try:
+        return _OTHER_VALUE + json.dumps(value, separators=(",", ":"), default=_json_default).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"task record field {field!r} cannot be stored: {exc}") from None
 
 
 def _decode_value(field: str, value: Any) -> Any:
@@ -151,6 +160,8 @@ def _decode_value(field: str, value: Any) -> Any:
         return _unframe_buffers(value)
     if field in JSON_FIELDS and value is not None:
         return json.loads(value, object_hook=_json_object) if "__" in value else json.loads(value)
+    if isinstance(value, bytes) and value.startswith(_OTHER_VALUE):
+        return json.loads(value[len(_OTHER_VALUE):], object_hook=_json_object)
     return value
 
 
@@ -204,7 +215,9 @@ def _sql_condition(field: str, op: str, arg: Any) -> tuple[str, list[Any]] | Non
         return f"{column} = ?", [value]
     if op == "$ne":
         return f"{column} IS NOT ?", [value]  # NULL is "not equal" too, as in Python
-    return f"{column} {_SQL_ORDERING[op]} ?", [value]
+    # SQLite orders every number before every text; Python does not compare them at all.
+    kind = "integer" if field in DATETIME_FIELDS else "text"
+    return f"(typeof({column}) = '{kind}' AND {column} {_SQL_ORDERING[op]} ?)", [value]
 
 
 def _translate(query: Query) -> tuple[str, list[Any], Query]:

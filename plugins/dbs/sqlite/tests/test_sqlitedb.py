@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import select
 import sqlite3
 import time
@@ -16,6 +17,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from cluster_launcher import plugins
+from cluster_launcher.db import check_query, matches
 from cluster_launcher.error import TaskDBError
 from cluster_launcher.testing import db_conformance
 from cluster_launcher.testing.db_conformance import at
@@ -278,13 +280,15 @@ def test_duplicates_are_refused_from_memory_and_older_ones_by_the_unique_index(t
 
 
 def test_a_record_sqlite_refuses_is_left_out_and_the_rest_written(tmp_path, caplog):
-    """One bad value (here an int too big for SQLite) costs its record only,
-    never the batch: results behind it are not held forever."""
+    """A value SQLite refuses (here a result over its size limit, 1 GB by
+    default, made 1,000 bytes) costs its record only, never the batch: results
+    behind it are not held forever."""
     db = SQLiteDB(location=str(tmp_path), table="tasks")
+    db._writer_connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)
     delivered: list[str] = []
     try:
-        db.add_record("ok1", {"msg_id": "ok1", "submitted": at(0)})
-        db.add_record("bad", {"msg_id": "bad", "submitted": at(1), "client_uuid": 2**70})
+        db.add_record("ok1", {"msg_id": "ok1", "submitted": at(0), "client_uuid": 2**70})  # kept, tagged
+        db.add_record("bad", {"msg_id": "bad", "submitted": at(1), "result_buffers": [b"x" * 2000]})
         db.add_record("ok2", {"msg_id": "ok2", "submitted": at(2), "stdout": "caf\udce9 \u00e9t\u00e9"})
         db.when_durable(lambda: delivered.append("after"))
         deadline = time.monotonic() + 30
@@ -295,7 +299,47 @@ def test_a_record_sqlite_refuses_is_left_out_and_the_rest_written(tmp_path, capl
         assert db.get_history() == ["ok1", "ok2"]
         # A lone surrogate (a non-UTF-8 file name a task printed) is kept, escaped.
         assert db.get_record("ok2")["stdout"] == "caf\\udce9 \u00e9t\u00e9"
-        assert any("'bad' cannot be stored (OverflowError" in r.getMessage() for r in caplog.records)
+        assert db.get_record("ok1")["client_uuid"] == 2**70
+        assert any("'bad' cannot be stored (DataError" in r.getMessage() for r in caplog.records)
     finally:
         db.close()
         db.close()  # a second close does nothing
+
+
+ODD_VALUES = ["a", "b", "", "5", 5, 2**70, 1.5, True, None, [1, 2], {"x": 1}, "\u00e9", "[1,2]"]
+TEXT_FIELDS = ["client_uuid", "engine_uuid", "stdout", "queue", "resubmitted"]
+OPERATORS = ["$eq", "$ne", "$lt", "$lte", "$gt", "$gte", "$in", "$nin", "$exists"]
+
+
+def test_odd_values_in_text_fields_round_trip_and_query_as_the_reference_says(tmp_path):
+    """Numbers, lists or booleans where text belongs (a peer may send them):
+    SQLite orders numbers before text and would compare a list stored as text;
+    Python compares neither.  2,000 seeded random queries agree with matches()."""
+    chooser = random.Random(7)
+    records = []
+    for i in range(40):
+        record = {"msg_id": f"m{i:02d}", "submitted": at(i)}
+        record.update({f: chooser.choice(ODD_VALUES) for f in TEXT_FIELDS if chooser.random() < 0.7})
+        records.append(record)
+    db = SQLiteDB(location=str(tmp_path))
+    try:
+        for record in records:
+            db.add_record(record["msg_id"], record)
+        for record in records:
+            stored = db.get_record(record["msg_id"])
+            assert {f: stored[f] for f in TEXT_FIELDS} == {f: record.get(f) for f in TEXT_FIELDS}
+        compared = 0
+        while compared < 2000:
+            field, op = chooser.choice(TEXT_FIELDS), chooser.choice(OPERATORS)
+            arg = chooser.sample(ODD_VALUES, 3) if op in ("$in", "$nin") else \
+                chooser.choice([True, False]) if op == "$exists" else chooser.choice(ODD_VALUES)
+            query = {field: {op: arg}}
+            try:
+                check_query(query)
+            except ValueError:
+                continue
+            expected = [r["msg_id"] for r in records if matches(r, query)]
+            assert [r["msg_id"] for r in db.find_records(query, keys=[])] == expected, query
+            compared += 1
+    finally:
+        db.close()
