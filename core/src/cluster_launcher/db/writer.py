@@ -94,7 +94,7 @@ class BatchWriter:
 
     @property
     def queued(self) -> int:
-        """How many operations were put so far (a position to compare with :attr:`durable`)."""
+        """How many operations were put so far (a position to compare with :attr:`applied`)."""
         return self._queued
 
     @property
