@@ -54,6 +54,13 @@ def _run_until(writer: BatchWriter, condition, what: str) -> None:
         writer.run_callbacks()
 
 
+def _lost_server_writer(store: Store) -> BatchWriter:
+    """A non-holding writer (as MongoDB's) whose every write fails until the test says otherwise."""
+    store.failing = ConnectionError("server gone")
+    return BatchWriter(store.apply, target="mongodb://db", log=LOG, hold_on_failure=False,
+                       retry_delay=0.001, max_retry_delay=0.01)
+
+
 @pytest.fixture
 def store():
     return Store()
@@ -124,9 +131,7 @@ def test_holding_writer_keeps_results_until_a_failing_write_succeeds(store, capl
 
 
 def test_non_holding_writer_releases_results_and_retries_the_writes(store):
-    store.failing = ConnectionError("server gone")
-    writer = BatchWriter(store.apply, target="mongodb://db", log=LOG, hold_on_failure=False,
-                         retry_delay=0.001, max_retry_delay=0.01)
+    writer = _lost_server_writer(store)
     ran: list[int] = []
     try:
         writer.put("record")
@@ -161,9 +166,7 @@ def test_close_applies_what_is_queued_runs_due_callbacks_and_reports_what_it_can
 def test_flush_never_reports_success_while_a_retry_is_in_flight(store):
     """A failing batch being retried is out of the queue but not applied: flush
     fails fast (reads must not wait on a lost server), and waits without fail_fast."""
-    store.failing = ConnectionError("server gone")
-    writer = BatchWriter(store.apply, target="mongodb://db", log=LOG, hold_on_failure=False,
-                         retry_delay=0.001, max_retry_delay=0.01)
+    writer = _lost_server_writer(store)
     try:
         writer.put("record")
         _run_until(writer, lambda: store.attempts >= 1, "a first failed attempt")
@@ -184,9 +187,7 @@ def test_flush_never_reports_success_while_a_retry_is_in_flight(store):
 
 
 def test_while_failing_a_non_holding_writer_calls_back_at_once(store):
-    store.failing = ConnectionError("server gone")
-    writer = BatchWriter(store.apply, target="mongodb://db", log=LOG, hold_on_failure=False,
-                         retry_delay=0.001, max_retry_delay=0.01)
+    writer = _lost_server_writer(store)
     ran: list[str] = []
     try:
         writer.put("first")

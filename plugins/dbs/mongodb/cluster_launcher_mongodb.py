@@ -74,7 +74,7 @@ from cluster_launcher.db import (
     check_record,
     matches,
 )
-from cluster_launcher.db.writer import BatchWriter
+from cluster_launcher.db.writer import BatchWriter, WriteBehindDB
 from cluster_launcher.error import TaskDBError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -330,7 +330,7 @@ def _merge(queued: Any, new: Any) -> Any:
     return None
 
 
-class MongoDB(BaseDB):
+class MongoDB(WriteBehindDB):
     """Task records in a MongoDB server: kept across controller restarts,
     shared by every client's ``db_query``."""
 
@@ -392,7 +392,7 @@ class MongoDB(BaseDB):
         self._unfinished: set[str] = set()
         self._retrying = threading.Event()  # set by the writer between a failure and the next success
         self._closed = False
-        self._writer = BatchWriter(self._apply, target=f"MongoDB {self.url}", log=self.log,
+        self.writer = BatchWriter(self._apply, target=f"MongoDB {self.url}", log=self.log,
                                    hold_on_failure=False, merge=_merge, name="mongodb-task-writer")
 
     # -- writing ---------------------------------------------------------
@@ -411,7 +411,7 @@ class MongoDB(BaseDB):
         self._remember(msg_id)
         if record.get("completed") is None and record.get("result_header") is None:
             self._unfinished.add(msg_id)
-        self._writer.put(_Insert(document), key=msg_id)
+        self.writer.put(_Insert(document), key=msg_id)
 
     def update_record(self, msg_id: str, changes: dict[str, Any]) -> None:
         """Queue ``changes`` to the record; unknown ``msg_id`` is a KeyError."""
@@ -426,7 +426,7 @@ class MongoDB(BaseDB):
             self._unfinished.discard(msg_id)
         encoded = _encode_fields({name: value for name, value in changes.items() if name != "msg_id"})
         if encoded:
-            self._writer.put(_Update(msg_id, encoded), key=msg_id)
+            self.writer.put(_Update(msg_id, encoded), key=msg_id)
 
     def drop_record(self, msg_id: str) -> None:
         """Forget one record; unknown ``msg_id`` is a KeyError."""
@@ -477,20 +477,7 @@ class MongoDB(BaseDB):
         self._flush("read the task history")
         return [record["msg_id"] for record in self._find({}, {}, [], ["msg_id"])]
 
-    # -- durability ------------------------------------------------------
-
-    def when_durable(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the writes made so far reach the server (or
-        at once while it is unreachable: results must not wait for it)."""
-        self._writer.when_durable(callback)
-
-    def durable_fd(self) -> int | None:
-        """Readable when :meth:`when_durable` callbacks are due."""
-        return self._writer.fileno()
-
-    def run_durable_callbacks(self) -> None:
-        """Run the :meth:`when_durable` callbacks that are due."""
-        self._writer.run_callbacks()
+    # -- closing ---------------------------------------------------------
 
     def close(self) -> None:
         """Write what is queued (giving a lost server ``server_selection_timeout``
@@ -498,7 +485,7 @@ class MongoDB(BaseDB):
         if self._closed:
             return
         self._closed = True
-        self._writer.close(timeout=self.server_selection_timeout)
+        self.writer.close(timeout=self.server_selection_timeout)
         self._client.close()
 
     # -- internals -------------------------------------------------------
@@ -506,7 +493,7 @@ class MongoDB(BaseDB):
     def _flush(self, what: str) -> None:
         # While writes fail this raises at once (fail_fast): a read must not
         # hang on a lost server.  The timeout is for a slow, working one.
-        self._writer.flush(what=what)
+        self.writer.flush(what=what)
 
     def _call(self, operation: Callable[..., Any], *args: Any) -> Any:
         """``operation(*args)`` (a read or drop), a pymongo failure becoming a one-line TaskDBError."""

@@ -35,7 +35,7 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -53,7 +53,7 @@ from cluster_launcher.db import (
     check_record,
     matches,
 )
-from cluster_launcher.db.writer import BatchWriter
+from cluster_launcher.db.writer import BatchWriter, WriteBehindDB
 from cluster_launcher.error import TaskDBError
 
 # Bumped when the table's layout changes; a table of another format is refused.
@@ -242,7 +242,7 @@ def _translate(query: Query) -> tuple[str, list[Any], Query]:
 # --- the backend ------------------------------------------------------------------------
 
 
-class SQLiteDB(BaseDB):
+class SQLiteDB(WriteBehindDB):
     """Task records in a SQLite file: every record, kept across restarts."""
 
     persistent = True
@@ -476,17 +476,7 @@ class SQLiteDB(BaseDB):
         return [{column: _decode_value(column, value) for column, value in zip(columns, row, strict=True)}
                 for row in rows]
 
-    # --- durability -----------------------------------------------------------------
-
-    def when_durable(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` once every write so far is committed (see the module docstring)."""
-        self.writer.when_durable(callback)
-
-    def durable_fd(self) -> int | None:
-        return self.writer.fileno()
-
-    def run_durable_callbacks(self) -> None:
-        self.writer.run_callbacks()
+    # --- closing ----------------------------------------------------------------------
 
     def close(self) -> None:
         """Commit what is queued, run the callbacks that became due, close the file."""

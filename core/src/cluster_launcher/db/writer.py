@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from ..error import TaskDBError
+from .base import BaseDB
 
 Apply = Callable[[list[Any]], None]
 Merge = Callable[[Any, Any], Any]
@@ -226,6 +227,26 @@ class BatchWriter:
             os.write(self._wake_write, b"\0")
         except (BlockingIOError, OSError):  # full: the controller has wake-ups pending already
             pass
+
+
+class WriteBehindDB(BaseDB):
+    """A task database whose writes go through its :class:`BatchWriter`
+    (``self.writer``, made by the subclass): the controller's durability hooks
+    are the writer's, so a result waits exactly for the writes made before it."""
+
+    writer: BatchWriter
+
+    def when_durable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the writes made so far are stored (see
+        :meth:`BatchWriter.when_durable`, and ``hold_on_failure`` for what
+        happens while they fail)."""
+        self.writer.when_durable(callback)
+
+    def durable_fd(self) -> int | None:
+        return self.writer.fileno()
+
+    def run_durable_callbacks(self) -> None:
+        self.writer.run_callbacks()
 
 
 def _run_callback(callback: Callable[[], None], log: logging.Logger) -> None:

@@ -260,7 +260,7 @@ def test_lost_server_results_still_flow_and_records_arrive_later(make_db: MakeDB
         db.get_record("a")  # a read while failing says so at once, it does not hang
     with flaky.changed:
         flaky.down = False
-    db._writer.flush(timeout=DEADLINE, fail_fast=False)  # waits for the retry to succeed
+    db.writer.flush(timeout=DEADLINE, fail_fast=False)  # waits for the retry to succeed
     assert db.get_history() == ["a", "b", "c", "d", "e"]
     assert db.get_record("d")["stdout"] == "out of d" and db.get_record("d")["completed"] == at(10)
     assert any("again" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -309,7 +309,7 @@ def test_updates_of_records_added_here_never_ask_the_server(make_db: MakeDB) -> 
         db.add_record("a", {"msg_id": "a"})
     with flaky.changed:
         flaky.down = False
-    db._writer.flush(timeout=DEADLINE, fail_fast=False)
+    db.writer.flush(timeout=DEADLINE, fail_fast=False)
     assert db.get_record("a")["stdout"] == "late output"
 
 
@@ -325,7 +325,7 @@ def test_the_msg_ids_kept_in_memory_are_bounded_and_older_ones_asked_of_the_serv
     with pytest.raises(KeyError, match="no task record 'never'"):
         db.update_record("never", {"completed": at(20)})
     db.add_record("t1", {"msg_id": "t1", "submitted": at(30)})  # forgotten here: the unique index refuses it
-    db._writer.flush(timeout=DEADLINE, fail_fast=False)
+    db.writer.flush(timeout=DEADLINE, fail_fast=False)
     assert db.get_history() == [f"t{i}" for i in range(10)]
     assert db.get_record("t1")["submitted"] == at(1)
     assert any("t1" in record.getMessage() and "skipped" in record.getMessage() for record in caplog.records)
@@ -354,7 +354,7 @@ def test_after_reuse_new_tasks_are_added_without_asking_the_server(make_db: Make
     second.add_record("new", {"msg_id": "new", "submitted": at(9)})
     with pytest.raises(KeyError, match="'old1' already exists"):  # known from the collection's latest ids
         second.add_record("old1", {"msg_id": "old1", "submitted": at(9)})
-    second._writer.flush(timeout=DEADLINE, fail_fast=False)
+    second.writer.flush(timeout=DEADLINE, fail_fast=False)
     assert second.get_history() == ["old0", "old1", "old2", "new"]
 
 
@@ -512,7 +512,7 @@ def test_a_long_running_task_gets_its_result_without_asking_the_server(
     db._records = _NoLookups(collection)
     db.update_record("long", {"completed": at(30), "result_header": {"status": "ok"}})
     db._records = collection
-    db._writer.flush(timeout=DEADLINE, fail_fast=False)
+    db.writer.flush(timeout=DEADLINE, fail_fast=False)
     assert db.get_record("long")["completed"] == at(30)
 
 
@@ -523,7 +523,7 @@ def test_output_that_is_not_utf8_is_kept_escaped(make_db: MakeDB) -> None:
     printed = "caf\udce9 \u00e9t\u00e9"
     db.add_record("t", {"msg_id": "t", "submitted": at(0), "stdout": printed,
                         "result_header": {"stdout": printed, "caf\udce9": 1}})
-    db._writer.flush(timeout=DEADLINE, fail_fast=False)
+    db.writer.flush(timeout=DEADLINE, fail_fast=False)
     record = db.get_record("t")
     assert record["stdout"] == "caf\\udce9 \u00e9t\u00e9"
     assert record["result_header"] == {"stdout": "caf\\udce9 \u00e9t\u00e9", "caf\\udce9": 1}
