@@ -33,10 +33,15 @@ class ClusterError(ClusterLauncherError):
         self.log_lines = log_lines or []
 
 
-class SSHTunnelError(ClusterLauncherError):
-    """An SSH tunnel to the controller could not be opened: the server's host
-    key is unknown or changed, it refused every key offered, or it cannot be
-    reached."""
+class SSHError(ClusterLauncherError):
+    """An SSH login, a command run over SSH, or a tunnel through SSH failed:
+    a server's host key is unknown or changed, it refused every key offered,
+    it cannot be reached, or the remote command failed (the message names
+    the host and the cause)."""
+
+
+# The name this error had when SSH was only used for tunnels.
+SSHTunnelError = SSHError
 
 
 class BulkError(ClusterLauncherError):

@@ -36,7 +36,7 @@ from ..protocol.session import Message, Session, discard_bulk, new_id, utcnow
 from .streams import StreamSender, TaskStream
 
 if TYPE_CHECKING:
-    from ..protocol.tunnel import SSHConnection
+    from ..protocol.ssh import SSHConnection
 
 log = logging.getLogger("cluster_launcher")
 
@@ -167,11 +167,12 @@ class Engine(ProcessLogging):
         if not server:
             return
         # paramiko takes ~0.4 s and ~15 MB to import: only engines that tunnel pay for it.
-        from ..protocol.tunnel import connect_ssh
+        from ..protocol.ssh import connect_ssh
+        from ..protocol.tunnel import forward
 
         self.ssh_connection = connect_ssh(server, self.timeout, self.sshkey or None)
         for field in ("engine_port", "heartbeat_port"):
-            tunnel = self.ssh_connection.forward(self.info["location"], self.info[field], self.timeout)
+            tunnel = forward(self.ssh_connection, self.info["location"], self.info[field], self.timeout)
             self.urls[field] = tunnel.url
         log.info("connecting to the controller at %s through SSH server %s (engine port via %s, heartbeat "
                  "port via %s)", self.info["location"], self.ssh_connection.target.where, self.urls["engine_port"],

@@ -1,37 +1,29 @@
 """SSH tunnels to the controller, for clients and engines that cannot reach it
 directly (``Client(sshserver=...)``, ``cluster-launcher engine --ssh=HOST``).
 
-One :class:`SSHConnection` is one authenticated paramiko Transport; each
-:meth:`SSHConnection.forward` listens on a free 127.0.0.1 port and carries
-every connection made to it over a ``direct-tcpip`` channel to
+Each :func:`forward` listens on a free 127.0.0.1 port of this host and carries
+every connection made to it over a ``direct-tcpip`` channel of an
+:class:`~cluster_launcher.protocol.ssh.SSHConnection` to
 ``remote_host:remote_port`` as seen from the SSH server.  An engine forwards
-two ports through one connection; :func:`open_tunnel` is the one-port case.
-
-OpenSSH users' habits hold: ``~/.ssh/config`` (HostName, Port, User,
-IdentityFile, UserKnownHostsFile), ssh-agent, the default key files, and
-known_hosts checking: a server whose host key is unknown or changed is
-refused, never trusted silently.
+two ports through one connection; :func:`open_tunnel` is the one-port case
+with a connection of its own.  The login itself (``~/.ssh/config``,
+ssh-agent, known_hosts, ProxyJump) is :mod:`cluster_launcher.protocol.ssh`'s.
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
-import os
 import selectors
 import socket
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, NoReturn
 
 import paramiko
 
-from ..error import SSHTunnelError
+from ..error import SSHError
+from .ssh import SSHConnection, connect_ssh
 
 log = logging.getLogger("cluster_launcher.tunnel")
 
-DEFAULT_SSH_PORT = 22
 # Per direction and per forwarded connection: a slow reader on one side
 # stops the reading on the other instead of growing memory without bound.
 _BUFFER_LIMIT = 256 * 1024
@@ -41,204 +33,20 @@ _RECV_CHUNK = 64 * 1024
 _WINDOW_POLL_SECONDS = 0.01
 
 
-@dataclass(frozen=True)
-class SSHTarget:
-    """Where and as whom to log in, after ``~/.ssh/config`` is applied."""
-
-    server: str  # as the user wrote it
-    hostname: str
-    port: int
-    username: str
-    key_filenames: tuple[str, ...]
-    known_hosts_files: tuple[str, ...]  # the user's first: the one to name in messages
-
-    @property
-    def where(self) -> str:
-        return f"{self.username}@{self.hostname}:{self.port}"
-
-    @property
-    def known_hosts_name(self) -> str:
-        """The name of this server's entry in known_hosts (OpenSSH's form)."""
-        return self.hostname if self.port == DEFAULT_SSH_PORT else f"[{self.hostname}]:{self.port}"
-
-
-def _split_server(server: str) -> tuple[str | None, str, int | None]:
-    """``[user@]host[:port]`` (``[v6 address]:port`` too) -> user, host, port."""
-    user, at, host = server.rpartition("@")
-    port: str | None = None
-    if host.startswith("[") and "]" in host:
-        host, _, rest = host[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else None
-    elif host.count(":") == 1:
-        host, _, port = host.partition(":")
-    if not host or (port is not None and not port.isdigit()):
-        raise SSHTunnelError(f"SSH server {server!r}: expected [user@]host[:port] or a Host alias of ~/.ssh/config")
-    return (user if at else None), host, (int(port) if port else None)
-
-
-def resolve_target(server: str, keyfile: str | None = None) -> SSHTarget:
-    """The login details for ``server``: what it spells out, else what
-    ``~/.ssh/config`` says for it, else OpenSSH's defaults."""
-    user, host, port = _split_server(server)
-    home = os.path.expanduser("~")
-    config_path = os.path.join(home, ".ssh", "config")
-    settings: dict = {}
-    if os.path.isfile(config_path):
-        try:
-            settings = paramiko.SSHConfig.from_path(config_path).lookup(host)
-        except (OSError, paramiko.SSHException, ValueError) as exc:
-            raise SSHTunnelError(f"SSH server {server!r}: cannot read {config_path}: {exc}") from None
-    if keyfile:
-        keyfile = os.path.expanduser(keyfile)
-        if not os.path.isfile(keyfile):
-            raise SSHTunnelError(f"SSH server {server!r}: key file {keyfile} does not exist")
-    # As OpenSSH, IdentityFile entries that do not exist are skipped, not errors.
-    configured_keys = [path for path in settings.get("identityfile", []) if os.path.isfile(path)]
-    user_known_hosts = [os.path.expanduser(path) for path in settings.get("userknownhostsfile", "").split()]
-    return SSHTarget(
-        server=server,
-        hostname=settings.get("hostname", host),
-        port=port or int(settings.get("port", DEFAULT_SSH_PORT)),
-        username=user or settings.get("user") or getpass.getuser(),
-        key_filenames=tuple(([keyfile] if keyfile else []) + configured_keys),
-        known_hosts_files=(*(user_known_hosts or [os.path.join(home, ".ssh", "known_hosts")]),
-                           "/etc/ssh/ssh_known_hosts"),
-    )
-
-
-class _RejectUnknownHost(paramiko.RejectPolicy):
-    """Refuses a server missing from known_hosts with a message that says
-    what to do (paramiko's own says only that it is not found)."""
-
-    def __init__(self, target: SSHTarget):
-        self.target = target
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> NoReturn:
-        target = self.target
-        raise SSHTunnelError(
-            f"SSH server {target.hostname} port {target.port} (from {target.server!r}) is unknown: its "
-            f"{key.get_name()} host key is not in {target.known_hosts_files[0]}; connect once with ssh "
-            f"(ssh -p {target.port} {target.username}@{target.hostname}) to check and accept its key")
-
-
-def connect_ssh(server: str, timeout: float, keyfile: str | None = None) -> SSHConnection:
-    """Log in to ``server`` (``[user@]host[:port]`` or a ``~/.ssh/config`` Host
-    alias); an SSHTunnelError of one line if its host key is unknown or
-    changed, it refuses us, or it cannot be reached within ``timeout`` s."""
-    target = resolve_target(server, keyfile)
-    client = paramiko.SSHClient()
+def forward(connection: SSHConnection, remote_host: str, remote_port: int, timeout: float = 10.0) -> Tunnel:
+    """Listen on a free 127.0.0.1 port and forward each connection made to it
+    to ``remote_host:remote_port`` as seen from ``connection``'s server (each
+    channel must open within ``timeout`` seconds); the tunnel stops when the
+    connection closes."""
+    tunnel = Tunnel(connection, remote_host, remote_port, timeout)
     try:
-        for path in target.known_hosts_files:
-            if os.path.isfile(path):
-                client.load_system_host_keys(path)
-        client.set_missing_host_key_policy(_RejectUnknownHost(target))
-        # key_filename takes a list too (documented by paramiko; its type stubs say str only).
-        key_filenames: Any = list(target.key_filenames) or None
-        client.connect(target.hostname, target.port, target.username, key_filename=key_filenames,
-                       allow_agent=True, look_for_keys=True, timeout=timeout, banner_timeout=timeout,
-                       auth_timeout=timeout, channel_timeout=timeout)
-    except BaseException as exc:
-        _close_client(client)
-        explained = _explained(exc, target)
-        if explained is None:
-            raise
-        raise explained from None
-    transport = client.get_transport()
-    assert transport is not None  # connect() succeeded
-    if isinstance(transport.sock, socket.socket):
-        # Heartbeats and replies are small messages: Nagle's delay would add
-        # tens of milliseconds to each of them.
-        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    log.debug("SSH connection to %s open", target.where)
-    return SSHConnection(client, target)
-
-
-def _close_client(client: paramiko.SSHClient, then: Sequence[Callable[[], None]] = ()) -> None:
-    """Close ``client``, call ``then``, and wait for its transport thread to end
-    (paramiko's ``close`` does not), so no thread outlives the connection."""
-    transport = client.get_transport()
-    client.close()
-    for step in then:
-        step()
-    if transport is not None and transport is not threading.current_thread() and transport.is_alive():
-        transport.join(timeout=5)
-
-
-def _explained(exc: BaseException, target: SSHTarget) -> SSHTunnelError | None:
-    """The one-line error a failed login becomes (None: not a login failure)."""
-    reason = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, SSHTunnelError):
-        return exc
-    if isinstance(exc, paramiko.BadHostKeyException):
-        return SSHTunnelError(
-            f"SSH server {target.hostname} port {target.port} (from {target.server!r}) sent a host key that does "
-            f"not match the one in {target.known_hosts_files[0]}: someone may be intercepting the connection; if "
-            f"the server was reinstalled, remove the old key (ssh-keygen -R '{target.known_hosts_name}') and "
-            "connect once with ssh to accept the new one")
-    what_to_do = ("add the public key to the server's ~/.ssh/authorized_keys or name the right key "
-                  "(IdentityFile in ~/.ssh/config, or the sshkey option)")
-    if isinstance(exc, paramiko.AuthenticationException):
-        tried = ", ".join([*target.key_filenames, "ssh-agent", "~/.ssh/id_*"])
-        return SSHTunnelError(f"SSH server {target.where} refused authentication ({reason}); keys tried: {tried}; "
-                              f"{what_to_do}")
-    # paramiko's way of saying it found no key at all (no class of its own).
-    if isinstance(exc, paramiko.SSHException) and "no authentication methods available" in reason.lower():
-        return SSHTunnelError(f"SSH server {target.where}: no key to log in with (no sshkey, no IdentityFile, "
-                              f"no ssh-agent, no ~/.ssh/id_*); {what_to_do}")
-    if isinstance(exc, (OSError, EOFError, paramiko.SSHException)):
-        origin = f" (from {target.server!r})" if target.server != target.where else ""
-        return SSHTunnelError(f"cannot reach SSH server {target.where}{origin}: {reason}")
-    return None
-
-
-class SSHConnection:
-    """One logged-in SSH connection (one paramiko Transport) and the local
-    ports it forwards.  ``close`` stops every tunnel, then the connection."""
-
-    def __init__(self, client: paramiko.SSHClient, target: SSHTarget):
-        self._client = client
-        self.target = target
-        self.tunnels: list[Tunnel] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    @property
-    def transport(self) -> paramiko.Transport:
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            raise SSHTunnelError(f"the SSH connection to {self.target.where} is closed")
-        return transport
-
-    def forward(self, remote_host: str, remote_port: int, timeout: float = 10.0) -> Tunnel:
-        """Listen on a free 127.0.0.1 port and forward each connection made to
-        it to ``remote_host:remote_port`` as seen from the SSH server (each
-        channel must open within ``timeout`` seconds)."""
-        with self._lock:
-            if self._closed:
-                raise SSHTunnelError(f"the SSH connection to {self.target.where} is closed")
-            tunnel = Tunnel(self, remote_host, remote_port, timeout)
-            self.tunnels.append(tunnel)
-        log.debug("forwarding 127.0.0.1:%d to %s:%d through %s", tunnel.local_port, remote_host, remote_port,
-                  self.target.where)
-        return tunnel
-
-    def close(self) -> None:
-        """Stop every tunnel and close the connection; idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        for tunnel in self.tunnels:
-            tunnel._request_stop()
-        # Closed before the tunnels are joined: it ends a wait for a channel to open.
-        _close_client(self._client, then=[tunnel._join for tunnel in self.tunnels])
-        log.debug("SSH connection to %s closed", self.target.where)
-
-    def __enter__(self) -> SSHConnection:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        connection.attach(tunnel)
+    except SSHError:
+        tunnel.close()
+        raise
+    log.debug("forwarding 127.0.0.1:%d to %s:%d through %s", tunnel.local_port, remote_host, remote_port,
+              connection.target.where)
+    return tunnel
 
 
 def open_tunnel(server: str, remote_host: str, remote_port: int, timeout: float,
@@ -248,7 +56,7 @@ def open_tunnel(server: str, remote_host: str, remote_port: int, timeout: float,
     closes that connection too."""
     ssh = connect_ssh(server, timeout, keyfile)
     try:
-        tunnel = ssh.forward(remote_host, remote_port, timeout)
+        tunnel = forward(ssh, remote_host, remote_port, timeout)
     except BaseException:
         ssh.close()
         raise
@@ -425,7 +233,7 @@ class Tunnel:
             try:
                 channel = self.connection.transport.open_channel(
                     "direct-tcpip", (self.remote_host, self.remote_port), peer, timeout=self.timeout)
-            except (OSError, EOFError, paramiko.SSHException, SSHTunnelError) as exc:
+            except (OSError, EOFError, paramiko.SSHException, SSHError) as exc:
                 level = logging.DEBUG if self._failing else logging.WARNING
                 log.log(level, "SSH server %s cannot open a connection to %s:%d: %s", self.connection.target.where,
                         self.remote_host, self.remote_port, " ".join(str(exc).split()) or type(exc).__name__)
