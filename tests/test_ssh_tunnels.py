@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import threading
 from pathlib import Path
 
 import paramiko
-import psutil
 import pytest
 
 from cluster_launcher import Client
 from cluster_launcher.error import SSHTunnelError
 from cluster_launcher.protocol import connection
+from cluster_launcher.protocol.ssh import connect_ssh
 from cluster_launcher.protocol.tunnel import open_tunnel
 from cluster_launcher.testing.processes import LocalCluster, Process, wait_for
-from cluster_launcher.testing.sshd import SSHServer, write_ed25519_key
+from cluster_launcher.testing.sshd import SSHServer, connections_to, write_ed25519_key
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -61,18 +62,6 @@ def cluster(tmp_path: Path, sshd: SSHServer):
 
 def _connection_info(cluster: LocalCluster, role: str) -> dict:
     return connection.read_connection_file(connection.connection_file(cluster.profile_dir, role), role)
-
-
-def _connections_to(pids: list[int], port: int) -> list:
-    """The established TCP connections of processes ``pids`` to 127.0.0.1:``port``."""
-    found = []
-    for pid in pids:
-        try:
-            found += [c for c in psutil.Process(pid).net_connections(kind="tcp")
-                      if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port == port]
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 def _log_of(process: Process) -> str:
@@ -161,8 +150,8 @@ def test_client_runs_a_task_through_sshd_and_closes_its_tunnel(sshd, ssh_home, c
         client.wait_for_engines(1, timeout=20)
         assert client[0].apply_sync(lambda: 6 * 7) == 42
         assert tunnel.connections_forwarded >= 2  # the request and the reply sockets
-        assert len(_connections_to(sshd.session_pids(), client_port)) >= 2, sshd.output()
-        assert _connections_to([os.getpid()], client_port) == [], "the client bypassed the tunnel"
+        assert len(connections_to(sshd.session_pids(), client_port)) >= 2, sshd.output()
+        assert connections_to([os.getpid()], client_port) == [], "the client bypassed the tunnel"
     finally:
         client.close()
     assert not tunnel.running
@@ -198,9 +187,9 @@ def test_engine_registers_and_runs_tasks_through_sshd(sshd, cluster, how):
         # Every engine socket (task, stream; heartbeat echo, heartbeat) reaches
         # the controller from sshd's session, none from the engine itself.
         for port in (info["engine_port"], info["heartbeat_port"]):
-            wait_for(lambda port=port: len(_connections_to(sshd.session_pids(), port)) == 2, 10,
+            wait_for(lambda port=port: len(connections_to(sshd.session_pids(), port)) == 2, 10,
                      f"two connections from sshd to controller port {port}")
-            assert _connections_to([engine.pid], port) == [], f"the engine bypassed the tunnel:\n{engine.output()}"
+            assert connections_to([engine.pid], port) == [], f"the engine bypassed the tunnel:\n{engine.output()}"
         assert "through SSH server" in engine.output()
     assert engine.stop() == 0, _log_of(engine)
     assert "closed the SSH tunnels" in _log_of(engine)
@@ -285,3 +274,51 @@ def test_sshd_helper_config_works_for_openssh_too(sshd):
                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert done.returncode == 0 and done.stdout == "logged in\n", done.stderr + sshd.output()
     wait_for(lambda: not sshd.session_pids(), 10, "sshd's session to end")
+
+
+def test_accept_new_adds_an_unknown_host_key_and_still_refuses_a_changed_one(sshd, tmp_path, monkeypatch):
+    """StrictHostKeyChecking accept-new (-o, or ~/.ssh/config), as OpenSSH:
+    the first login records the key; a later different key is refused."""
+    monkeypatch.setenv("HOME", str(sshd.home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    known_hosts = tmp_path / "ssh" / "known_hosts"
+    options = {"stricthostkeychecking": "accept-new", "userknownhostsfile": str(known_hosts)}
+    with connect_ssh(sshd.alias, timeout=10, options=options):
+        pass
+    assert known_hosts.read_text() == sshd.known_hosts_line + "\n"
+    assert stat.S_IMODE(known_hosts.stat().st_mode) == 0o600
+    with connect_ssh(sshd.alias, timeout=10, options=options):  # known now: nothing added
+        pass
+    assert known_hosts.read_text() == sshd.known_hosts_line + "\n"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {write_ed25519_key(tmp_path / 'other_host_key')}\n")
+    with pytest.raises(SSHTunnelError, match="sent a host key that does not match"):
+        connect_ssh(sshd.alias, timeout=10, options=options)
+    wait_for(lambda: not sshd.session_pids(), 10, "sshd's sessions to end")
+
+
+def test_a_key_held_by_ssh_agent_logs_in(sshd, tmp_path, monkeypatch):
+    """No key file named anywhere and none in ~/.ssh: the login uses the key a
+    real ssh-agent holds (SSH_AUTH_SOCK), as OpenSSH would."""
+    home = _home_with(tmp_path, sshd, sshd.known_hosts_line + "\n", tmp_path / "no_such_key")
+    config = home / ".ssh" / "config"
+    config.write_text(config.read_text().replace("    IdentitiesOnly yes\n", ""))  # which would leave the agent out
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(socket_path.exists, 10, "ssh-agent's socket")
+        agent_env = {**os.environ, "SSH_AUTH_SOCK": str(socket_path)}
+        added = subprocess.run(["ssh-add", str(sshd.client_key_path)], env=agent_env, capture_output=True,
+                               text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert added.returncode == 0, added.stderr
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        with connect_ssh(sshd.alias, timeout=10) as ssh:
+            assert ssh.run(["echo", "through the agent"]).stdout == b"through the agent\n"
+        monkeypatch.delenv("SSH_AUTH_SOCK")
+        with pytest.raises(SSHTunnelError, match="no key to log in with"):
+            connect_ssh(sshd.alias, timeout=10)  # the same login without the agent: no key at all
+    finally:
+        agent.terminate()
+        agent.wait(10)
+    wait_for(lambda: not sshd.session_pids(), 10, "sshd's sessions to end")

@@ -143,8 +143,10 @@ def test_seed_cluster_lines_land_on_our_traits(profile_dir):
     assert cfg.SSHControllerLauncher.controller_args == ["--reuse", "--ip=*", "--profile-dir=/path/to/cd"]
     assert cfg.SSHEngineSetLauncher.engines["host3.example.com"] == (1, ["--profile-dir=/home/different/location"])
     assert cfg.SSHEngineSetLauncher.engine_args == ["--profile-dir=/path/to/profile_ssh"]
-    for section in ("SSHEngineSetLauncher", "SSHControllerLauncher"):
-        assert cfg[section].to_send == [] and cfg[section].to_fetch == []
+    # SSHLauncher is the base class of both SSH launchers: traitlets gives its options to each.
+    for name in ("SSHEngineSetLauncher", "SSHControllerLauncher"):
+        launcher = configured(plugins.resolve("launcher", name), cfg)
+        assert launcher.to_send == [] and launcher.to_fetch == []
 
 
 @pytest.mark.parametrize("line, expected", [

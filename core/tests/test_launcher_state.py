@@ -56,10 +56,11 @@ ALL_LAUNCHERS = list(dict.fromkeys([*BUILTIN_LAUNCHERS, *registered_launchers(),
 
 def sample(name: str, trait: TraitType[Any, Any], serial: int) -> Any:
     """A value of ``trait`` unlike its default, different for each ``serial``."""
-    if isinstance(trait, List) and isinstance(trait._trait, Instance):
-        launcher_class = trait._trait.klass
-        assert isinstance(launcher_class, type) and issubclass(launcher_class, Launcher)
-        return [filled(launcher_class, serial * 10 + i) for i in (1, 2)]
+    element = trait._trait if isinstance(trait, List) else None
+    if isinstance(element, Instance) and isinstance(element.klass, type) and issubclass(element.klass, Launcher):
+        return [filled(element.klass, serial * 10 + i) for i in (1, 2)]
+    if isinstance(element, List):  # a list of lists (SSHEngineSetLauncher.sent: [host, path] pairs)
+        return [[f"{name}-{serial}-{i}", f"{name}-{serial}-{i}-b"] for i in (1, 2)]
     if isinstance(trait, Unicode):
         return f"{name}-{serial}"
     if isinstance(trait, Bool):

@@ -34,7 +34,8 @@ def test_builtins_load_through_entry_points():
     assert described["dict"]["classes"] == ["DictDB", "NoDB"]
     registry = plugins.get_registry()
     assert {"leastload", "lru", "twobin", "weighted", "plainrandom"} <= set(registry.names("scheduler"))
-    assert registry.names("launcher", role="controller") == ["LocalControllerLauncher", "MPIControllerLauncher"]
+    assert registry.names("launcher", role="controller") == ["LocalControllerLauncher", "MPIControllerLauncher",
+                                                             "SSHControllerLauncher"]
 
 
 @pytest.mark.parametrize(("kind", "name", "role", "expected"), [
@@ -74,13 +75,13 @@ def test_short_name_without_role_is_ambiguous_when_both_roles_exist():
 
 def test_unknown_builtin_says_what_to_install():
     with pytest.raises(UnknownNameError) as info:
-        plugins.resolve("launcher", "SSH", role="engines")
+        plugins.resolve("launcher", "PBS", role="engines")
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("unknown launcher 'SSH'; installed: Local")
-    assert "(pip install cluster-launcher-ssh)" in message
-    legacy = "IPython.parallel.apps.launcher.SSHEngineSetLauncher"
-    with pytest.raises(UnknownNameError, match=r"pip install cluster-launcher-ssh"):
+    assert message.startswith("unknown launcher 'PBS'; installed: Local")
+    assert "(pip install cluster-launcher-pbs)" in message
+    legacy = "IPython.parallel.apps.launcher.PBSEngineSetLauncher"
+    with pytest.raises(UnknownNameError, match=r"pip install cluster-launcher-pbs"):
         plugins.resolve("launcher", legacy, role="engines")
 
 

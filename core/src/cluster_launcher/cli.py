@@ -24,6 +24,7 @@ from traitlets.config import Config
 from . import __version__, config, hookspecs, paths, plugins
 from .config import profile
 from .error import ClusterLauncherError, ConfigError, PluginError
+from .logs import quiet_libraries
 
 PROG = "cluster-launcher"
 EXIT_ERROR = 2
@@ -153,6 +154,18 @@ DB_FLAGS: list[Flag] = [
       "or any installed backend's class name (Controller.db_class)."}),
 ]
 
+# Where the controller listens and how engines and clients reach it: `controller`, and `start` for the
+# controller it starts.
+NETWORK_FLAGS: list[Flag] = [
+    (("--ip",), "ip", "Controller.ip", {"help": "Interface to listen on; '*' for all (default: 127.0.0.1)."}),
+    (("--location",), "location", "Controller.location",
+     {"metavar": "HOST", "help": "Host name or address engines and clients connect to."}),
+    (("--enginessh",), "enginessh", "Controller.enginessh",
+     {"metavar": "[USER@]HOST", "help": "SSH server engines tunnel through (written to controller-engine.json)."}),
+    (("--ssh",), "ssh", "Controller.ssh",
+     {"metavar": "[USER@]HOST", "help": "SSH server clients tunnel through (written to controller-client.json)."}),
+]
+
 # (name, help, module, function, role, flags)
 RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
     ("start", "Start a controller and engines (as configured in cluster_config.py).", "cluster.commands", "start_main",
@@ -166,6 +179,7 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
          (("--daemonize",), "daemonize", "Cluster.daemonize",
           {"action": "store_true", "help": "Return once the cluster runs, leaving it in the background."}),
         *DB_FLAGS,
+        *NETWORK_FLAGS,
      ]),
     ("stop", "Stop a cluster started with `start`.", "cluster.commands", "stop_main", "cluster", []),
     ("engines", "Start more engines for a running cluster.", "cluster.commands", "engines_main", "cluster", [
@@ -178,18 +192,12 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
     ]),
     ("list", "List the clusters of a profile and whether they run.", "cluster.commands", "list_main", "cluster", []),
     ("controller", "Run a controller in this process.", "controller", "main", "controller", [
-        (("--ip",), "ip", "Controller.ip", {"help": "Interface to listen on; '*' for all (default: 127.0.0.1)."}),
-        (("--location",), "location", "Controller.location",
-         {"metavar": "HOST", "help": "Host name or address engines and clients connect to."}),
+        *NETWORK_FLAGS,
         (("--reuse",), "reuse", "Controller.reuse",
          {"action": "store_true", "help": "Reuse the ports and key of the existing connection files."}),
         (("--curve",), "curve", ("Controller.curve", "True"),
          {"action": "store_true", "help": "Encrypt all traffic with CurveZMQ."}),
         *DB_FLAGS,
-        (("--enginessh",), "enginessh", "Controller.enginessh",
-         {"metavar": "[USER@]HOST", "help": "SSH server engines tunnel through (written to controller-engine.json)."}),
-        (("--ssh",), "ssh", "Controller.ssh",
-         {"metavar": "[USER@]HOST", "help": "SSH server clients tunnel through (written to controller-client.json)."}),
         (("--log-to-file",), "log_to_file", ("Controller.log_to_file", "True"),
          {"action": "store_true", "help": "Write the log to the profile's log/ folder: the default "
           "(rotated; --Controller.log_to_file=False turns it off), accepted for IPython compatibility."}),
@@ -348,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(name)s: %(message)s")
+    quiet_libraries(debug)
     try:
         return run(argv)
     except ClusterLauncherError as exc:

@@ -43,7 +43,14 @@ def start_logging(role: str, profile_dir: str, cluster_id: str = "", to_file: bo
         os.makedirs(os.path.dirname(path), exist_ok=True)
         handlers.append(logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backup_count))
     logging.basicConfig(level=numeric, format=fmt, handlers=handlers, force=True)
+    quiet_libraries(numeric <= logging.DEBUG)
     return path
+
+
+def quiet_libraries(debug: bool) -> None:
+    """Keep the libraries' chatter (paramiko logs every login at INFO) out of
+    our output, unless debugging."""
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 class ProcessLogging(LoggingConfigurable):

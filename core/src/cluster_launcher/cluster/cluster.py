@@ -154,6 +154,12 @@ class Cluster(LoggingConfigurable):
             raise ClusterError(f"Cluster.{trait} = {name!r} is not a {base.__name__}")
         return cls(config=self.config, profile_dir=self.profile_dir, cluster_id=self.cluster_id)
 
+    def check_launchers(self, n: int) -> None:
+        """Let the launchers this cluster will use refuse settings that cannot
+        work, before anything starts."""
+        self._make_launcher(ControllerLauncher).check()
+        self._make_launcher(EngineSetLauncher).check(n)
+
     def running(self) -> bool:
         """Whether the controller runs."""
         return self.controller is not None and self.controller.poll() is None
@@ -181,6 +187,9 @@ class Cluster(LoggingConfigurable):
         self.report(f"controller started ({self.controller.describe()})")
         for path in self.connection_files():
             while _file_signature(path) in (None, stale[path]) and not (self.reuse and stale[path]):
+                self.controller.fetch_connection_files()
+                if _file_signature(path) not in (None, stale[path]):
+                    break
                 self._check_alive(f"before writing {path}")
                 if time.monotonic() > deadline:
                     raise ClusterError(f"the controller wrote no {path} within Cluster.start_timeout="
@@ -189,7 +198,10 @@ class Cluster(LoggingConfigurable):
         self.report(f"controller ready: {self.connection_files()[0]}")
 
     def start_engines(self, n: int) -> EngineSetLauncher:
-        """Start ``n`` more engines (a new engine-set launcher) and record them."""
+        """Start ``n`` more engines (a new engine-set launcher) and record them.
+        The launcher's ``n`` is how many it started: another number when its
+        own settings say how many (an SSH ``engines`` dict), or when some of
+        its hosts failed (each in ``start_failures``, reported)."""
         launcher = self._make_launcher(EngineSetLauncher)
         if launcher.has_trait("first_index"):  # a trait of some engine-set launchers only
             launcher.set_trait("first_index", sum(s.n for s in self.engine_sets))
@@ -198,7 +210,9 @@ class Cluster(LoggingConfigurable):
             launcher.start(n)
         finally:
             self.save_state()
-        self.report(f"{n} engine{'s' if n != 1 else ''} started ({launcher.describe()})")
+        for line in launcher.start_failures:
+            self.warn(line)
+        self.report(f"{launcher.n} engine{'s' if launcher.n != 1 else ''} started ({launcher.describe()})")
         return launcher
 
     def wait_for_engines(self, n: int, timeout: float | None = None) -> None:
@@ -266,13 +280,13 @@ class Cluster(LoggingConfigurable):
     def start(self) -> None:
         """Start the controller and ``n`` engines; return once they are all
         registered.  Everything is stopped again if that fails."""
+        n = DEFAULT_ENGINE_COUNT if self.n is None else self.n  # None only if set so after __init__
+        self.check_launchers(n)
         try:
             self.start_controller()
             if self.delay:
                 time.sleep(self.delay)
-            n = DEFAULT_ENGINE_COUNT if self.n is None else self.n  # None only if set so after __init__
-            self.start_engines(n)
-            self.wait_for_engines(n)
+            self.wait_for_engines(self.start_engines(n).n)
         except BaseException:
             self.stop()
             raise
@@ -295,13 +309,13 @@ class Cluster(LoggingConfigurable):
         """Start ``n`` more engines and wait until they are registered."""
         if not self.running():
             raise ClusterError(f"cluster {self.cluster_id or 'default'!r} is not running; start it first")
+        self._make_launcher(EngineSetLauncher).check(n)
         client = self._new_client()
         try:
             before = len(client.ids)
         finally:
             client.close()
-        self.start_engines(n)
-        self.wait_for_engines(before + n)
+        self.wait_for_engines(before + self.start_engines(n).n)
 
     def stop(self) -> list[str]:
         """Stop engines and controller: a shutdown request through the

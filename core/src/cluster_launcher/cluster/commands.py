@@ -79,10 +79,11 @@ def start_main(config: Config, profile_dir: str) -> int:
     ready = False
     try:
         try:
+            cluster.check_launchers(n)
             cluster.start_controller()
             if cluster.delay:
                 time.sleep(cluster.delay)
-            cluster.start_engines(n)
+            n = cluster.start_engines(n).n
             cluster.wait_for_engines(n)
             ready = True
             how = f"--profile-dir={cluster.profile_dir}"

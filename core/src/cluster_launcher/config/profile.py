@@ -94,7 +94,9 @@ def class_section(cls: type[Configurable]) -> list[str]:
     for name, trait in sorted(cls.class_traits(config=True).items()):
         lines.append("")
         lines += _comment(trait.help or "(no description)")
-        lines.append(f"# c.{cls.__name__}.{name} = {trait.default_value_repr()}")
+        # traitlets shows a container's None default as an empty one, which means something else.
+        default = "None" if trait.default_value is None else trait.default_value_repr()
+        lines.append(f"# c.{cls.__name__}.{name} = {default}")
     return lines
 
 

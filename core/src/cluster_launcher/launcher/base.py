@@ -66,11 +66,19 @@ class Launcher(LoggingConfigurable):
     # What the last stop had to kill, one line each ('engine 3 (pid 123) ignored SIGTERM for 5s: killed'),
     # for `cluster-launcher stop` to report.  Not a trait: nothing a later process needs from the record.
     killed: tuple[str, ...] = ()
+    # What the last start could not start while the rest did, one line each ('host3: 2 engines not
+    # started: cannot reach SSH server ...'), for `cluster-launcher start` to report.
+    start_failures: tuple[str, ...] = ()
 
     def start(self, n: int = 1) -> None:
         """Start the role (``n`` engines for an engine set); return once
         what it started is running or submitted, not when it is ready."""
         raise NotImplementedError
+
+    def check(self, n: int = 1) -> None:
+        """Refuse, with a one-line ClusterLauncherError naming the setting,
+        settings that cannot work (``n``: the engines to be started): ``start``
+        asks each launcher it will use before it starts anything."""
 
     def stop(self) -> None:
         """Stop everything this launcher started, by the PID or job id it
@@ -109,6 +117,21 @@ class Launcher(LoggingConfigurable):
         launcher exits early ('engine'; 'mpiexec of the engines' when the
         process is a wrapper around them)."""
         return role
+
+    def captured_output_args(self) -> list[str]:
+        """The flags telling the started controller or engine that the launcher
+        captures its stderr into a log file, so it writes no log file of its own."""
+        section = {"controller": "Controller", "engines": "Engine"}.get(self.role)
+        return [f"--{section}.log_to_file=False"] if section else []
+
+    def name_from_log(self, log_path: str, default: str) -> str:
+        """'engine 3', 'controller': what a process is, from the name of the log
+        file it writes to (which a record keeps, while a ``log_name`` set by the
+        launcher that started it is not), else ``default``."""
+        suffix = f"-{self.cluster_id or 'default'}.log"
+        base = os.path.basename(log_path)
+        name = base[:-len(suffix)] if base.endswith(suffix) and len(base) > len(suffix) else default
+        return name.replace("-", " ")
 
     @property
     def cluster_args(self) -> list[str]:
@@ -220,6 +243,12 @@ class ControllerLauncher(Launcher):
     def args(self) -> list[str]:
         return [*self.controller_cmd, *self.cluster_args, *config_args(self.config, "Controller"),
                 *self.controller_args]
+
+    def fetch_connection_files(self) -> None:
+        """Bring the connection files of a controller that runs on another host
+        into this host's profile (called again and again while ``start`` waits
+        for them: fetch what is there, return at once).  A controller of this
+        host writes them there itself: nothing to do."""
 
 
 class EngineSetLauncher(Launcher):

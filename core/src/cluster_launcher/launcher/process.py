@@ -117,20 +117,8 @@ class LocalProcessLauncher(Launcher):
         self.log.debug("started %s (pid %s): %s", self.log_name, self.pid, " ".join(args))
 
     def display_name(self) -> str:
-        """'engine 3', 'controller': from the log file's name, which the record
-        keeps (``log_name`` is set by the launcher that started the process only)."""
-        name = self.log_name
-        suffix = f"-{self.cluster_id or 'default'}.log"
-        base = os.path.basename(self.log_path)
-        if base.endswith(suffix) and len(base) > len(suffix):
-            name = base[:-len(suffix)]
-        return name.replace("-", " ")
-
-    def captured_output_args(self) -> list[str]:
-        """The flags telling the started controller or engine that its stderr
-        is captured into ``log/`` here, so it writes no log file of its own."""
-        section = {"controller": "Controller", "engines": "Engine"}.get(getattr(self, "role", ""))
-        return [f"--{section}.log_to_file=False"] if section else []
+        """'engine 3', 'controller'."""
+        return self.name_from_log(self.log_path, self.log_name)
 
     def poll(self) -> int | None:
         process = getattr(self, "_process", None)

@@ -31,18 +31,19 @@ def new_key() -> str:
     return secrets.token_hex(32)
 
 
-def write_private_json(path: str, data: dict[str, Any]) -> None:
+def write_private_file(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` with mode 0600, atomically (a reader never
-    sees half a file, and a key in it is never world-readable even briefly)."""
-    folder = os.path.dirname(path)
+    sees half a file, and a key in it is never world-readable even briefly);
+    the folder is made 0700 if missing."""
+    folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, mode=0o700, exist_ok=True)
     # A new file of a random name, created O_EXCL and 0600 (mkstemp): nothing
     # planted in the folder beforehand (a symlink, a file of someone else's)
     # is opened or written through.
     fd, partial = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".partial")
     try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
         os.replace(partial, path)
     except BaseException:
         try:
@@ -50,6 +51,11 @@ def write_private_json(path: str, data: dict[str, Any]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_private_json(path: str, data: dict[str, Any]) -> None:
+    """:func:`write_private_file` of ``data`` as JSON."""
+    write_private_file(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 write_connection_file = write_private_json
