@@ -16,11 +16,13 @@ gate instead of counting on a sleep being long enough.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cluster_launcher.testing.batchbeds import CondorBed, GridEngineBed, SlurmBed, condor_directory, require
 from cluster_launcher.testing.processes import LocalCluster, running_with
 
 
@@ -92,3 +94,32 @@ def make_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     finally:
         for cluster in made:
             cluster.stop()
+
+
+# --- real batch systems: one of each per test session, started on first use (batchbeds) -----------
+
+
+@pytest.fixture(scope="session")
+def slurm_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmBed]:
+    """A single-node Slurm (its PBS/Torque wrappers: ``pbs_env()``)."""
+    require("slurm")
+    with SlurmBed(tmp_path_factory.mktemp("slurm-bed")) as bed:
+        yield bed
+
+
+@pytest.fixture(scope="session")
+def sge_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GridEngineBed]:
+    require("sge")
+    with GridEngineBed(tmp_path_factory.mktemp("sge-bed")) as bed:
+        yield bed
+
+
+@pytest.fixture(scope="session")
+def condor_bed() -> Iterator[CondorBed]:
+    require("condor")
+    directory = condor_directory()
+    try:
+        with CondorBed(directory) as bed:
+            yield bed
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

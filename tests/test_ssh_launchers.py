@@ -40,7 +40,7 @@ DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "ssh.md"
 
 def _doc_block(first_line: str) -> str:
     """The fenced block of docs/ssh.md that starts with ``first_line``."""
-    blocks = re.findall(r"^```(?:python|console|text)?\n(.*?)^```", DOCS_PAGE.read_text(), re.S | re.M)
+    blocks = re.findall(r"^```\w*\n(.*?)^```", DOCS_PAGE.read_text(), re.S | re.M)
     return next(block for block in blocks if block.startswith(first_line + "\n"))
 
 

@@ -122,7 +122,8 @@ def test_errors_are_one_line_exit_two(argv, message, capsys):
 def test_debug_shows_the_traceback(capsys):
     code, _, err = run_cli(["start", "--engines=SHS", "--debug"], capsys)
     assert code == 2 and "Traceback" in err
-    assert err.rstrip().endswith("unknown launcher 'SHS'; installed: Local, MPI, SSH; did you mean 'SSH'?")
+    assert err.rstrip().endswith("unknown launcher 'SHS'; installed: LSF, Local, MPI, PBS, SGE, SSH, Slurm, "
+                                 "WindowsHPC; did you mean 'SSH'?")
 
 
 def test_config_file_error_through_the_cli(home, capsys):

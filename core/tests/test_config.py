@@ -134,10 +134,11 @@ def test_seed_cluster_lines_land_on_our_traits(profile_dir):
     assert cluster.engine_launcher_class == "SSHEngineSetLauncher"  # the last one set; kept as given
     assert cluster.controller_launcher_class == "SSHControllerLauncher"
     assert cluster.n == 64
-    # Plugins that are not installed here keep their sections for later.
     assert cfg.PBSEngineSetLauncher.batch_template_file == "pbs.engine.template"
     assert cfg.PBSControllerLauncher.batch_template_file == "pbs.controller.template"
-    assert cfg.PBSEngineSetLauncher.queue == cfg.PBSControllerLauncher.queue == "veryshort.q"
+    # PBSLauncher is the base class of both PBS launchers: traitlets gives its options to each.
+    for name in ("PBSEngineSetLauncher", "PBSControllerLauncher"):
+        assert configured(plugins.resolve("launcher", name), cfg).queue == "veryshort.q"
     assert cfg.SSHControllerLauncher.hostname == "controller.example.com"
     assert cfg.SSHControllerLauncher.user == os.environ.get("USER", "username")
     assert cfg.SSHControllerLauncher.controller_args == ["--reuse", "--ip=*", "--profile-dir=/path/to/cd"]
@@ -208,7 +209,7 @@ def test_legacy_lines_land_on_our_traits(profile_dir):
     assert configured(local, cluster_cfg).controller_args == ["--log-to-file", "--log-level=20"]
     assert cluster_cfg.MPIEngineSetLauncher.mpi_args == ["-machinefile", "hosts"]
     assert cluster_cfg.SSHControllerLauncher.controller_args == ["--reuse"]
-    assert cluster_cfg.SGEEngineSetLauncher.queue == "all.q"
+    assert configured(plugins.resolve("launcher", "SGEEngineSetLauncher"), cluster_cfg).queue == "all.q"
 
     controller_cfg = config.build_config("controller", profile_dir)
     controller = configured(Controller, controller_cfg)

@@ -34,8 +34,9 @@ def test_builtins_load_through_entry_points():
     assert described["dict"]["classes"] == ["DictDB", "NoDB"]
     registry = plugins.get_registry()
     assert {"leastload", "lru", "twobin", "weighted", "plainrandom"} <= set(registry.names("scheduler"))
-    assert registry.names("launcher", role="controller") == ["LocalControllerLauncher", "MPIControllerLauncher",
-                                                             "SSHControllerLauncher"]
+    assert registry.names("launcher", role="controller") == [
+        "LSFControllerLauncher", "LocalControllerLauncher", "MPIControllerLauncher", "PBSControllerLauncher",
+        "SGEControllerLauncher", "SSHControllerLauncher", "SlurmControllerLauncher", "WindowsHPCControllerLauncher"]
 
 
 @pytest.mark.parametrize(("kind", "name", "role", "expected"), [
@@ -73,12 +74,14 @@ def test_short_name_without_role_is_ambiguous_when_both_roles_exist():
         plugins.resolve("launcher", "Local")
 
 
-def test_unknown_builtin_says_what_to_install():
+def test_unknown_builtin_says_what_to_install(monkeypatch):
+    monkeypatch.setenv("CLUSTER_LAUNCHER_LOAD_PLUGINS", "local,mpi")  # as if only those were installed
+    plugins.reset()
     with pytest.raises(UnknownNameError) as info:
         plugins.resolve("launcher", "PBS", role="engines")
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("unknown launcher 'PBS'; installed: Local")
+    assert message.startswith("unknown launcher 'PBS'; installed: Local, MPI")
     assert "(pip install cluster-launcher-pbs)" in message
     legacy = "IPython.parallel.apps.launcher.PBSEngineSetLauncher"
     with pytest.raises(UnknownNameError, match=r"pip install cluster-launcher-pbs"):

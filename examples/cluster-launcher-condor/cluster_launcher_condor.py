@@ -1,108 +1,134 @@
-"""Start cluster-launcher engines as HTCondor jobs.
+"""Start cluster-launcher engines as HTCondor jobs: a batch-system plugin
+written the way the builtin ones are, as a third party would, installed
+with ``pip install cluster-launcher-condor``.
 
     c.Cluster.engine_launcher_class = 'Condor'
-    c.CondorEngineSetLauncher.submit_extra = {'request_memory': '2GB'}
+    c.CondorLauncher.submit_extra = {'request_memory': '2GB'}
 
-``start(n)`` writes a submit description queueing ``n`` engine jobs, hands
-it to ``condor_submit`` and keeps the cluster id it prints; ``stop()`` runs
-``condor_rm`` on that id.  The profile directory must be on a filesystem the
-execute hosts share, as with every batch launcher.
+``start(n)`` hands ``condor_submit`` a submit description queueing ``n``
+engine jobs (on its stdin) and records the cluster id it prints;
+``condor_q`` tells their states, ``condor_history`` how those that left the
+queue ended, ``condor_rm`` removes them.  Everything else (the template and
+its keys, the engines' connection information carried in the job's
+environment so no shared filesystem is needed, polling, ``stop``, the dry
+run, the record a later ``stop`` reads) is
+:class:`cluster_launcher.launcher.BatchSystemLauncher`'s.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import subprocess
+from collections.abc import Sequence
+from typing import Any
 
-from traitlets import Dict, Float, List, Unicode
+from traitlets import Dict, List, Unicode
 
 from cluster_launcher import hookimpl
-from cluster_launcher.error import ClusterLauncherError
-from cluster_launcher.launcher import EngineSetLauncher
+from cluster_launcher.launcher import BatchSystemLauncher, EngineSetLauncher, JobState, JobStatus
+from cluster_launcher.protocol.connection import ENGINE_CONNECTION_ENV
 
-# condor_submit ends with e.g. "4 job(s) submitted to cluster 42."
-SUBMITTED = re.compile(r"^\s*(\d+) job\(s\) submitted to cluster (\d+)\.", re.MULTILINE)
+# condor_q's JobStatus codes.  A held job (5) waits for someone to release it, usually after an error
+# (an output file it cannot open, a missing executable): reported as failed, with its HoldReason.
+STATES = {1: JobState.PENDING, 2: JobState.RUNNING, 3: JobState.CANCELLED, 4: JobState.DONE,
+          5: JobState.FAILED, 6: JobState.RUNNING, 7: JobState.PENDING}
+NATIVE = {1: "Idle", 2: "Running", 3: "Removed", 4: "Completed", 5: "Held", 6: "Transferring Output",
+          7: "Suspended"}
+# `-af:t` prints one line a job (process), its attributes separated by tabs ('undefined' for one it lacks).
+FIELDS = ["ClusterId", "ProcId", "JobStatus", "ExitCode", "HoldReason", "RemoveReason"]
+SEPARATOR = "\t"
 
 
-def parse_cluster_id(output: str) -> str:
-    """The cluster id in ``condor_submit``'s output (raises if there is none)."""
-    match = SUBMITTED.search(output)
-    if not match:
-        raise ClusterLauncherError(f"condor_submit printed no cluster id: {' '.join(output.split())}")
-    return match.group(2)
-
-
-def quote_arguments(words: list[str]) -> str:
+def quote_arguments(words: Sequence[str]) -> str:
     """Words in the submit language's quoted form: the whole list in double
     quotes, each word in single quotes, quote characters doubled."""
     quoted = ("'" + w.replace("'", "''").replace('"', '""') + "'" for w in words)
     return '"' + " ".join(quoted) + '"'
 
 
-class CondorEngineSetLauncher(EngineSetLauncher):
-    """``n`` engines as one HTCondor job cluster."""
+class CondorLauncher(BatchSystemLauncher):
+    """What an HTCondor launcher is, for BatchSystemLauncher: its commands and
+    the job id they print, its submit description, its states."""
 
-    submit_command = List(Unicode(), ["condor_submit"], help="Command that submits a submit file.").tag(config=True)
-    delete_command = List(Unicode(), ["condor_rm"], help="Command that removes a job cluster.").tag(config=True)
+    system = "Condor"
+    script_suffix = ".submit"
+    submit_on_stdin = True  # so the submit file need not be readable by the schedd's side
+    output_pattern = "{job_name}-$(Cluster).$(Process).out"
+    default_template = (
+        "universe = vanilla\n"
+        "executable = {executable}\n"
+        "arguments = {arguments}\n"
+        "transfer_executable = false\n"
+        "initialdir = {initialdir}\n"
+        "output = {output}\n"
+        "error = {output}\n"
+        "log = {condor_log}\n"
+        "{extra}"
+        "queue {n}\n")
+
+    submit_command = List(Unicode(), ["condor_submit", "-terse"], help="Submits a submit description (on "
+                          "its stdin).").tag(config=True)
+    delete_command = List(Unicode(), ["condor_rm"], help="Removes job clusters.").tag(config=True)
+    status_command = List(Unicode(), ["condor_q"], help="Tells the states of queued jobs (the cluster ids, "
+                          "then the attributes asked for, are added).").tag(config=True)
+    history_command = List(Unicode(), ["condor_history"], help="Tells how jobs that left the queue ended (a "
+                           "cluster id, then the attributes asked for, are added).").tag(config=True)
+    # condor_submit -terse prints '4.0 - 4.3': the cluster id is what comes before the first dot.
+    job_id_regexp = Unicode(r"^(\d+)\.\d+", help="The cluster id in condor_submit's output.").tag(config=True)
     submit_extra = Dict(value_trait=Unicode(), help="More submit-description commands, e.g. "
                         "{'request_memory': '2GB', 'requirements': 'OpSys == \"LINUX\"'}.").tag(config=True)
-    command_timeout = Float(60.0, help="Seconds to wait for condor_submit or condor_rm.").tag(config=True)
-    # Tagged state: recorded by to_dict() (with the inherited n, profile_dir and
-    # cluster_id), so a later `cluster-launcher stop` knows what to condor_rm.
-    job_id = Unicode("", help="The HTCondor cluster id of the submitted engines.").tag(config=False, state=True)
+    initialdir = Unicode("", help="The jobs' working folder, where their output goes; it must be writable by "
+                         "the jobs (default: the profile's log folder).").tag(config=True)
 
-    @property
-    def submit_file(self) -> str:
-        return os.path.join(self.profile_dir or ".", f"condor-engines-{self.cluster_id or 'default'}.submit")
+    def job_folder(self) -> str:
+        return self.initialdir or os.path.join(self.profile_dir or ".", "log")
 
-    def submit_description(self, n: int) -> str:
-        """The submit description that queues ``n`` engines."""
-        executable, *arguments = self.args
-        log = self.log_file("engine").removesuffix(".log")
-        commands = {
-            "universe": "vanilla",
-            "executable": executable,
-            "arguments": quote_arguments(arguments),
-            "transfer_executable": "false",  # the engine's Python is already on every host
-            "initialdir": os.path.abspath(self.profile_dir or "."),
-            "output": f"{log}-$(Process).out", "error": f"{log}-$(Process).err", "log": f"{log}.condor",
-            **({"environment": quote_arguments([f"{k}={v}" for k, v in self.environment.items()])}
-               if self.environment else {}),
-            **self.submit_extra,
-        }
-        return "".join(f"{key} = {value}\n" for key, value in commands.items()) + f"queue {n}\n"
+    def output_location(self) -> str:
+        return os.path.join(self.job_folder(), self.output_pattern.format(job_name=self.default_job_name()))
 
-    def _run(self, command: list[str]) -> str:
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=self.command_timeout)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ClusterLauncherError(f"{command[0]} failed: {exc}") from None
-        if done.returncode:
-            said = " ".join((done.stderr or done.stdout).split())
-            raise ClusterLauncherError(f"{' '.join(command)} exited {done.returncode}: {said}")
-        return done.stdout
+    def template_values(self, n: int) -> dict[str, Any]:
+        executable, *arguments = [*self.args, *self.captured_output_args()]
+        extra = "".join(f"{key} = {value}\n" for key, value in self.submit_extra.items())
+        condor_log = os.path.join(self.job_folder(), f"{self.default_job_name()}.condor.log")
+        return {**super().template_values(n), "executable": executable, "arguments": quote_arguments(arguments),
+                "initialdir": os.path.abspath(self.job_folder()), "condor_log": condor_log, "extra": extra}
 
-    def start(self, n: int = 1) -> None:
-        if self.job_id:
-            raise ClusterLauncherError(f"CondorEngineSetLauncher already submitted cluster {self.job_id}")
-        with open(self.submit_file, "w") as f:
-            f.write(self.submit_description(n))
-        self.job_id = parse_cluster_id(self._run([*self.submit_command, self.submit_file]))
-        self.n = n
-        self.log.info("submitted %d engines as HTCondor cluster %s", n, self.job_id)
+    def embed_connection(self, script: str, connection: str) -> str:
+        """The engines' connection information (and ``environment``) in the
+        job's environment, before the ``queue`` line."""
+        variables = {**self.environment, ENGINE_CONNECTION_ENV: connection}
+        line = f"environment = {quote_arguments([f'{k}={v}' for k, v in variables.items()])}\n"
+        head, queue = script.rsplit("queue ", 1)
+        return f"{head}{line}queue {queue}"
 
-    def stop(self) -> None:
-        if self.job_id:
-            self._run([*self.delete_command, self.job_id])
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        # The ids first: after -af, a word is one more attribute to print.
+        return [*self.status_command, *job_ids, "-af:t", *FIELDS]
 
-    def signal(self, sig: int) -> None:
-        self.stop()  # HTCondor delivers no arbitrary signal to a job; removing it is what callers want
+    def parse_states(self, output: str, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        statuses: dict[str, JobStatus] = {}
+        for line in output.splitlines():
+            fields = line.split(SEPARATOR)
+            if len(fields) != len(FIELDS) or fields[0] not in job_ids or not fields[2].isdigit():
+                continue
+            cluster, _, code, exit_code, hold_reason, remove_reason = fields
+            status = statuses.setdefault(cluster, JobStatus(cluster))
+            status.states.append(STATES.get(int(code), JobState.PENDING))
+            status.native = NATIVE.get(int(code), code)
+            reason = hold_reason if int(code) == 5 else remove_reason if int(code) == 3 else ""
+            status.reason = "" if reason == "undefined" else reason
+            if exit_code.lstrip("-").isdigit() and int(exit_code) != 0:
+                status.exit_code = max(status.exit_code or 0, int(exit_code))
+                if status.states[-1] is JobState.DONE:
+                    status.states[-1] = JobState.FAILED
+        return statuses
 
-    def poll(self) -> int | None:
-        # condor_q prints one line per job of the cluster still queued or running.
-        left = self._run(["condor_q", self.job_id, "-af", "ProcId"]) if self.job_id else ""
-        return None if left.strip() else 0
+    def ended_status(self, job_id: str) -> JobStatus | None:
+        done = self.run_command([*self.history_command, job_id, "-af:t", *FIELDS], check=False)
+        return self.parse_states(done.stdout, [job_id]).get(job_id)
+
+
+class CondorEngineSetLauncher(CondorLauncher, EngineSetLauncher):
+    """``n`` engines as the ``n`` jobs of one HTCondor cluster."""
 
 
 @hookimpl

@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ from . import __version__, config, hookspecs, paths, plugins
 from .config import profile
 from .error import ClusterLauncherError, ConfigError, PluginError
 from .logs import quiet_libraries
+from .protocol.connection import ENGINE_CONNECTION_ENV
 
 PROG = "cluster-launcher"
 EXIT_ERROR = 2
@@ -121,6 +123,10 @@ def command_config(args: argparse.Namespace) -> tuple[str, Config]:
     cfg = config.build_config(args.role, profile_dir, _flag_overrides(args) + args.trait_overrides)
     if args.command in STARTING_COMMANDS:  # `stop`/`list` must work even if a plugin went away
         config.check_names(cfg, args.role)
+    if args.role == "engine" and ENGINE_CONNECTION_ENV in os.environ:
+        # An engine of a batch job, its connection in its environment: the profile folder (the submit
+        # host's path) may not exist on this node, and it needs nothing from it.
+        return profile_dir, cfg
     # Only once the config is right: a mistyped option leaves no trace on disk.
     return paths.ensure_profile_dir(profile_dir), cfg
 
@@ -178,6 +184,9 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
           {"metavar": "LAUNCHER", "help": "How to start the controller: Local, SSH, MPI, PBS, ..."}),
          (("--daemonize",), "daemonize", "Cluster.daemonize",
           {"action": "store_true", "help": "Return once the cluster runs, leaving it in the background."}),
+         (("--dry-run",), "dry_run", "Cluster.dry_run",
+          {"action": "store_true", "help": "Print the commands and job scripts it would run or submit; start "
+           "nothing."}),
         *DB_FLAGS,
         *NETWORK_FLAGS,
      ]),

@@ -1,8 +1,9 @@
-"""CondorEngineSetLauncher: its submit file, and condor_submit's real output.
+"""CondorEngineSetLauncher: its submit description, and HTCondor's real output.
 
 Run from this folder after installing it: ``pip install -e .[test] && pytest``.
-Where HTCondor is installed (``condor_submit`` on PATH, a schedd running),
-the integration test submits and removes a real job.
+The outputs below were captured from HTCondor 23.9 (Debian 13's minicondor);
+where HTCondor runs here (``condor_submit`` on PATH and a schedd answering),
+the integration test also submits, polls and removes real jobs.
 """
 
 from __future__ import annotations
@@ -11,85 +12,78 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
-from cluster_launcher_condor import CondorEngineSetLauncher, parse_cluster_id, quote_arguments
+from cluster_launcher_condor import CondorEngineSetLauncher, quote_arguments
 
 from cluster_launcher import plugins
-from cluster_launcher.error import ClusterLauncherError
+from cluster_launcher.error import ClusterError
+from cluster_launcher.launcher import JobState
+from cluster_launcher.protocol.connection import ENGINE_CONNECTION_ENV
 
-# What condor_submit printed on real pools (8.x adds the "Logging submit event" line).
-RECORDED_SUBMIT_OUTPUT = {
-    "Submitting job(s).\n1 job(s) submitted to cluster 19.\n": "19",
-    "Submitting job(s).........................\n100 job(s) submitted to cluster 837.\n": "837",
-    "Submitting job(s).\nLogging submit event(s).\n1 job(s) submitted to cluster 5.\n": "5",
-}
+# condor_submit -terse, submitting a cluster of 2 jobs.
+RECORDED_SUBMIT = "1.0 - 1.1\n"
+# condor_q 1 -af:t ClusterId ProcId JobStatus ExitCode HoldReason RemoveReason: two idle jobs.
+RECORDED_QUEUE = "1\t0\t1\tundefined\tundefined\tundefined\n1\t1\t1\tundefined\tundefined\tundefined\n"
+# condor_history 1 -af:t (the same attributes), after condor_rm 1.
+RECORDED_HISTORY = ("1\t1\t3\tundefined\tundefined\tvia condor_rm (by user cltest)\n"
+                    "1\t0\t3\tundefined\tundefined\tvia condor_rm (by user cltest)\n")
 RECORDED_NO_SCHEDD = "\nERROR: Can't find address of local schedd\n"
 
 
-@pytest.mark.parametrize(("output", "cluster_id"), RECORDED_SUBMIT_OUTPUT.items())
-def test_cluster_id_from_real_condor_submit_output(output, cluster_id):
-    assert parse_cluster_id(output) == cluster_id
-
-
-def test_output_without_cluster_id_is_a_one_line_error():
-    with pytest.raises(ClusterLauncherError, match=r"^condor_submit printed no cluster id: "
-                                                   r"ERROR: Can't find address of local schedd$"):
-        parse_cluster_id(RECORDED_NO_SCHEDD)
+def replay(output: str, exit_code: int = 0) -> list[str]:
+    """A command that prints ``output`` and exits ``exit_code``, as an HTCondor command did."""
+    return [sys.executable, "-c", f"import sys; sys.stdin.read(); sys.stdout.write({output!r}); sys.exit({exit_code})"]
 
 
 def test_quoting_follows_the_submit_language():
     assert quote_arguments(["-m", "it's", 'say "hi"']) == '''"'-m' 'it''s' 'say ""hi""'"'''
 
 
-def test_submit_description(tmp_path):
+def test_submit_description_carries_the_engines_connection(tmp_path):
     launcher = CondorEngineSetLauncher(profile_dir=str(tmp_path), cluster_id="c1", engine_args=["--x=a b"],
-                                       environment={"OMP_NUM_THREADS": "1"},
-                                       submit_extra={"request_memory": "2GB"})
-    lines = launcher.submit_description(4).splitlines()
+                                       environment={"OMP_NUM_THREADS": "1"}, submit_extra={"request_memory": "2GB"})
+    lines = launcher.job_script_text(4, dry_run=True).splitlines()
     assert lines[0] == "universe = vanilla"
     assert f"executable = {sys.executable}" in lines
     assert (f"arguments = \"'-m' 'cluster_launcher' 'engine' '--profile-dir={tmp_path}' '--cluster-id=c1' "
-            "'--x=a b'\"") in lines
-    assert f"initialdir = {tmp_path}" in lines
-    assert f"output = {tmp_path}/log/engine-c1-$(Process).out" in lines
-    assert "environment = \"'OMP_NUM_THREADS=1'\"" in lines
+            "'--x=a b' '--Engine.log_to_file=False'\"") in lines
+    assert f"initialdir = {tmp_path}/log" in lines
+    assert f"output = {tmp_path}/log/cluster-launcher-engines-c1-$(Cluster).$(Process).out" in lines
     assert "request_memory = 2GB" in lines
+    assert lines[-2] == (f"environment = \"'OMP_NUM_THREADS=1' '{ENGINE_CONNECTION_ENV}=<controller-engine.json of "
+                         "the running controller>'\"")
     assert lines[-1] == "queue 4"
 
 
-def replay(output: str, exit_code: int = 0) -> list[str]:
-    """A command that prints ``output`` and exits ``exit_code``, as condor_submit did."""
-    return [sys.executable, "-c", f"import sys; sys.stdout.write({output!r}); sys.exit({exit_code})"]
-
-
-def test_start_writes_the_submit_file_and_keeps_the_cluster_id(tmp_path):
+def test_start_submits_on_stdin_and_records_the_cluster_id(tmp_path):
     launcher = CondorEngineSetLauncher(profile_dir=str(tmp_path), cluster_id="c1",
-                                       submit_command=replay(next(iter(RECORDED_SUBMIT_OUTPUT))))
-    launcher.start(3)
-    assert (launcher.job_id, launcher.n) == ("19", 3)
-    with open(launcher.submit_file) as f:
-        assert f.read() == launcher.submit_description(3)
-    again = CondorEngineSetLauncher.from_dict(launcher.to_dict())
-    assert (again.job_id, again.n) == ("19", 3)
+                                       submit_command=replay(RECORDED_SUBMIT))
+    (tmp_path / "security").mkdir()
+    (tmp_path / "security" / "controller-c1-engine.json").write_text('{"key": "k"}')
+    launcher.start(2)
+    assert (launcher.job_ids, launcher.n) == (["1"], 2)
+    record = json.loads(json.dumps(launcher.to_dict()))  # what a later `cluster-launcher stop` reads
+    assert record["job_ids"] == ["1"] and record["class"] == "cluster_launcher_condor.CondorEngineSetLauncher"
+    assert CondorEngineSetLauncher.from_dict(record).job_ids == ["1"]
 
 
-def test_the_record_a_later_stop_reads_holds_the_job_id(tmp_path):
-    # job_id and n are traits tagged state: recorded with no to_dict() of the launcher's own.
-    launcher = CondorEngineSetLauncher(profile_dir=str(tmp_path), cluster_id="c1", job_id="837", n=100)
-    record = json.loads(json.dumps(launcher.to_dict()))
-    assert record == {"class": "cluster_launcher_condor.CondorEngineSetLauncher", "profile_dir": str(tmp_path),
-                      "cluster_id": "c1", "job_id": "837", "n": 100}
-    again = CondorEngineSetLauncher.from_dict(record)
-    assert (again.profile_dir, again.cluster_id, again.job_id, again.n) == (str(tmp_path), "c1", "837", 100)
+def test_states_from_condor_q_and_how_jobs_ended_from_condor_history():
+    launcher = CondorEngineSetLauncher(history_command=replay(RECORDED_HISTORY))
+    queued = launcher.parse_states(RECORDED_QUEUE, ["1"])["1"]
+    assert queued.states == [JobState.PENDING] * 2 and queued.describe() == "Idle"
+    ended = launcher.ended_status("1")
+    assert ended is not None and ended.state is JobState.CANCELLED
+    assert ended.describe() == "Removed (via condor_rm (by user cltest))"
 
 
 def test_failed_submit_is_a_one_line_error(tmp_path):
     launcher = CondorEngineSetLauncher(profile_dir=str(tmp_path), submit_command=replay(RECORDED_NO_SCHEDD, 1))
-    with pytest.raises(ClusterLauncherError, match=r"exited 1: ERROR: Can't find address of local schedd$"):
+    (tmp_path / "security").mkdir()
+    (tmp_path / "security" / "controller-engine.json").write_text('{"key": "k"}')
+    with pytest.raises(ClusterError, match=r"failed with code 1: ERROR: Can't find address of local schedd$"):
         launcher.start(1)
-    assert launcher.job_id == ""
+    assert launcher.job_ids == []
 
 
 def test_registered_under_its_short_name():
@@ -97,16 +91,22 @@ def test_registered_under_its_short_name():
     assert plugins.resolve("launcher", "Condor", role="engines") is CondorEngineSetLauncher
 
 
-@pytest.mark.skipif(shutil.which("condor_submit") is None, reason="HTCondor is not installed (no condor_submit)")
-def test_real_htcondor_submit_and_remove(tmp_path):
-    launcher = CondorEngineSetLauncher(profile_dir=str(tmp_path), engine_cmd=["/bin/sleep", "300"])
+def _schedd_answers() -> bool:
+    if shutil.which("condor_q") is None:
+        return False
+    return subprocess.run(["condor_q"], capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.mark.skipif(not _schedd_answers(), reason="no HTCondor here (no condor_q, or no schedd answering)")
+def test_real_htcondor_submit_poll_and_remove(tmp_path):
+    """The jobs need not be engines to be submitted, polled and removed: two sleeps."""
+    launcher = CondorEngineSetLauncher(profile_dir=str(tmp_path), engine_cmd=["/bin/sleep", "300"],
+                                       initialdir=str(tmp_path), poll_interval=0)
+    (tmp_path / "security").mkdir()
+    (tmp_path / "security" / "controller-engine.json").write_text('{"key": "k"}')
     launcher.start(2)
     try:
-        assert launcher.job_id.isdigit()
-        assert launcher.poll() is None
+        assert launcher.job_ids[0].isdigit() and launcher.poll() is None
     finally:
         launcher.stop()
-    deadline = time.monotonic() + 60
-    while launcher.poll() is None and time.monotonic() < deadline:
-        time.sleep(1)
-    assert launcher.poll() == 0, subprocess.run(["condor_q", launcher.job_id], capture_output=True, text=True).stdout
+    assert not launcher.job_states(fresh=True)[launcher.job_ids[0]].active

@@ -39,6 +39,9 @@ class LocalEngineSetLauncher(EngineSetLauncher):
             self.engines.append(engine)
         self.n = len(self.engines)
 
+    def dry_run(self, n: int = 1) -> list[str]:
+        return [f"{line}   (x{n}, one process each)" for line in super().dry_run(n)]
+
     def poll(self) -> int | None:
         codes = [engine.poll() for engine in self.engines]
         return None if any(code is None for code in codes) else max(codes, default=0)

@@ -73,6 +73,8 @@ class Cluster(LoggingConfigurable):
                   "engines.").tag(config=True)
     daemonize = Bool(False, help="Detach `start` from the terminal and return once the cluster "
                      "runs.").tag(config=True)
+    dry_run = Bool(False, help="Print what `start` would run and submit (commands, job scripts), "
+                   "starting nothing.").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
     start_timeout = Float(60.0, min=0.0, help="Seconds `start` waits for the controller and engines to be "
                           "ready.").tag(config=True)
@@ -159,6 +161,15 @@ class Cluster(LoggingConfigurable):
         work, before anything starts."""
         self._make_launcher(ControllerLauncher).check()
         self._make_launcher(EngineSetLauncher).check(n)
+
+    def dry_run_lines(self, n: int) -> list[str]:
+        """What :meth:`start` would run or submit for ``n`` engines, starting nothing."""
+        lines = []
+        for role, launcher in (("the controller", self._make_launcher(ControllerLauncher)),
+                               (f"{n} engine{'s' if n != 1 else ''}", self._make_launcher(EngineSetLauncher))):
+            lines.append(f"{role}, with {type(launcher).__name__}:")
+            lines += [f"  {line}" for line in launcher.dry_run(n if launcher.role == "engines" else 1)]
+        return lines
 
     def running(self) -> bool:
         """Whether the controller runs."""

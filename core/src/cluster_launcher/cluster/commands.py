@@ -77,6 +77,13 @@ def start_main(config: Config, profile_dir: str) -> int:
     cluster.report = cluster.warn = _say
     previous = _on_signals(_raise_signalled)
     ready = False
+    if cluster.dry_run:
+        try:
+            cluster.check_launchers(n)
+            print("\n".join(cluster.dry_run_lines(n)), flush=True)
+        except ClusterLauncherError as exc:
+            return _fail("start", exc)
+        return 0
     try:
         try:
             cluster.check_launchers(n)
@@ -115,7 +122,9 @@ def _supervise(cluster: Cluster) -> int:
                 for code, log_path, _ in engines.exited():
                     if (code, log_path) not in reported:
                         reported.add((code, log_path))
-                        _say(f"an engine exited with code {code}" + (f"; see {log_path}" if log_path else ""))
+                        what = engines.exit_label("engine")
+                        _say(f"{'an engine' if what == 'engine' else what} exited with code {code}"
+                             + (f"; see {log_path}" if log_path else ""))
             time.sleep(POLL_INTERVAL * 2)
             _adopt_recorded_engines(cluster)
     except _Signalled as exc:
@@ -241,12 +250,14 @@ def list_main(config: Config, profile_dir: str) -> int:
         running = cluster.running()
         engines = sum(s.running_engines() for s in cluster.engine_sets) if running else 0
         pid = cluster.controller.to_dict().get("pid", "") if cluster.controller else ""
+        jobs = [line for launcher in [cluster.controller, *cluster.engine_sets]
+                if launcher is not None and (line := launcher.status_line())]
         rows.append((profile_name(cluster.profile_dir), cluster.cluster_id or "default",
-                     "running" if running else "stopped", str(engines), str(pid or "-")))
+                     "running" if running else "stopped", str(engines), str(pid or "-"), "; ".join(jobs) or "-"))
     if not rows:
         print(f"no clusters recorded (in {home_dir()})")
         return 0
-    header = ("PROFILE", "CLUSTER-ID", "STATUS", "ENGINES", "CONTROLLER-PID")
+    header = ("PROFILE", "CLUSTER-ID", "STATUS", "ENGINES", "CONTROLLER-PID", "JOBS")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -112,7 +112,12 @@ class Engine(ProcessLogging):
     def connection_info(self) -> dict[str, Any]:
         """The controller's connection file: an explicit ``Engine.file`` must
         exist now (a wrong path is a mistake, not a controller still starting);
-        the profile's own is waited for up to ``connect_timeout`` seconds."""
+        else its content from the environment, where a batch job script puts
+        it; else the profile's own, waited for up to ``connect_timeout`` seconds."""
+        if not self.file and connection.ENGINE_CONNECTION_ENV in os.environ:
+            # Taken out of the environment: the tasks' subprocesses have no use for the key.
+            text = os.environ.pop(connection.ENGINE_CONNECTION_ENV)
+            return connection.parse_connection_info(text, f"${connection.ENGINE_CONNECTION_ENV}", "engine")
         if self.file:
             if not os.path.exists(self.file):
                 raise ConnectionFileError(f"--file={self.file}: no such connection file (Engine.file must name "

@@ -2,14 +2,15 @@
 
 :mod:`.base` holds the classes every launcher plugin subclasses
 (:class:`Launcher`, :class:`ControllerLauncher`, :class:`EngineSetLauncher`);
-:mod:`.process` the local child process that the local, SSH and MPI
-launchers build on.  Batch-system launchers will subclass a
-``BatchSystemLauncher`` base, to be added here with the first of them
-(docs/launchers.md).
+:mod:`.process` the local child process that the local and MPI
+launchers build on; :mod:`.batch` the base of batch-system launchers
+(:class:`BatchSystemLauncher`: a job script submitted, its job id recorded).
 """
 
 from .base import ControllerLauncher, EngineSetLauncher, Launcher, config_args, python_cmd
+from .batch import BatchSystemLauncher, EvalFormatter, JobState, JobStatus
 from .process import LocalProcessLauncher, pid_alive, process_start_token, tail
 
-__all__ = ["ControllerLauncher", "EngineSetLauncher", "Launcher", "LocalProcessLauncher", "config_args",
-           "pid_alive", "process_start_token", "python_cmd", "tail"]
+__all__ = ["BatchSystemLauncher", "ControllerLauncher", "EngineSetLauncher", "EvalFormatter", "JobState",
+           "JobStatus", "Launcher", "LocalProcessLauncher", "config_args", "pid_alive", "process_start_token",
+           "python_cmd", "tail"]

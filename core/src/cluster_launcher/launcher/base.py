@@ -25,6 +25,7 @@ record the job id where a local launcher records a PID.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from typing import Any, ClassVar, TypeGuard, TypeVar
@@ -111,6 +112,17 @@ class Launcher(LoggingConfigurable):
         """What this launcher started and where its output goes, for one line
         of ``start``'s output (a PID and log file, a job id, …)."""
         return type(self).__name__
+
+    def dry_run(self, n: int = 1) -> list[str]:
+        """What :meth:`start` would do, doing nothing: the lines ``start
+        --dry-run`` prints (the command it would run, a job script)."""
+        args = getattr(self, "args", None)
+        return [f"$ {shlex.join(args)}"] if args else [f"({type(self).__name__} cannot tell what it would run)"]
+
+    def status_line(self) -> str:
+        """What ``list`` shows of what this launcher started: ''  for local
+        processes (their PIDs have a column), a batch job's id and state."""
+        return ""
 
     def exit_label(self, role: str) -> str:
         """What exited, in the error ``start`` reports when a process of this

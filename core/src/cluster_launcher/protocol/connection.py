@@ -61,17 +61,30 @@ def write_private_json(path: str, data: dict[str, Any]) -> None:
 write_connection_file = write_private_json
 
 
+# An engine started by a batch job finds its controller-engine.json's content here (the job
+# script exports it), so the engines' hosts need no shared filesystem with the controller's.
+ENGINE_CONNECTION_ENV = "CLUSTER_LAUNCHER_ENGINE_CONNECTION"
+
+
 def read_connection_file(path: str, role: str) -> dict[str, Any]:
     """The checked content of a connection file; a ConnectionFileError naming
     the file and field when it is missing, unreadable or incomplete."""
     try:
         with open(path) as f:
-            info = json.load(f)
+            text = f.read()
     except FileNotFoundError:
         raise ConnectionFileError(f"{path}: connection file not found; is the controller running "
                                   "for this profile and cluster id?") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConnectionFileError(f"{path}: cannot read connection file: {exc}") from None
+    return parse_connection_info(text, path, role)
+
+
+def parse_connection_info(text: str, path: str, role: str) -> dict[str, Any]:
+    """The checked content of connection information ``text`` from ``path``
+    (a file, or where else it came from: the error names it)."""
+    try:
+        info = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConnectionFileError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): "
                                   f"{exc.msg}; delete it and restart the controller") from None

@@ -1,0 +1,527 @@
+"""The base of batch-system launcher plugins: a job script submitted to a
+scheduler (``sbatch``, ``qsub``, ``bsub``, …) instead of a process started.
+
+Modelled on dask-jobqueue's ``Job``: what tells one batch system from another
+is a handful of settings a plugin gives once (the submit, delete and status
+commands, the pattern of the job id the submit command prints, the script's
+directive prefix, its default templates) and one method that reads the
+status command's output (:meth:`BatchSystemLauncher.parse_states`).  Every
+command runs through :meth:`BatchSystemLauncher.run_command`, which reports
+a failure with the command line and its output.
+
+The job script is IPython's: ``batch_template`` (or ``batch_template_file``),
+else the plugin's default template, rendered with IPython's EvalFormatter
+semantics (``{n}``, ``{n//4}``, ``{queue}``, ``{profile_dir}``, ``{cluster_id}``,
+and any key of ``c.<Launcher>.context``).  The default templates are built
+the dask-jobqueue way, header (``{header}``: the directives) + prologue
+(``{prologue}``) + command (``{command}``), and are used to start a real
+system by the tests of each plugin.
+
+No shared filesystem is needed for engines: the job script of an engine set
+exports the controller's engine connection information
+(:data:`cluster_launcher.protocol.connection.ENGINE_CONNECTION_ENV`), which
+the engines read instead of a file, so they find the controller from any
+node.  The script is written 0600 into the profile's ``batch/`` folder.
+
+The job ids are the launcher's state: a later ``stop`` or ``list`` from
+another process asks the scheduler about them and cancels them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import shlex
+import string
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from traitlets import Dict, Float, List, Unicode
+
+from ..error import ClusterError, ConfigError
+from ..protocol.connection import ENGINE_CONNECTION_ENV, connection_file, write_private_file
+from .base import Launcher
+from .process import tail
+
+# What a dry run shows where the engines' connection information goes: the controller that
+# writes it does not run.
+CONNECTION_PLACEHOLDER = "<controller-engine.json of the running controller>"
+
+
+class JobState(enum.Enum):
+    """A job's state, whatever its batch system calls it."""
+
+    PENDING = "pending"  # queued, held, waiting for resources
+    RUNNING = "running"
+    DONE = "done"  # ended with exit code 0
+    FAILED = "failed"  # ended otherwise (an exit code, a node failure, out of memory)
+    CANCELLED = "cancelled"  # deleted (scancel, qdel, bkill, job cancel)
+    TIMEOUT = "timeout"  # killed at its walltime
+    GONE = "gone"  # the scheduler no longer knows it (it ended a while ago)
+
+    @property
+    def active(self) -> bool:
+        return self in (JobState.PENDING, JobState.RUNNING)
+
+
+@dataclass
+class JobStatus:
+    """What the scheduler says of one job (all its array tasks): a state per
+    task, the scheduler's own word for it and its reason, and an exit code
+    when it told one."""
+
+    job_id: str
+    states: list[JobState] = field(default_factory=list)
+    native: str = ""  # the scheduler's own state name ('RUNNING', 'Eqw', 'EXIT')
+    reason: str = ""  # the scheduler's reason, if it gave one ('DUE TO TIME LIMIT', 'NonZeroExitCode')
+    exit_code: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(state.active for state in self.states)
+
+    @property
+    def running(self) -> int:
+        return sum(state is JobState.RUNNING for state in self.states)
+
+    @property
+    def state(self) -> JobState:
+        """The job's overall state: running if a task runs, pending if one waits, else the worst end."""
+        for candidate in (JobState.RUNNING, JobState.PENDING, JobState.TIMEOUT, JobState.CANCELLED,
+                          JobState.FAILED, JobState.DONE):
+            if candidate in self.states:
+                return candidate
+        return JobState.GONE
+
+    def describe(self) -> str:
+        """'RUNNING', 'TIMEOUT (DUE TO TIME LIMIT)', 'gone from the queue';
+        for tasks in different states, how many are in each ('3 running, 1 pending')."""
+        if self.state is JobState.GONE:
+            return "gone from the queue"
+        if len(set(self.states)) > 1:
+            return ", ".join(f"{self.states.count(state)} {state.value}" for state in JobState
+                             if state in self.states)
+        said = self.native or self.state.value
+        if self.reason and self.reason.lower() not in ("none", "-", ""):
+            said += f" ({self.reason})"
+        return said
+
+
+class EvalFormatter(string.Formatter):
+    """IPython's EvalFormatter: a template field may be an expression of the
+    context's names, ``{n//4}``, ``{n * 2}``, ``{queue or 'default'}``.  As in
+    IPython, ``:`` still starts a format spec and ``!`` a conversion.  A whole
+    number computed as a float is written as an integer (``{n/4}`` with 8
+    engines gives ``2``, as it did in IPython's Python 2 days)."""
+
+    def get_field(self, field_name: str, args: Sequence[Any], kwargs: Any) -> tuple[Any, str]:
+        # No builtins: a template computes with its values, it does not run code.
+        return eval(field_name, {"__builtins__": {}}, kwargs), field_name
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if isinstance(value, float) and value.is_integer() and not format_spec:
+            value = int(value)
+        return super().format_field(value, format_spec)
+
+
+def _shell_words(args: Sequence[str]) -> str:
+    return " ".join(shlex.quote(arg) for arg in args)
+
+
+class BatchSystemLauncher(Launcher):
+    """Submits one job that runs the controller, or ``n`` engines, and records
+    its job id.  A batch-system plugin subclasses it (with
+    :class:`~cluster_launcher.launcher.ControllerLauncher` or
+    :class:`~cluster_launcher.launcher.EngineSetLauncher` for the role), sets
+    the commands and ``job_id_regexp``, the class attributes below, the
+    default templates, and implements :meth:`parse_states`."""
+
+    # --- what a plugin gives for its batch system ------------------------------------------------
+    system: ClassVar[str] = ""  # 'Slurm': how messages name it
+    directive: ClassVar[str] = ""  # '#SBATCH': the prefix of the script's directive lines
+    # The directive a default template gets for `queue` when it names one (IPython's queue_template).
+    queue_directive: ClassVar[str] = ""
+    # The directive for `walltime`, when set.
+    walltime_directive: ClassVar[str] = ""
+    # The directives that make an engine job run {n} engines (an array, or {n} tasks), and those of
+    # the controller's job.
+    engines_directives: ClassVar[tuple[str, ...]] = ()
+    controller_directives: ClassVar[tuple[str, ...]] = ()
+    # The job's name and output file, as directives: {job_name}, {output}.
+    name_directives: ClassVar[tuple[str, ...]] = ()
+    # The script goes to the submit command on its stdin (LSF's `bsub < script`) rather than as a path.
+    submit_on_stdin: ClassVar[bool] = False
+    # The default templates: header, prologue (its lines end with a newline) and command, the
+    # dask-jobqueue way.
+    default_template: ClassVar[str] = "#!/bin/sh\n{header}\n{prologue}{command}\n"
+    script_suffix: ClassVar[str] = ".sh"
+    # How the job's output file is named; {job_name} and the system's own job id/task escapes.
+    output_pattern: ClassVar[str] = "{job_name}.out"
+    # Whether the status command tells each engine's state (an array: one element per engine), or
+    # only the job's (Slurm's srun job, a Windows HPC job): then all engines run while the job does.
+    status_per_engine: ClassVar[bool] = True
+    # The status command tells one job at a time (Windows HPC's `job view ID`).
+    status_per_job: ClassVar[bool] = False
+
+    # --- IPython's settings ---------------------------------------------------------------------
+    submit_command = List(Unicode(), help="The command that submits the job script (its path, or its "
+                          "content on stdin, is added).").tag(config=True)
+    delete_command = List(Unicode(), help="The command that deletes jobs (their ids are added).").tag(config=True)
+    status_command = List(Unicode(), help="The command that tells the jobs' states (their ids are "
+                          "added).").tag(config=True)
+    job_id_regexp = Unicode(r"\d+", help="A regular expression matching the job id in the submit command's "
+                            "output (its first group, or the whole match).").tag(config=True)
+    batch_template = Unicode("", help="The job script template itself (IPython's): {n}, {n//4}, {queue}, "
+                             "{profile_dir}, {cluster_id}, {job_name}, {output}, {command}, {header}, "
+                             "{prologue} and the keys of `context`.  Empty: batch_template_file, else the "
+                             "default template.").tag(config=True)
+    batch_template_file = Unicode("", help="A file holding the job script template (relative: to the "
+                                  "profile folder, else to the current folder).").tag(config=True)
+    queue = Unicode("", help="The queue (partition) to submit to; the default template names it, and a "
+                    "template of yours can use {queue}.").tag(config=True)
+    walltime = Unicode("", help="The job's time limit in the system's own form (Slurm and PBS '01:00:00'); "
+                       "empty: the queue's default.").tag(config=True)
+    job_name = Unicode("", help="The job's name (default: cluster-launcher-<role>-<cluster id>).").tag(config=True)
+    job_extra_directives = List(Unicode(), help="More lines for the default template's header, each a "
+                                "directive without its prefix, e.g. ['--account=abc123'] for "
+                                "Slurm.").tag(config=True)
+    job_script_prologue = List(Unicode(), help="Shell lines the default template runs before the command, "
+                               "e.g. ['module load python', 'source ~/venv/bin/activate'].").tag(config=True)
+    context = Dict(help="More keys for the template: c.SlurmLauncher.context = {'account': 'abc123'} makes "
+                   "{account} usable.").tag(config=True)
+    command_timeout = Float(60.0, min=1.0, help="Seconds a submit, delete or status command may take.").tag(
+        config=True)
+    poll_interval = Float(5.0, min=0.0, help="Seconds between two asks of the scheduler for the job's state "
+                          "(each is one status command).").tag(config=True)
+
+    # --- what start learns and a later stop needs --------------------------------------------------
+    job_ids = List(Unicode(), help="The ids of the jobs submitted.").tag(config=False, state=True)
+    job_script = Unicode("", help="The job script written.").tag(config=False, state=True)
+    output_file = Unicode("", help="Where the job's output goes (as the scheduler names it, with its "
+                          "escapes).").tag(config=False, state=True)
+
+    args: list[str]
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._states: dict[str, JobStatus] = {}
+        self._states_at = 0.0
+
+    # --- the job script ---------------------------------------------------------------------------
+
+    @property
+    def role_name(self) -> str:
+        return "controller" if self.role == "controller" else "engines"
+
+    def default_job_name(self) -> str:
+        return self.job_name or f"cluster-launcher-{self.role_name}-{self.cluster_id or 'default'}"
+
+    def template_values(self, n: int) -> dict[str, Any]:
+        """The keys a template (the header's directives too) can use, but the
+        header, the prologue and ``context``'s: a plugin adds its own here."""
+        values: dict[str, Any] = {"n": n, "queue": self.queue, "walltime": self.walltime,
+                                  "profile_dir": self.profile_dir, "cluster_id": self.cluster_id,
+                                  "job_name": self.default_job_name(), "output": self.output_location()}
+        # The process's output is the job's output file: it writes no log file of its own.
+        values["command"] = _shell_words([*self.args, *self.captured_output_args()])
+        values["program_and_args"] = values["command"]  # ipyparallel's name for it
+        return values
+
+    def template_context(self, n: int) -> dict[str, Any]:
+        """Every key a template can use: :meth:`template_values`, the default
+        template's header and prologue, and ``context``'s keys."""
+        values = self.template_values(n)
+        values["header"] = self.render(self.header_template(), values, "the default template's header")
+        values["prologue"] = "".join(f"{line}\n" for line in self.job_script_prologue)
+        values.update(self.context)
+        return values
+
+    def output_location(self) -> str:
+        """Where the job's output goes, as its script names it (with the system's escapes, ``%j``)."""
+        name = self.output_pattern.format(job_name=self.default_job_name())
+        return os.path.join(self.profile_dir or ".", "log", name)
+
+    def header_template(self) -> str:
+        """The default template's directives: name and output, the engines,
+        the queue and walltime when set, then ``job_extra_directives``."""
+        lines = list(self.name_directives)
+        lines += self.engines_directives if self.role == "engines" else self.controller_directives
+        if self.queue and self.queue_directive:
+            lines.append(self.queue_directive)
+        if self.walltime and self.walltime_directive:
+            lines.append(self.walltime_directive)
+        lines += [f"{self.directive} {extra}" for extra in self.job_extra_directives]
+        return "\n".join(lines)
+
+    def template(self) -> tuple[str, str]:
+        """The template to render and where it came from (for error messages)."""
+        cls = type(self).__name__
+        if self.batch_template:
+            return self.batch_template, f"{cls}.batch_template"
+        if self.batch_template_file:
+            candidates = [self.batch_template_file] if os.path.isabs(self.batch_template_file) else \
+                [os.path.join(self.profile_dir, self.batch_template_file), self.batch_template_file]
+            for path in candidates:
+                if os.path.isfile(path):
+                    with open(path) as f:
+                        return f.read(), path
+            raise ConfigError(f"{cls}.batch_template_file = {self.batch_template_file!r}: no such file (looked in "
+                              f"{' and '.join(os.path.abspath(p) for p in candidates)})")
+        return self.default_template, f"{cls}'s default template"
+
+    def render(self, template: str, values: dict[str, Any], source: str) -> str:
+        try:
+            return EvalFormatter().format(template, **values)
+        except NameError as exc:
+            keys = ", ".join(sorted(values))
+            raise ConfigError(f"{source}: {exc} (the keys a template can use: {keys}; add yours with "
+                              f"c.{type(self).__name__}.context)") from None
+        except (SyntaxError, ValueError, TypeError, ArithmeticError, AttributeError, IndexError, KeyError) as exc:
+            raise ConfigError(f"{source}: cannot render it: {type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())}") from None
+
+    def job_script_text(self, n: int, dry_run: bool = False) -> str:
+        """The job script for ``n`` engines (or the controller), rendered."""
+        connection = self.engine_connection(dry_run)
+        template, source = self.template()
+        script = self.render(template, self.template_context(n), source)
+        if self.script_suffix == ".sh" and not script.startswith("#!"):
+            # IPython's templates have none; sbatch (and so Slurm's PBS wrappers) refuses a script without.
+            script = "#!/bin/sh\n" + script
+        if connection is not None:
+            script = self.embed_connection(script, connection)
+        return script
+
+    def engine_connection(self, dry_run: bool) -> str | None:
+        """The engines' connection information to put in the job, as JSON text
+        (None for a controller job)."""
+        if self.role != "engines":
+            return None
+        if dry_run:
+            return CONNECTION_PLACEHOLDER
+        path = connection_file(self.profile_dir, "engine", self.cluster_id)
+        try:
+            with open(path) as f:
+                return json.dumps(json.load(f), separators=(",", ":"), sort_keys=True)
+        except (OSError, ValueError) as exc:
+            raise ClusterError(f"cannot put the engines' connection information in the job script: {path}: "
+                               f"{exc}") from None
+
+    def embed_connection(self, script: str, connection: str) -> str:
+        """``script`` with the engines' connection information exported right
+        after its directives (a template of yours need not say anything for it)."""
+        lines = script.split("\n")
+        at = 0
+        while at < len(lines) and (lines[at].startswith("#") or not lines[at].strip()):
+            at += 1
+        export = f"export {ENGINE_CONNECTION_ENV}={shlex.quote(connection)}"
+        return "\n".join([*lines[:at], export, *lines[at:]])
+
+    def job_script_path(self) -> str:
+        """``<profile>/batch/<system>-<role>-<cluster id><suffix>``."""
+        return os.path.join(self.profile_dir or ".", "batch", f"{self.system.lower()}-{self.role_name}-"
+                            f"{self.cluster_id or 'default'}{self.script_suffix}")
+
+    def write_job_script(self, script: str) -> str:
+        """Write ``script`` 0600 (it holds the key) to :meth:`job_script_path`."""
+        path = self.job_script_path()
+        write_private_file(path, script.encode())
+        return path
+
+    # --- commands ---------------------------------------------------------------------------------
+
+    def run_command(self, argv: Sequence[str], stdin: str | None = None, check: bool = True,
+                    ) -> subprocess.CompletedProcess[str]:
+        """Run a scheduler command; a ClusterError of one line with the command
+        and what it printed if it cannot run or (with ``check``) fails."""
+        words = _shell_words(argv)
+        try:
+            done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
+                                  timeout=self.command_timeout, stdin=None if stdin is not None else subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise ClusterError(f"{argv[0]} not found: is {self.system or 'the batch system'}'s client installed "
+                               f"and on PATH? (set c.{type(self).__name__} commands to its full path "
+                               "otherwise)") from None
+        except subprocess.TimeoutExpired:
+            raise ClusterError(f"`{words}` did not finish within {self.command_timeout:g}s "
+                               f"({type(self).__name__}.command_timeout)") from None
+        if check and done.returncode != 0:
+            said = " ".join((done.stderr.strip() or done.stdout.strip()).split()) or "no output"
+            raise ClusterError(f"`{words}` failed with code {done.returncode}: {said}")
+        return done
+
+    def parse_job_id(self, output: str) -> str:
+        match = re.search(self.job_id_regexp, output)
+        if match is None:
+            said = " ".join(output.split()) or "nothing"
+            raise ClusterError(f"{self.submit_command[0]} printed no job id ({type(self).__name__}.job_id_regexp "
+                               f"= {self.job_id_regexp!r}): {said}")
+        return match.group(1) if match.groups() else match.group(0)
+
+    def submit_argv(self, script_path: str, script: str) -> list[str]:
+        """The submit command for the job script at ``script_path`` (whose text is ``script``)."""
+        return list(self.submit_command) if self.submit_on_stdin else [*self.submit_command, script_path]
+
+    def submit(self, script_path: str, script: str) -> str:
+        """Submit the job script; its job id."""
+        done = self.run_command(self.submit_argv(script_path, script), stdin=script if self.submit_on_stdin else None)
+        return self.parse_job_id(done.stdout + done.stderr)
+
+    def parse_states(self, output: str, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        """The status of each of ``job_ids`` from the status command's output;
+        a job the output does not mention is left out (it is gone)."""
+        raise NotImplementedError
+
+    def ended_status(self, job_id: str) -> JobStatus | None:
+        """How a job that left the queue ended, from the system's records
+        (SGE's qacct, HTCondor's condor_history); None where it keeps none
+        (the job is then GONE).  Asked once per job."""
+        return None
+
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """The status command for ``job_ids`` (their ids added, one each)."""
+        return [*self.status_command, *job_ids]
+
+    def delete_argvs(self, job_ids: Sequence[str]) -> list[list[str]]:
+        """The delete command(s) for ``job_ids``: one for all of them, unless the system takes one id a time."""
+        return [[*self.delete_command, *job_ids]]
+
+    # --- the Launcher interface -------------------------------------------------------------------
+
+    def start(self, n: int = 1) -> None:
+        script = self.job_script_text(n)
+        self.job_script = self.write_job_script(script)
+        self.output_file = self.output_location()
+        job_id = self.submit(self.job_script, script)
+        self.job_ids = [*self.job_ids, job_id]
+        if self.has_trait("n"):
+            self.set_trait("n", n)
+        self.log.debug("submitted %s job %s: %s", self.system, job_id, self.job_script)
+
+    def dry_run(self, n: int = 1) -> list[str]:
+        """What ``start`` would submit, submitting nothing: the command, then the job script."""
+        script = self.job_script_text(n, dry_run=True)
+        path = self.job_script_path()
+        command = _shell_words(self.submit_argv(path, script))
+        command += f" < {shlex.quote(path)}" if self.submit_on_stdin else ""
+        return [f"$ {command}", f"--- {path}", *script.rstrip("\n").split("\n"), "---"]
+
+    def job_states(self, fresh: bool = False) -> dict[str, JobStatus]:
+        """The status of each submitted job, asked of the scheduler at most
+        every ``poll_interval`` seconds (``fresh``: now).  A job the scheduler
+        does not list is GONE; a status command that fails leaves the last
+        answer (a scheduler that does not answer does not end the jobs)."""
+        if not self.job_ids:
+            return {}
+        if not fresh and self._states and time.monotonic() - self._states_at < self.poll_interval:
+            return self._states
+        try:
+            listed = {}
+            for ids in ([[job_id] for job_id in self.job_ids] if self.status_per_job else [self.job_ids]):
+                done = self.run_command(self.status_argv(ids), check=False)
+                listed.update(self.parse_states(done.stdout, ids))
+            asked = True
+        except (ClusterError, ValueError) as exc:
+            self.log.warning("cannot ask %s for the state of job(s) %s: %s", self.system,
+                             ", ".join(self.job_ids), exc)
+            listed, asked = {}, False
+        states = {}
+        for job_id in self.job_ids:
+            previous = self._states.get(job_id)
+            if job_id in listed:
+                states[job_id] = listed[job_id]
+            elif previous is not None and (not previous.active or not asked):
+                states[job_id] = previous  # an end already seen stays; no answer changes nothing
+            elif asked:  # it left the queue: how it ended, if the system keeps a record of that
+                states[job_id] = self.ended_status(job_id) or JobStatus(job_id, [JobState.GONE])
+            else:  # never answered: not known to have ended
+                states[job_id] = JobStatus(job_id, [JobState.PENDING], native="unknown")
+        self._states, self._states_at = states, time.monotonic()
+        return states
+
+    def poll(self) -> int | None:
+        states = self.job_states()
+        if any(status.active for status in states.values()):
+            return None
+        codes = [status.exit_code for status in states.values() if status.exit_code is not None]
+        failed = any(s.state in (JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT) for s in states.values())
+        return max(codes, default=1 if failed else 0)
+
+    def exited(self) -> list[tuple[int, str, list[str]]]:
+        reports = []
+        for job_id, status in self.job_states().items():
+            if status.active:
+                continue
+            code = status.exit_code if status.exit_code is not None else \
+                (0 if status.state in (JobState.DONE, JobState.GONE) else 1)
+            said = f"{self.system} job {job_id}: {status.describe()}"
+            output = self.output_path(job_id)
+            reports.append((code, output, [said, *tail(output)]))
+        return reports
+
+    def output_path(self, job_id: str) -> str:
+        """The output file of ``job_id`` (its first task), where the scheduler's escapes are known."""
+        return self.output_file
+
+    def running_engines(self) -> int:
+        states = self.job_states()
+        if not self.status_per_engine:
+            return getattr(self, "n", 0) if any(s.state is JobState.RUNNING for s in states.values()) else 0
+        return sum(status.running for status in states.values())
+
+    def exit_label(self, role: str) -> str:
+        """'Slurm job 12 of the engines (TIMEOUT (DUE TO TIME LIMIT))': which job, and how it ended."""
+        states = self.job_states()
+        ended = "; ".join(f"{status.describe()}" for status in states.values() if not status.active)
+        return f"{self.system} job {', '.join(self.job_ids)} of the {role}{'s' if role == 'engine' else ''}" + \
+            (f" ({ended})" if ended else "")
+
+    def wait(self, timeout: float) -> int | None:
+        """:meth:`poll` until the jobs end or ``timeout`` seconds pass, asking
+        the scheduler afresh every half second (someone waits for the answer)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.job_states(fresh=True)
+            code = self.poll()
+            if code is not None or time.monotonic() >= deadline:
+                return code
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def describe(self) -> str:
+        jobs = ", ".join(self.job_ids) or "none"
+        output = self.output_path(self.job_ids[0]) if self.job_ids else self.output_file
+        return f"{self.system} job {jobs}, script {self.job_script}, output {output}"
+
+    def status_line(self) -> str:
+        states = self.job_states()
+        return "; ".join(f"{self.system} job {job_id} {status.describe()}" for job_id, status in states.items())
+
+    def signal(self, sig: int) -> None:
+        """Batch systems deliver no arbitrary signal through one interface:
+        what callers want of a job is :meth:`stop`."""
+        self.stop()
+
+    def stop(self) -> None:
+        """Delete every job still in the queue (a job that failed may be held
+        there), then wait (bounded) until the scheduler says none is queued
+        or running; a line in :attr:`killed` for one it still lists after that."""
+        self.killed = ()
+        states = self.job_states(fresh=True)
+        listed = [job_id for job_id, status in states.items() if status.state is not JobState.GONE]
+        active = [job_id for job_id in listed if states[job_id].active]
+        if not listed:
+            return
+        for argv in self.delete_argvs(listed):
+            done = self.run_command(argv, check=False)
+            if done.returncode != 0:  # a job that ended meanwhile; what is left shows below
+                self.log.debug("%s: %s", _shell_words(argv), done.stderr.strip() or done.stdout.strip())
+        if not active or self.wait(max(self.stop_timeout, 1.0) * 6) is not None:
+            return
+        self.killed = tuple(f"{self.system} job {job_id} still {self.job_states()[job_id].describe()} after "
+                            f"{_shell_words(self.delete_argvs([job_id])[0])}" for job_id in active
+                            if self.job_states()[job_id].active)

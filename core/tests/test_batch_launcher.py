@@ -1,0 +1,291 @@
+"""BatchSystemLauncher, the base of the batch plugins, on a toy batch system
+whose commands are small scripts this test writes (the real systems are in
+tests/test_batch_*.py): IPython's templates and EvalFormatter, the engines'
+connection information in the script, job ids, states as the scheduler
+tells them, stop, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from traitlets import List, Unicode
+from traitlets.config import Config
+
+from cluster_launcher.error import ClusterError, ConfigError
+from cluster_launcher.launcher import (
+    BatchSystemLauncher,
+    ControllerLauncher,
+    EngineSetLauncher,
+    EvalFormatter,
+    JobState,
+    JobStatus,
+)
+from cluster_launcher.protocol.connection import ENGINE_CONNECTION_ENV, connection_file, write_private_json
+
+# The seed-era PBS template of IPython's documentation ("Using ipcluster in PBS mode"), with {n//4}.
+IPYTHON_PBS_TEMPLATE = """#PBS -N ipython
+#PBS -j oe
+#PBS -l walltime=00:10:00
+#PBS -l nodes={n//4}:ppn=4
+#PBS -q {queue}
+
+cd $PBS_O_WORKDIR
+export PATH=$HOME/usr/local/bin
+export PYTHONPATH=$HOME/usr/local/lib/python2.7/site-packages
+/usr/local/bin/mpiexec -n {n} ipengine --profile-dir={profile_dir}
+"""
+
+
+def _script(path: Path, body: str) -> str:
+    path.write_text(f"#!{sys.executable}\nimport sys, json, pathlib\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+class ToyLauncher(BatchSystemLauncher):
+    """A batch system of three scripts: `toysub` keeps the script and prints
+    an id, `toystat` prints '<id> <STATE>' lines from a file, `toydel` marks jobs CANCELLED."""
+
+    system = "Toy"
+    directive = "#TOY"
+    queue_directive = "#TOY -q {queue}"
+    walltime_directive = "#TOY -t {walltime}"
+    name_directives = ("#TOY -N {job_name}", "#TOY -o {output}")
+    engines_directives = ("#TOY -n {n}",)
+    submit_command = List(Unicode(), ["toysub"]).tag(config=True)
+    delete_command = List(Unicode(), ["toydel"]).tag(config=True)
+    status_command = List(Unicode(), ["toystat"]).tag(config=True)
+    job_id_regexp = Unicode(r"job (\d+) submitted").tag(config=True)
+
+    def parse_states(self, output: str, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        found = {}
+        for line in output.splitlines():
+            job_id, native, *reason = line.split()
+            if job_id in job_ids:
+                state = {"Q": JobState.PENDING, "R": JobState.RUNNING, "CANCELLED": JobState.CANCELLED,
+                         "DONE": JobState.DONE, "TIMEOUT": JobState.TIMEOUT}[native]
+                found[job_id] = JobStatus(job_id, [state], native, " ".join(reason))
+        return found
+
+
+class ToyEngineSetLauncher(ToyLauncher, EngineSetLauncher):
+    pass
+
+
+class ToyControllerLauncher(ToyLauncher, ControllerLauncher):
+    pass
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """The toy system's commands on PATH; its state file ('<id> <STATE>' lines) is tmp_path/jobs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    jobs = tmp_path / "jobs"
+    jobs.write_text("")
+    _script(bin_dir / "toysub", f"""
+jobs = pathlib.Path({str(jobs)!r})
+script = sys.stdin.read() if len(sys.argv) == 1 else pathlib.Path(sys.argv[1]).read_text()
+job_id = 100 + len(jobs.read_text().splitlines())
+pathlib.Path({str(tmp_path)!r}, f"submitted-{{job_id}}").write_text(script)
+jobs.write_text(jobs.read_text() + f"{{job_id}} Q\\n")
+print(f"job {{job_id}} submitted")""")
+    _script(bin_dir / "toystat", f"""print(pathlib.Path({str(jobs)!r}).read_text(), end="")""")
+    _script(bin_dir / "toydel", f"""
+jobs = pathlib.Path({str(jobs)!r})
+lines = [line.split()[0] + (" CANCELLED" if line.split()[0] in sys.argv[1:] else " " + line.split(maxsplit=1)[1])
+         for line in jobs.read_text().splitlines()]
+jobs.write_text("".join(line + "\\n" for line in lines))""")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    profile = tmp_path / "profile"
+    (profile / "security").mkdir(parents=True)
+    write_private_json(connection_file(str(profile), "engine", "c1"), {"key": "k3y", "location": "10.0.0.5"})
+    return tmp_path
+
+
+def _engines(toy: Path, **traits) -> ToyEngineSetLauncher:
+    return ToyEngineSetLauncher(**{"profile_dir": str(toy / "profile"), "cluster_id": "c1", "poll_interval": 0,
+                                   **traits})
+
+
+def _set_state(toy: Path, job_id: str, state: str) -> None:
+    lines = [line for line in (toy / "jobs").read_text().splitlines() if not line.startswith(job_id + " ")]
+    (toy / "jobs").write_text("".join(f"{line}\n" for line in [*lines, f"{job_id} {state}"]))
+
+
+# --- IPython's EvalFormatter --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("{n}", "8"), ("{n//4}", "2"), ("{n/4}", "2"), ("{n/16}", "0.5"), ("{n * 2}", "16"),
+    ("{queue or 'default'}", "default"), ("{n:03d}", "008"), ("{{literal}}", "{literal}"),
+])
+def test_eval_formatter_evaluates_fields(template, expected):
+    assert EvalFormatter().format(template, n=8, queue="") == expected
+
+
+def test_eval_formatter_runs_no_builtins():
+    with pytest.raises(NameError):
+        EvalFormatter().format("{open('/etc/passwd')}", n=1)
+
+
+# --- the job script ------------------------------------------------------------------------------
+
+
+def test_default_template_is_header_prologue_command_with_the_connection_exported(toy):
+    launcher = _engines(toy, queue="short", walltime="00:30:00", job_extra_directives=["-A abc"],
+                        job_script_prologue=["module load python"], engine_args=["--x=a b"])
+    script = launcher.job_script_text(4)
+    connection = json.dumps({"key": "k3y", "location": "10.0.0.5"}, separators=(",", ":"), sort_keys=True)
+    output = toy / "profile" / "log" / "cluster-launcher-engines-c1.out"
+    assert script.splitlines() == [
+        "#!/bin/sh",
+        "#TOY -N cluster-launcher-engines-c1",
+        f"#TOY -o {output}",
+        "#TOY -n 4",
+        "#TOY -q short",
+        "#TOY -t 00:30:00",
+        "#TOY -A abc",
+        f"export {ENGINE_CONNECTION_ENV}='{connection}'",
+        "module load python",
+        f"{sys.executable} -m cluster_launcher engine --profile-dir={toy / 'profile'} --cluster-id=c1 "
+        "'--x=a b' --Engine.log_to_file=False",
+    ]
+
+
+def test_ipythons_pbs_template_renders_verbatim_with_the_connection_after_its_directives(toy):
+    launcher = _engines(toy, batch_template=IPYTHON_PBS_TEMPLATE, queue="veryshort.q")
+    lines = launcher.job_script_text(64).splitlines()
+    assert lines.pop(0) == "#!/bin/sh"  # it had none: a shell script gets one (sbatch refuses one without)
+    assert lines[:6] == ["#PBS -N ipython", "#PBS -j oe", "#PBS -l walltime=00:10:00", "#PBS -l nodes=16:ppn=4",
+                         "#PBS -q veryshort.q", ""]
+    assert lines[6].startswith(f"export {ENGINE_CONNECTION_ENV}=")  # before the first command, not among directives
+    assert lines[-1] == f"/usr/local/bin/mpiexec -n 64 ipengine --profile-dir={toy / 'profile'}"
+
+
+def test_template_file_is_found_in_the_profile_then_here_and_context_adds_keys(toy, monkeypatch):
+    (toy / "profile" / "toy.template").write_text("#!/bin/sh\n#TOY -A {account}\nrun {n} in {cluster_id}\n")
+    config = Config()
+    config.ToyLauncher.batch_template_file = "toy.template"
+    config.ToyLauncher.context = {"account": "abc123"}
+    script = _engines(toy, config=config).job_script_text(2)
+    assert "#TOY -A abc123\n" in script and script.endswith("run 2 in c1\n")
+    monkeypatch.chdir(toy)
+    (toy / "here.template").write_text("#!/bin/sh\nhere {n}\n")
+    assert _engines(toy, batch_template_file="here.template").job_script_text(1).endswith("here 1\n")
+
+
+def test_template_errors_name_the_setting_and_the_keys(toy):
+    with pytest.raises(ConfigError, match=r"^ToyEngineSetLauncher.batch_template: name 'qeue' is not defined "
+                                          r"\(the keys a template can use: cluster_id, command, header, job_name, "
+                                          r"n, output, profile_dir, program_and_args, prologue, queue, walltime; "
+                                          r"add yours with c.ToyEngineSetLauncher.context\)$"):
+        _engines(toy, batch_template="#TOY -q {qeue}\n").job_script_text(1)
+    with pytest.raises(ConfigError, match=r"^ToyEngineSetLauncher.batch_template_file = 'nope.template': no such "
+                                          r"file \(looked in .*/profile/nope.template and .*/nope.template\)$"):
+        _engines(toy, batch_template_file="nope.template").job_script_text(1)
+    with pytest.raises(ConfigError, match=r"^ToyEngineSetLauncher.batch_template: cannot render it: "
+                                          r"ZeroDivisionError"):
+        _engines(toy, batch_template="{n//0}").job_script_text(1)
+
+
+def test_dry_run_shows_command_and_script_and_submits_nothing(toy):
+    lines = _engines(toy).dry_run(3)
+    path = toy / "profile" / "batch" / "toy-engines-c1.sh"
+    assert lines[0] == f"$ toysub {path}" and lines[1] == f"--- {path}" and lines[-1] == "---"
+    assert f"export {ENGINE_CONNECTION_ENV}='<controller-engine.json of the running controller>'" in lines
+    assert not path.exists() and (toy / "jobs").read_text() == ""
+
+
+def test_a_controller_job_carries_no_connection(toy):
+    script = ToyControllerLauncher(profile_dir=str(toy / "profile")).job_script_text(1)
+    assert ENGINE_CONNECTION_ENV not in script
+    assert script.splitlines()[-1].endswith("-m cluster_launcher controller "
+                                            f"--profile-dir={toy / 'profile'} --Controller.log_to_file=False")
+
+
+# --- submit, poll, stop ---------------------------------------------------------------------------
+
+
+def test_submit_records_the_job_and_writes_the_script_0600(toy):
+    launcher = _engines(toy)
+    launcher.start(4)
+    assert launcher.job_ids == ["100"] and launcher.n == 4
+    script = Path(launcher.job_script)
+    assert stat.S_IMODE(script.stat().st_mode) == 0o600  # it holds the key
+    assert (toy / "submitted-100").read_text() == script.read_text()
+    restored = ToyEngineSetLauncher.from_dict(json.loads(json.dumps(launcher.to_dict())))
+    assert (restored.job_ids, restored.job_script, restored.output_file) == (["100"], str(script),
+                                                                          launcher.output_file)
+
+
+def test_states_as_the_scheduler_tells_them(toy):
+    launcher = _engines(toy)
+    launcher.start(2)
+    assert launcher.poll() is None and launcher.running_engines() == 0  # queued
+    _set_state(toy, "100", "R")
+    assert launcher.poll() is None and launcher.running_engines() == 1
+    assert launcher.status_line() == "Toy job 100 R"
+    _set_state(toy, "100", "TIMEOUT DUE TO TIME LIMIT")
+    assert launcher.poll() == 1
+    ((code, output, lines),) = launcher.exited()
+    assert code == 1 and output == launcher.output_path("100")
+    assert lines[0] == "Toy job 100: TIMEOUT (DUE TO TIME LIMIT)"
+    (toy / "jobs").write_text("")  # the scheduler forgot it: its end, as seen, stays
+    assert launcher.job_states()["100"].state is JobState.TIMEOUT
+
+
+def test_a_job_never_seen_ending_and_not_listed_is_gone(toy):
+    launcher = _engines(toy)
+    launcher.start(1)
+    (toy / "jobs").write_text("")
+    assert launcher.job_states()["100"].state is JobState.GONE and launcher.poll() == 0
+
+
+def test_polls_are_rate_limited(toy):
+    launcher = _engines(toy, poll_interval=3600)
+    launcher.start(1)
+    assert launcher.job_states()["100"].state is JobState.PENDING
+    _set_state(toy, "100", "R")
+    assert launcher.job_states()["100"].state is JobState.PENDING  # the last answer, not a new command
+    assert launcher.job_states(fresh=True)["100"].state is JobState.RUNNING
+
+
+def test_stop_deletes_and_waits_for_the_end(toy):
+    launcher = _engines(toy)
+    launcher.start(2)
+    _set_state(toy, "100", "R")
+    launcher.stop()
+    assert launcher.job_states(fresh=True)["100"].state is JobState.CANCELLED and launcher.killed == ()
+    launcher.stop()  # nothing left to delete: nothing run
+    assert (toy / "jobs").read_text() == "100 CANCELLED\n"
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+def test_a_missing_command_says_what_to_install(toy):
+    launcher = _engines(toy, submit_command=["no-such-toysub"])
+    with pytest.raises(ClusterError, match=r"^no-such-toysub not found: is Toy's client installed and on PATH\?"):
+        launcher.start(1)
+
+
+def test_a_failing_submit_shows_what_it_printed(toy):
+    fail = _script(toy / "bin" / "toyfail", "print('toysub: error: queue short is full', file=sys.stderr)\n"
+                   "sys.exit(3)")
+    with pytest.raises(ClusterError, match=rf"^`{fail} \S+` failed with code 3: toysub: error: queue short is "
+                                           r"full$"):
+        _engines(toy, submit_command=[fail]).start(1)
+
+
+def test_no_job_id_in_the_output_is_named(toy):
+    quiet = _script(toy / "bin" / "toyquiet", "print('accepted')")
+    with pytest.raises(ClusterError, match=r"^\S+toyquiet printed no job id \(ToyEngineSetLauncher.job_id_regexp = "
+                                           r"'job \(\\\\d\+\) submitted'\): accepted$"):
+        _engines(toy, submit_command=[quiet]).start(1)
