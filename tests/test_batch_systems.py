@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cluster_launcher_sge import SGEEngineSetLauncher
+from cluster_launcher_slurm import SlurmEngineSetLauncher
 from traitlets.config import Config
 
 from cluster_launcher import Client, Cluster
+from cluster_launcher.launcher import BatchSystemLauncher, JobState
+from cluster_launcher.paths import ensure_profile_dir
+from cluster_launcher.protocol.connection import connection_file, write_private_json
 from cluster_launcher.testing.processes import running_with, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -113,24 +119,50 @@ def test_engines_that_fail_at_start_are_reported_with_their_output_and_nothing_s
     assert any("no numpy here" in line for line in rest), failed.stderr  # the job's own output
 
 
-def test_sge_walltime_kill_is_reported_as_a_timeout(sge_bed, env, monkeypatch):
+def _job_launcher(cls: type[BatchSystemLauncher], profile: Path, **traits) -> BatchSystemLauncher:
+    """A ``cls`` for a profile holding a stand-in engine connection file."""
+    ensure_profile_dir(str(profile))  # its log folder, where the job's output goes
+    write_private_json(connection_file(str(profile), "engine", "c1"), {"key": "k3y", "location": "127.0.0.1"})
+    return cls(profile_dir=str(profile), cluster_id="c1", **traits)
+
+
+def test_sge_walltime_kill_is_reported_as_a_timeout(sge_bed, env, tmp_path, monkeypatch):
     """h_rt: Grid Engine kills the job within seconds of its limit, and qacct says why."""
-    environ = {**env, **sge_bed.env()}
-    _in_this_process(monkeypatch, environ)
-    config = Config()
-    config.Cluster.engine_launcher_class = "SGE"
-    config.SGELauncher.poll_interval = 0.2
-    config.SGELauncher.walltime = "0:0:8"
-    cluster = Cluster(n=1, config=config)
-    with cluster as client:
-        assert len(client.ids) == 1
-        (engines,) = cluster.engine_sets
+    _in_this_process(monkeypatch, {**env, **sge_bed.env()})
+    engines = _job_launcher(SGEEngineSetLauncher, tmp_path / "profile", poll_interval=0.2, walltime="0:0:3",
+                            batch_template="{header}\nsleep 600\n")
+    engines.start(1)
+    try:
         wait_for(lambda: engines.poll() is not None, 90, "Grid Engine to enforce h_rt")
         ((code, _, lines),) = engines.exited()
         assert code == 137  # SIGKILL
         assert re.match(r"SGE job \d+: finished \(qmaster enforced h_rt", lines[0]), lines
         assert engines.job_states()[engines.job_ids[0]].state.value == "timeout"
+    finally:
+        engines.stop()
     assert sge_bed.jobs() == []
+
+
+def test_a_job_slurm_does_not_know_is_gone_and_a_slurm_that_does_not_answer_ends_nothing(slurm_bed, env, tmp_path,
+                                                                                          monkeypatch, caplog):
+    _in_this_process(monkeypatch, {**env, **slurm_bed.env()})
+    forgotten = _job_launcher(SlurmEngineSetLauncher, tmp_path / "profile", poll_interval=0)
+    forgotten.job_ids = ["999999"]  # squeue: "slurm_load_jobs error: Invalid job id specified", code 1
+    assert forgotten.job_states()["999999"].state is JobState.GONE
+    # The bed's configuration but for slurmctld's port, where nothing listens: "slurm_load_jobs error:
+    # Unable to contact slurm controller (connect failure)", code 1.
+    unreachable = tmp_path / "slurm.conf"
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        unreachable.write_text(re.sub(r"(?m)^SlurmctldPort=\d+$", f"SlurmctldPort={port}", slurm_bed.conf.read_text()))
+        assert f"\nSlurmctldPort={port}\n" in unreachable.read_text()
+        monkeypatch.setenv("SLURM_CONF", str(unreachable))
+        unanswered = _job_launcher(SlurmEngineSetLauncher, tmp_path / "profile", poll_interval=0)
+        unanswered.job_ids = ["999999"]
+        assert unanswered.job_states()["999999"].state is JobState.PENDING and unanswered.poll() is None
+    assert "cannot ask Slurm for the state of job(s) 999999: `squeue" in caplog.text
+    assert "Unable to contact slurm controller" in caplog.text
 
 
 def test_dry_run_prints_and_submits_nothing(system):

@@ -48,3 +48,14 @@ def test_readme_main_job_runs(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "pi ~= 3.1" in done.stdout and "on 2 engines" in done.stdout
+
+
+@pytest.mark.parametrize("system, first_directive", [("slurm", "#SBATCH"), ("sge", "#$")])
+def test_batch_pages_scripts_are_the_plugins_golden_dry_runs(system, first_directive):
+    """docs/batch.md shows what the plugins submit: each shown script is the
+    job script of the plugin's golden dry run (which its own tests check)."""
+    blocks = re.findall(r"^```text\n(.*?)^```", (DOCS / "batch.md").read_text(), re.S | re.M)
+    (shown,) = [block for block in blocks if block.startswith(f"#!/bin/sh\n{first_directive} ")]
+    golden = DOCS.parent / "plugins" / "launchers" / system / "tests" / "golden" / "engines.txt"
+    script = golden.read_text().split("\n", 2)[2].rsplit("---\n", 1)[0]  # between the '--- path' and '---' lines
+    assert shown == script

@@ -149,10 +149,22 @@ def test_mpiexec_that_exits_at_once_names_the_command_and_its_output(tmp_path, e
     assert "Traceback" not in err
 
 
+def _mpich_segments(processes: list[psutil.Process]) -> set[str]:
+    """The /dev/shm files MPICH made for ``processes`` (mapped by them)."""
+    paths = set()
+    for process in processes:
+        try:
+            paths |= {m.path for m in process.memory_maps() if m.path.startswith("/dev/shm/mpich_shm_")}
+        except psutil.Error:
+            pass
+    return paths
+
+
 def test_engines_started_by_hand_under_the_users_own_mpiexec(tmp_path):
     """`mpiexec -n 2 cluster-launcher engine` (inside a batch job, say) works the same."""
     cluster = LocalCluster(tmp_path, n=0)
     cluster.start_controller()
+    segments: set[str] = set()
     mpiexec = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "cluster_launcher", "engine",
                                 f"--profile-dir={tmp_path}",  # IPython's c.MPI.init_script: MPI set up by hand
                                 "--MPI.init_script=from mpi4py import MPI; set_up_by_script = MPI.Is_initialized()"],
@@ -163,6 +175,7 @@ def test_engines_started_by_hand_under_the_users_own_mpiexec(tmp_path):
             assert sorted(client.mpi_ranks.values()) == [0, 1]
             assert client[:].pull("set_up_by_script", block=True) == [True, True]
             tree = psutil.Process(mpiexec.pid).children(recursive=True)
+            segments = _mpich_segments(tree)
             victim = next(p for p in tree if p.pid == client.engines[client.mpi_engines[1][0]]["pid"])
             victim.kill()  # one rank dies: that engine is reported gone
             gone = client.mpi_engines[1][0]
@@ -178,6 +191,9 @@ def test_engines_started_by_hand_under_the_users_own_mpiexec(tmp_path):
         psutil.wait_procs(tree, timeout=10)
         mpiexec.wait(timeout=10)
         cluster.stop()
+        # A rank killed takes MPICH's finalize, which removes its shared-memory segment, with it.
+        for path in segments:
+            Path(path).unlink(missing_ok=True)
 
 
 def test_the_px_example_of_the_mpi_page_runs_in_ipython(tmp_path, env):

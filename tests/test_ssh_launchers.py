@@ -385,3 +385,77 @@ def test_engines_on_a_host_reached_through_a_proxyjump_host(hosts, user_env):
         assert client[:].apply_sync(lambda: __import__("os").environ["HOME"]) == [str(host2.remote_home)]
         # The launcher keeps its connection for polls: it still runs through host1.
         assert connections_to(hosts["host1.example.com"].session_pids(), host2.port)
+
+
+# --- a connection that drops, a host that fails after its file was sent ---------------------------------
+
+
+def test_a_dropped_ssh_connection_is_logged_in_again(hosts, user_env):
+    """sshd ends the launcher's connection (a reboot of the network, an idle
+    timeout): the next poll logs in again, and the engines still count."""
+    config = Config()
+    config.Cluster.engine_launcher_class = "SSH"
+    config.SSHEngineSetLauncher.engines = {"host1.example.com": 2}
+    config.SSHLauncher.poll_interval = 0
+    host1 = hosts["host1.example.com"]
+    cluster = Cluster(profile="drop", config=config)
+    with cluster as client:
+        (engines,) = cluster.engine_sets
+        assert engines.running_engines() == 2
+        for pid in host1.session_pids():
+            os.kill(pid, signal.SIGTERM)  # the connection, not the engines (they run in sessions of their own)
+        wait_for(lambda: not host1.session_pids(), 10, "sshd to drop the connection")
+        assert engines.poll() is None and engines.running_engines() == 2
+        assert host1.session_pids()  # logged in again
+        assert client[:].apply_sync(lambda: 1) == [1, 1]
+    assert gone([pid for _, pid in remote_processes({"controller": {}, "engines": [engines.to_dict()]})])
+
+
+def test_a_host_whose_engines_cannot_start_has_its_connection_file_removed_at_stop(hosts, user_env):
+    """host2 got the connection file, then its engine could not start (its log
+    file's name is taken by a folder): stop removes the file there too."""
+    host2 = hosts["host2.example.com"]
+    remote_profile = host2.remote_home / ".cluster-launcher" / "profile_halfway"
+    (remote_profile / "log" / "engine-1-default.log").mkdir(parents=True)
+    config = Config()
+    config.Cluster.engine_launcher_class = "SSH"
+    config.SSHEngineSetLauncher.engines = {"host1.example.com": 1, "host2.example.com": 1}
+    cluster = Cluster(profile="halfway", cluster_id="", config=config)
+    with cluster:
+        (engines,) = cluster.engine_sets
+        (failure,) = engines.start_failures
+        assert failure.startswith("host2.example.com: 1 engine not started: the cluster-launcher agent there: "
+                                  "IsADirectoryError: "), failure
+        assert (remote_profile / "security" / "controller-engine.json").exists()
+    assert not (remote_profile / "security" / "controller-engine.json").exists()
+
+
+def test_dry_run_shows_each_hosts_command_and_files_and_logs_in_nowhere(env, tmp_path):
+    profile = Path(env["CLUSTER_LAUNCHER_DIR"]) / "profile_default"
+    profile.mkdir(parents=True)
+    # In a config file: on the command line traitlets would expand ~ to this host's home.
+    (profile / "cluster_config.py").write_text("c.SSHLauncher.remote_python = '~/venv/bin/python'\n")
+    shown = run(["start", "--dry-run", "--engines=SSH", "--controller=SSH",
+                 "--SSHControllerLauncher.hostname=head.example.com",
+                 "--SSHEngineSetLauncher.engines={'node1': 2, 'me@node2:2222': (1, ['--profile-dir=/scratch/p'])}"],
+                env)
+    assert shown.returncode == 0, shown.stderr
+    remote_profile = f"~/{profile.relative_to(Path.home())}" if profile.is_relative_to(Path.home()) else str(profile)
+    engine_file = "controller-engine.json"
+    assert shown.stdout.splitlines() == [
+        "the controller, with SSHControllerLauncher:",
+        f"  on head.example.com: $ '~/venv/bin/python' -m cluster_launcher controller --profile-dir={remote_profile} "
+        "--Controller.log_to_file=False",
+        f"    then fetching head.example.com:{remote_profile}/security/controller-client.json to "
+        f"{profile}/security/controller-client.json",
+        f"    then fetching head.example.com:{remote_profile}/security/{engine_file} to {profile}/security/"
+        f"{engine_file}",
+        "3 engines, with SSHEngineSetLauncher:",
+        f"  on node1: 2 engines: $ '~/venv/bin/python' -m cluster_launcher engine --profile-dir={remote_profile} "
+        "--Engine.log_to_file=False",
+        f"    after sending {profile}/security/{engine_file} to node1:{remote_profile}/security/{engine_file}",
+        "  on me@node2:2222: 1 engine: $ '~/venv/bin/python' -m cluster_launcher engine --profile-dir=/scratch/p "
+        "--Engine.log_to_file=False",
+        f"    after sending {profile}/security/{engine_file} to me@node2:2222:/scratch/p/security/{engine_file}",
+    ]
+    assert not (profile / "security" / engine_file).exists()

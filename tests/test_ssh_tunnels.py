@@ -10,6 +10,7 @@ the client or engine (which would still work, everything being on one host).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -20,7 +21,7 @@ import paramiko
 import pytest
 
 from cluster_launcher import Client
-from cluster_launcher.error import SSHTunnelError
+from cluster_launcher.error import SSHError, SSHTunnelError
 from cluster_launcher.protocol import connection
 from cluster_launcher.protocol.ssh import connect_ssh
 from cluster_launcher.protocol.tunnel import open_tunnel
@@ -321,4 +322,51 @@ def test_a_key_held_by_ssh_agent_logs_in(sshd, tmp_path, monkeypatch):
     finally:
         agent.terminate()
         agent.wait(10)
+    wait_for(lambda: not sshd.session_pids(), 10, "sshd's sessions to end")
+
+
+def test_known_hosts_markers_are_honoured_and_a_revoked_key_is_refused(sshd, tmp_path, monkeypatch):
+    """OpenSSH's markers: a known_hosts with @cert-authority lines still works
+    (they are skipped); a host key marked @revoked is refused, even when a
+    plain line lists it too, and accept-new does not record it."""
+    monkeypatch.setenv("HOME", str(sshd.home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    known_hosts = tmp_path / "known_hosts"
+    options = {"userknownhostsfile": str(known_hosts)}
+    authority = write_ed25519_key(tmp_path / "host_ca")
+    known_hosts.write_text(f"@cert-authority *.example.org {authority}\n{sshd.known_hosts_line}\n")
+    with connect_ssh(sshd.alias, timeout=10, options=options) as ssh:
+        assert ssh.run(["echo", "known"]).stdout == b"known\n"
+    known_hosts.write_text(f"{sshd.known_hosts_line}\n@revoked * {sshd.host_public_key}\n")
+    with pytest.raises(SSHError, match=rf"^SSH server 127.0.0.1 port {sshd.port} \(from '{sshd.alias}'\) sent a "
+                                       rf"ssh-ed25519 host key that {known_hosts} marks @revoked: refusing it"):
+        connect_ssh(sshd.alias, timeout=10, options=options)
+    known_hosts.write_text(f"@revoked * {sshd.host_public_key}\n")
+    with pytest.raises(SSHError, match="marks @revoked"):
+        connect_ssh(sshd.alias, timeout=10, options={**options, "stricthostkeychecking": "accept-new"})
+    assert known_hosts.read_text() == f"@revoked * {sshd.host_public_key}\n"  # not added back
+    wait_for(lambda: not sshd.session_pids(), 10, "sshd's sessions to end")
+
+
+def test_a_proxy_command_from_the_options_gets_its_tokens_and_one_that_cannot_run_is_one_line(sshd, ssh_home):
+    # OpenSSH's own ssh as the ProxyCommand (-W: a plain connection to %h:%p, through sshd itself).
+    proxy = f"ssh -F {sshd.config_path} -W %h:%p {sshd.alias}"
+    with connect_ssh(sshd.alias, timeout=20, options={"proxycommand": proxy}) as ssh:
+        assert ssh.run(["echo", "through the proxy"]).stdout == b"through the proxy\n"
+    with pytest.raises(SSHError, match=rf"^cannot reach SSH server \S+ \(from '{sshd.alias}'\): its ProxyCommand "
+                                       r"'/no/such/proxy 127.0.0.1' cannot run: .*No such file"):
+        connect_ssh(sshd.alias, timeout=10, options={"proxycommand": "/no/such/proxy %h"})
+    wait_for(lambda: not sshd.session_pids(), 10, "sshd's sessions to end")
+
+
+def test_a_dropped_connection_says_it_is_closed(sshd, ssh_home):
+    """The server or the network ending a connection makes it closed (so its
+    users open another), and a command on it is a one-line error."""
+    with connect_ssh(sshd.alias, timeout=10) as ssh:
+        assert not ssh.closed
+        for pid in sshd.session_pids():
+            os.kill(pid, signal.SIGTERM)  # sshd's process of this connection: the server drops it
+        wait_for(lambda: ssh.closed, 10, "the connection to be seen dropped")
+        with pytest.raises(SSHError, match=r"^the SSH connection to \S+ is closed$"):
+            ssh.run(["true"])
     wait_for(lambda: not sshd.session_pids(), 10, "sshd's sessions to end")

@@ -7,6 +7,7 @@ and every shell command in the plugin docs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+from cluster_launcher.testing.processes import running_with, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDOR_EXAMPLE = ROOT / "examples" / "cluster-launcher-condor"
@@ -217,36 +220,46 @@ def test_condor_example_own_tests_pass(good_venv):
     assert re.search(r"\b(6 passed, 1 skipped|7 passed)\b", result.stdout), result.stdout  # 7 where HTCondor runs
 
 
-def test_condor_example_starts_engines_through_the_real_htcondor(good_venv, condor_bed, tmp_path):
+def test_condor_example_starts_engines_through_the_real_htcondor(condor_bed):
     """Installed into a fresh venv, `--engines=Condor` submits engines to a real HTCondor (its schedd in
-    a Debian 13 chroot, cluster_launcher.testing.batchbeds); they run code, as HTCondor's submit user;
-    `stop` leaves the queue empty.  The engines run this workspace's Python, which the bed shares
-    into the chroot (the fresh venv lives where HTCondor's user cannot reach)."""
-    good_venv.install("-e", str(ROOT / "plugins" / "schedulers" / "leastload"))  # the controller's scheduler
+    a Debian 13 chroot, cluster_launcher.testing.batchbeds); they get the connection file by HTCondor's
+    file transfer and run code; `stop` leaves the queue empty.  Everything runs as HTCondor's submit
+    user inside the chroot, as a user of the pool would: `start` (whose condor_submit must read the
+    0600 connection file to send it), the controller, the client; the venv is in a job folder, where
+    that user can reach it."""
     jobs = condor_bed.job_dir("third-party")
-    bed_env = condor_bed.env()
-    path = f"{good_venv.path / 'bin'}{os.pathsep}{bed_env['PATH']}"
-    env = {"CLUSTER_LAUNCHER_DIR": str(tmp_path / "home"), "CONDOR_CONFIG": bed_env["CONDOR_CONFIG"], "PATH": path}
-    engine_cmd = repr([sys.executable, "-m", "cluster_launcher", "engine"])
-    started = good_venv.run(["cluster-launcher", "start", "--engines=Condor", "-n", "2", "--daemonize",
-                             f"--CondorLauncher.initialdir={jobs}", "--CondorLauncher.poll_interval=0.5",
-                             f"--CondorEngineSetLauncher.engine_cmd={engine_cmd}"], cwd=jobs, **env)
+    venv = Venv(jobs / "venv", str(CONDOR_EXAMPLE), "-e", str(ROOT / "plugins" / "schedulers" / "leastload"))
+    home = jobs / "home"
+
+    def as_submit_user(*argv: str) -> subprocess.CompletedProcess:
+        command = condor_bed.command(argv, cwd=jobs, env={"CLUSTER_LAUNCHER_DIR": str(home)})
+        return subprocess.run(command, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
+
+    started = as_submit_user(str(venv.path / "bin" / "cluster-launcher"), "start", "--engines=Condor", "-n", "2",
+                             "--daemonize", "--CondorLauncher.poll_interval=0.5")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert re.search(r"2 engines started \(Condor job \d+", started.stdout), started.stdout
-        code = ("import os; from cluster_launcher import Client\n"
+        description = (home / "profile_default" / "batch").glob("condor-engines-*.submit")
+        assert "transfer_input_files = " in next(description).read_text()
+        code = ("import json, os; from cluster_launcher import Client\n"
                 "with Client(timeout=20) as c:\n"
                 "    c.wait_for_engines(2, timeout=60)\n"
-                "    print(sorted(c[:].apply_sync(os.getuid)))")
-        ran = good_venv.run([good_venv.python, "-c", code], cwd=jobs, **env)
+                "    print(json.dumps(c[:].apply_sync(lambda: [os.getuid(), os.getcwd(), os.listdir()])))")
+        ran = as_submit_user(venv.python, "-c", code)
         assert ran.returncode == 0, ran.stderr
-        assert ran.stdout.strip() == str([condor_bed.submit_uid] * 2)  # HTCondor's user ran them
-        listed = good_venv.run(["cluster-launcher", "list"], cwd=jobs, **env)
-        assert re.search(r"Condor job \d+ (Running|2 running)", listed.stdout), listed.stdout
+        # HTCondor's user ran them, each in a scratch folder of its own holding the connection file it was sent.
+        engines = json.loads(ran.stdout)
+        assert [uid for uid, _, _ in engines] == [condor_bed.submit_uid] * 2
+        assert len({cwd for _, cwd, _ in engines}) == 2 and all(cwd != str(jobs) for _, cwd, _ in engines)
+        assert all("controller-engine.json" in listing for _, _, listing in engines), engines
+        listed = as_submit_user(str(venv.path / "bin" / "cluster-launcher"), "list")
+        assert re.search(r"Condor job \d+ (Running|2 running)", listed.stdout), listed.stdout + listed.stderr
     finally:
-        stopped = good_venv.run(["cluster-launcher", "stop"], cwd=jobs, **env)
+        stopped = as_submit_user(str(venv.path / "bin" / "cluster-launcher"), "stop")
     assert stopped.returncode == 0, stopped.stderr
     assert condor_bed.jobs() == []
+    wait_for(lambda: not running_with(str(jobs)), 30, "the controller and engines to end")
 
 
 def test_plugin_that_fails_to_import_is_named(bad_venv):

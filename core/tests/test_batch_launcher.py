@@ -52,6 +52,8 @@ class ToyLauncher(BatchSystemLauncher):
     """A batch system of three scripts: `toysub` keeps the script and prints
     an id, `toystat` prints '<id> <STATE>' lines from a file, `toydel` marks jobs CANCELLED."""
 
+    unknown_job_markers = ("Unknown toy job",)
+
     system = "Toy"
     directive = "#TOY"
     queue_directive = "#TOY -q {queue}"
@@ -96,7 +98,14 @@ job_id = 100 + len(jobs.read_text().splitlines())
 pathlib.Path({str(tmp_path)!r}, f"submitted-{{job_id}}").write_text(script)
 jobs.write_text(jobs.read_text() + f"{{job_id}} Q\\n")
 print(f"job {{job_id}} submitted")""")
-    _script(bin_dir / "toystat", f"""print(pathlib.Path({str(jobs)!r}).read_text(), end="")""")
+    # tmp_path/statfail, when there, holds '<code> <message>': toystat prints the message and fails.
+    _script(bin_dir / "toystat", f"""
+failure = pathlib.Path({str(tmp_path)!r}, "statfail")
+if failure.exists():
+    code, message = failure.read_text().split(maxsplit=1)
+    print(message, file=sys.stderr)
+    sys.exit(int(code))
+print(pathlib.Path({str(jobs)!r}).read_text(), end="")""")
     _script(bin_dir / "toydel", f"""
 jobs = pathlib.Path({str(jobs)!r})
 lines = [line.split()[0] + (" CANCELLED" if line.split()[0] in sys.argv[1:] else " " + line.split(maxsplit=1)[1])
@@ -203,6 +212,48 @@ def test_dry_run_shows_command_and_script_and_submits_nothing(toy):
     assert not path.exists() and (toy / "jobs").read_text() == ""
 
 
+def test_environment_is_exported_with_the_connection(toy):
+    lines = _engines(toy, environment={"OMP_NUM_THREADS": "1", "NOTE": "a b"}).job_script_text(1).splitlines()
+    at = lines.index("export OMP_NUM_THREADS=1")
+    assert lines[at + 1] == "export NOTE='a b'" and lines[at + 2].startswith(f"export {ENGINE_CONNECTION_ENV}=")
+
+
+class PublicToyEngineSetLauncher(ToyEngineSetLauncher):
+    job_is_private = False  # a system that lets other users read job scripts
+
+
+def test_no_key_in_a_job_other_users_can_read_unless_asked(toy):
+    public = PublicToyEngineSetLauncher(profile_dir=str(toy / "profile"), cluster_id="c1")
+    assert public.connection_in_job is False
+    script = public.job_script_text(2)
+    assert ENGINE_CONNECTION_ENV not in script and "k3y" not in script
+    assert f"--profile-dir={toy / 'profile'}" in script  # the engines read the profile's file (a shared filesystem)
+    asked = PublicToyEngineSetLauncher(profile_dir=str(toy / "profile"), cluster_id="c1", connection_in_job=True)
+    assert f"export {ENGINE_CONNECTION_ENV}=" in asked.job_script_text(2)
+
+
+def test_check_renders_the_script_and_finds_the_submit_command(toy):
+    _engines(toy).check(2)
+    with pytest.raises(ConfigError, match=r"^ToyEngineSetLauncher.batch_template: name 'qeue' is not defined"):
+        _engines(toy, batch_template="#TOY -q {qeue}\n").check(2)
+    with pytest.raises(ClusterError, match=r"^no-such-toysub not found: is Toy's client installed and on PATH\? "
+                                           r"\(set c.ToyEngineSetLauncher.submit_command to its full path"):
+        _engines(toy, submit_command=["no-such-toysub"]).check(2)
+    assert (toy / "jobs").read_text() == "" and not (toy / "profile" / "batch").exists()
+
+
+def test_an_engine_given_its_connection_by_its_job_logs_to_the_jobs_output(monkeypatch):
+    from cluster_launcher.engine.engine import Engine
+
+    monkeypatch.delenv(ENGINE_CONNECTION_ENV, raising=False)
+    assert Engine().log_to_file is True
+    monkeypatch.setenv(ENGINE_CONNECTION_ENV, "{}")
+    assert Engine().log_to_file is False
+    config = Config()
+    config.Engine.log_to_file = True
+    assert Engine(config=config).log_to_file is True
+
+
 def test_a_controller_job_carries_no_connection(toy):
     script = ToyControllerLauncher(profile_dir=str(toy / "profile")).job_script_text(1)
     assert ENGINE_CONNECTION_ENV not in script
@@ -223,6 +274,21 @@ def test_submit_records_the_job_and_writes_the_script_0600(toy):
     restored = ToyEngineSetLauncher.from_dict(json.loads(json.dumps(launcher.to_dict())))
     assert (restored.job_ids, restored.job_script, restored.output_file) == (["100"], str(script),
                                                                           launcher.output_file)
+
+
+def test_a_later_stop_runs_the_commands_the_start_was_given(toy):
+    """Commands given on the start command line only are the record's: `stop` from another shell uses them."""
+    bin_dir = toy / "bin"
+    (bin_dir / "site-toystat").symlink_to(bin_dir / "toystat")
+    (bin_dir / "site-toydel").symlink_to(bin_dir / "toydel")
+    launcher = _engines(toy, status_command=["site-toystat"], delete_command=["site-toydel"])
+    launcher.start(1)
+    record = json.loads(json.dumps(launcher.to_dict()))
+    assert (record["status_command"], record["delete_command"]) == (["site-toystat"], ["site-toydel"])
+    later = ToyEngineSetLauncher.from_dict(record)
+    assert later.status_argv(["100"])[0] == "site-toystat"
+    later.stop()
+    assert (toy / "jobs").read_text() == "100 CANCELLED\n"
 
 
 def test_states_as_the_scheduler_tells_them(toy):
@@ -248,6 +314,39 @@ def test_a_job_never_seen_ending_and_not_listed_is_gone(toy):
     assert launcher.job_states()["100"].state is JobState.GONE and launcher.poll() == 0
 
 
+def test_a_status_command_that_fails_ends_no_job(toy, caplog):
+    launcher = _engines(toy)
+    launcher.start(1)
+    (toy / "statfail").write_text("1 toystat: cannot reach the toy server")
+    assert launcher.job_states()["100"].native == "unknown" and launcher.poll() is None
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == ["cannot ask Toy for the state of job(s) 100: `toystat 100` failed with code 1: toystat: "
+                      "cannot reach the toy server"]  # once, not at every poll
+    (toy / "statfail").unlink()
+    _set_state(toy, "100", "R")
+    assert launcher.job_states()["100"].state is JobState.RUNNING
+    (toy / "statfail").write_text("2 toystat: timed out")  # no answer: the last one stands
+    assert launcher.job_states()["100"].state is JobState.RUNNING and launcher.running_engines() == 1
+
+
+def test_a_status_command_that_fails_for_an_unknown_job_says_it_is_gone(toy):
+    launcher = _engines(toy)
+    launcher.start(1)
+    (toy / "statfail").write_text("1 toystat: Unknown toy job 100")
+    assert launcher.job_states()["100"].state is JobState.GONE and launcher.poll() == 0
+
+
+def test_stop_deletes_a_job_the_scheduler_did_not_answer_about(toy):
+    launcher = _engines(toy, stop_timeout=0.1)
+    launcher.start(1)
+    _set_state(toy, "100", "R")
+    (toy / "statfail").write_text("1 toystat: cannot reach the toy server")
+    launcher.stop()
+    (toy / "statfail").unlink()
+    assert (toy / "jobs").read_text() == "100 CANCELLED\n"
+    assert launcher.job_states(fresh=True)["100"].state is JobState.CANCELLED
+
+
 def test_polls_are_rate_limited(toy):
     launcher = _engines(toy, poll_interval=3600)
     launcher.start(1)
@@ -263,8 +362,8 @@ def test_stop_deletes_and_waits_for_the_end(toy):
     _set_state(toy, "100", "R")
     launcher.stop()
     assert launcher.job_states(fresh=True)["100"].state is JobState.CANCELLED and launcher.killed == ()
-    launcher.stop()  # nothing left to delete: nothing run
-    assert (toy / "jobs").read_text() == "100 CANCELLED\n"
+    launcher.stop()  # deleting it again changes nothing
+    assert (toy / "jobs").read_text() == "100 CANCELLED\n" and launcher.killed == ()
 
 
 # --- errors ----------------------------------------------------------------------------------------

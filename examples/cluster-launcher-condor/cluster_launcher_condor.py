@@ -8,10 +8,12 @@ with ``pip install cluster-launcher-condor``.
 ``start(n)`` hands ``condor_submit`` a submit description queueing ``n``
 engine jobs (on its stdin) and records the cluster id it prints;
 ``condor_q`` tells their states, ``condor_history`` how those that left the
-queue ended, ``condor_rm`` removes them.  Everything else (the template and
-its keys, the engines' connection information carried in the job's
-environment so no shared filesystem is needed, polling, ``stop``, the dry
-run, the record a later ``stop`` reads) is
+queue ended, ``condor_rm`` removes them.  The engines' connection file goes
+to each job with HTCondor's file transfer (``transfer_input_files``), so no
+shared filesystem is needed: not in the job's ``environment``, which is
+part of its ClassAd, which any user of the pool may read (``condor_q -l``).
+Everything else (the template and its keys, polling, ``stop``, the dry run,
+the record a later ``stop`` reads) is
 :class:`cluster_launcher.launcher.BatchSystemLauncher`'s.
 """
 
@@ -25,7 +27,7 @@ from traitlets import Dict, List, Unicode
 
 from cluster_launcher import hookimpl
 from cluster_launcher.launcher import BatchSystemLauncher, EngineSetLauncher, JobState, JobStatus
-from cluster_launcher.protocol.connection import ENGINE_CONNECTION_ENV
+from cluster_launcher.protocol.connection import connection_file
 
 # condor_q's JobStatus codes.  A held job (5) waits for someone to release it, usually after an error
 # (an output file it cannot open, a missing executable): reported as failed, with its HoldReason.
@@ -58,10 +60,15 @@ class CondorLauncher(BatchSystemLauncher):
         "executable = {executable}\n"
         "arguments = {arguments}\n"
         "transfer_executable = false\n"
+        "should_transfer_files = yes\n"
+        "transfer_input_files = {connection_file}\n"
         "initialdir = {initialdir}\n"
         "output = {output}\n"
         "error = {output}\n"
+        "stream_output = true\n"
+        "stream_error = true\n"
         "log = {condor_log}\n"
+        "{environment}"
         "{extra}"
         "queue {n}\n")
 
@@ -71,7 +78,7 @@ class CondorLauncher(BatchSystemLauncher):
     status_command = List(Unicode(), ["condor_q"], help="Tells the states of queued jobs (the cluster ids, "
                           "then the attributes asked for, are added).").tag(config=True)
     history_command = List(Unicode(), ["condor_history"], help="Tells how jobs that left the queue ended (a "
-                           "cluster id, then the attributes asked for, are added).").tag(config=True)
+                           "cluster id, then the attributes asked for, are added).").tag(config=True, state=True)
     # condor_submit -terse prints '4.0 - 4.3': the cluster id is what comes before the first dot.
     job_id_regexp = Unicode(r"^(\d+)\.\d+", help="The cluster id in condor_submit's output.").tag(config=True)
     submit_extra = Dict(value_trait=Unicode(), help="More submit-description commands, e.g. "
@@ -86,19 +93,22 @@ class CondorLauncher(BatchSystemLauncher):
         return os.path.join(self.job_folder(), self.output_pattern.format(job_name=self.default_job_name()))
 
     def template_values(self, n: int) -> dict[str, Any]:
-        executable, *arguments = [*self.args, *self.captured_output_args()]
+        # The connection file lands in the job's scratch folder, its working folder: --file names it there.
+        sent = os.path.abspath(connection_file(self.profile_dir, "engine", self.cluster_id))
+        executable, *arguments = [*self.args, f"--file={os.path.basename(sent)}", *self.captured_output_args()]
         extra = "".join(f"{key} = {value}\n" for key, value in self.submit_extra.items())
+        environment = "" if not self.environment else \
+            f"environment = {quote_arguments([f'{k}={v}' for k, v in self.environment.items()])}\n"
         condor_log = os.path.join(self.job_folder(), f"{self.default_job_name()}.condor.log")
         return {**super().template_values(n), "executable": executable, "arguments": quote_arguments(arguments),
-                "initialdir": os.path.abspath(self.job_folder()), "condor_log": condor_log, "extra": extra}
+                "connection_file": sent, "initialdir": os.path.abspath(self.job_folder()),
+                "condor_log": condor_log, "environment": environment, "extra": extra}
 
-    def embed_connection(self, script: str, connection: str) -> str:
-        """The engines' connection information (and ``environment``) in the
-        job's environment, before the ``queue`` line."""
-        variables = {**self.environment, ENGINE_CONNECTION_ENV: connection}
-        line = f"environment = {quote_arguments([f'{k}={v}' for k, v in variables.items()])}\n"
-        head, queue = script.rsplit("queue ", 1)
-        return f"{head}{line}queue {queue}"
+    def engine_connection(self, dry_run: bool) -> str | None:
+        return None  # transferred as a file (template_values), not written into the description
+
+    def embed_exports(self, script: str, exports: dict[str, str]) -> str:
+        return script  # `environment` is a line of the description (template_values)
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         # The ids first: after -af, a word is one more attribute to print.

@@ -123,9 +123,9 @@ def command_config(args: argparse.Namespace) -> tuple[str, Config]:
     cfg = config.build_config(args.role, profile_dir, _flag_overrides(args) + args.trait_overrides)
     if args.command in STARTING_COMMANDS:  # `stop`/`list` must work even if a plugin went away
         config.check_names(cfg, args.role)
-    if args.role == "engine" and ENGINE_CONNECTION_ENV in os.environ:
-        # An engine of a batch job, its connection in its environment: the profile folder (the submit
-        # host's path) may not exist on this node, and it needs nothing from it.
+    if args.role == "engine" and (ENGINE_CONNECTION_ENV in os.environ or getattr(args, "file", None)):
+        # An engine of a batch job, its connection in its environment or a file sent with the job: the
+        # profile folder (the submit host's path) may not exist on this node, and it needs nothing from it.
         return profile_dir, cfg
     # Only once the config is right: a mistyped option leaves no trace on disk.
     return paths.ensure_profile_dir(profile_dir), cfg

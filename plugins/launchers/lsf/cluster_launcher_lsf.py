@@ -38,6 +38,8 @@ class LSFLauncher(BatchSystemLauncher):
     name_directives = ("#BSUB -J {job_name}", "#BSUB -o {output}")
     output_pattern = "{job_name}-%J.out"
     submit_on_stdin = True
+    # bjobs about a job it has forgotten (after CLEAN_PERIOD): "Job <N> is not found", code 255.
+    unknown_job_markers = ("is not found",)
 
     submit_command = List(Unicode(), ["bsub"], help="The LSF submit command (the job script goes to its "
                           "stdin).").tag(config=True)

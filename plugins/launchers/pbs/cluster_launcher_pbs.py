@@ -16,6 +16,7 @@ token of its own, and every job of that name is polled and deleted.
 
 from __future__ import annotations
 
+import getpass
 import re
 import secrets
 import shlex
@@ -46,6 +47,8 @@ class PBSLauncher(BatchSystemLauncher):
     walltime_directive = "#PBS -l walltime={walltime}"
     name_directives = ("#PBS -N {job_name}", "#PBS -o {output}", "#PBS -j oe", "#PBS -V")
     output_pattern = "{job_name}.out"
+    # qstat about a job it no longer keeps: "qstat: Unknown Job Id 1234.server", code 153.
+    unknown_job_markers = ("Unknown Job Id",)
 
     submit_command = List(Unicode(), ["qsub"], help="The PBS submit command.").tag(config=True)
     delete_command = List(Unicode(), ["qdel"], help="The PBS delete command.").tag(config=True)
@@ -76,21 +79,30 @@ class PBSLauncher(BatchSystemLauncher):
         return {**super().template_values(n), "array_option": self.array_option}
 
     def submit_argv(self, script_path: str, script: str) -> list[str]:
-        options = [word for line in script.splitlines() if line.startswith(self.directive + " ")
-                   for word in shlex.split(line[len(self.directive):])]
+        # As qsub reads them: the directives before the first command, a comment after one ignored.
+        options = []
+        for line in script.splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                break
+            if line.startswith(self.directive + " "):
+                options += shlex.split(line[len(self.directive):], comments=True)
         return [*self.submit_command, *options, script_path]
 
     def parse_states(self, output: str, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """Each job of ``job_ids``, with the jobs of its name (sub-jobs) as its tasks."""
         statuses: dict[str, JobStatus] = {}
-        name = self.default_job_name()
+        # Jobs are adopted by name only when the name is this launcher's own (its token in it), and
+        # only the user's own: a name you chose ('ipython') may be anyone's, and qstat lists every user's.
+        name = "" if self.job_name else self.default_job_name()
+        user = getpass.getuser()
         blocks = _JOB_ID.split(output)[1:]  # [id, attributes, id, attributes, ...]
         for full_id, body in zip(blocks[::2], blocks[1::2], strict=True):
             attributes = dict(match.groups() for line in body.splitlines() if (match := _ATTRIBUTE.match(line)))
             job_id = full_id.split(".")[0]
             if job_id in job_ids:
                 owner = job_id
-            elif attributes.get("Job_Name", "").strip() == name and job_ids:
+            elif name and attributes.get("Job_Name", "").strip() == name and job_ids and \
+                    attributes.get("Job_Owner", user).strip().split("@")[0] == user:
                 owner = job_ids[0]
                 if job_id not in self.member_ids:
                     self.member_ids = [*self.member_ids, job_id]

@@ -54,13 +54,16 @@ class SGELauncher(BatchSystemLauncher):
     walltime_directive = "#$ -l h_rt={walltime}"
     name_directives = ("#$ -N {job_name}", "#$ -o {output}", "#$ -j y", "#$ -S /bin/sh", "#$ -V")
     output_pattern = "{job_name}-$JOB_ID.out"
+    # An execution host spools each job's script world-readable (execd's job_scripts/<id>, 0755): the
+    # engines read the profile's connection file unless connection_in_job is set.
+    job_is_private = False
 
     submit_command = List(Unicode(), ["qsub", "-terse"], help="The Grid Engine submit command.").tag(config=True)
     delete_command = List(Unicode(), ["qdel"], help="The Grid Engine delete command.").tag(config=True)
     status_command = List(Unicode(), ["qstat", "-xml"], help="The Grid Engine status command (it lists "
                           "every job of yours).").tag(config=True)
     accounting_command = List(Unicode(), ["qacct", "-j"], help="The command that tells how a job that left "
-                              "the queue ended (its id is added).").tag(config=True)
+                              "the queue ended (its id is added).").tag(config=True, state=True)
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         return list(self.status_command)  # qstat takes no job ids: every job of the user

@@ -42,6 +42,8 @@ class SlurmLauncher(BatchSystemLauncher):
     walltime_directive = "#SBATCH --time={walltime}"
     name_directives = ("#SBATCH --job-name={job_name}", "#SBATCH --output={output}")
     output_pattern = "{job_name}-%j.out"
+    # squeue, asked about a job it has purged: "slurm_load_jobs error: Invalid job id specified", code 1.
+    unknown_job_markers = ("Invalid job id specified",)
 
     submit_command = List(Unicode(), ["sbatch", "--parsable"], help="The Slurm submit command.").tag(config=True)
     delete_command = List(Unicode(), ["scancel"], help="The Slurm delete command.").tag(config=True)

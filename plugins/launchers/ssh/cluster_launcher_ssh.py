@@ -97,20 +97,28 @@ def _remove_files(paths: Iterable[str]) -> None:
 
 def _agent_spawn(request: dict[str, Any]) -> list[dict[str, Any]]:
     """Remove ``remove`` (stale files the processes will write afresh), then
-    start each process detached, its output appended to its log."""
+    start each process detached, its output appended to its log.  All or
+    none: if one cannot start, those started before it are stopped (the
+    caller, told of the failure, would never know their PIDs)."""
     _remove_files(request.get("remove", []))
-    started = []
-    for process in request["processes"]:
-        with open(process["log"], "ab") as out:
-            command = " ".join(shlex.quote(arg) for arg in process["argv"])
-            out.write(f"--- {datetime.now().isoformat(timespec='seconds')} {command}\n".encode())
-            out.flush()
-            offset = out.tell()
-            child = subprocess.Popen(["/bin/sh", "-c", _WRAPPER, "sh", *process["argv"]], stdin=subprocess.DEVNULL,
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, **process.get("env", {})}, cwd=os.path.expanduser("~"))
-        started.append({"pid": child.pid, "token": process_start_token(child.pid), "log": process["log"],
-                        "offset": offset})
+    started: list[dict[str, Any]] = []
+    try:
+        for process in request["processes"]:
+            # A program given as ~/venv/bin/python (remote_python) is the remote home's, as in a shell.
+            argv = [os.path.expanduser(process["argv"][0]), *process["argv"][1:]]
+            with open(process["log"], "ab") as out:
+                command = " ".join(shlex.quote(arg) for arg in argv)
+                out.write(f"--- {datetime.now().isoformat(timespec='seconds')} {command}\n".encode())
+                out.flush()
+                offset = out.tell()
+                child = subprocess.Popen(["/bin/sh", "-c", _WRAPPER, "sh", *argv], stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env={**os.environ, **process.get("env", {})}, cwd=os.path.expanduser("~"))
+            started.append({"pid": child.pid, "token": process_start_token(child.pid), "log": process["log"],
+                            "offset": offset})
+    except BaseException:
+        _agent_stop({"processes": started, "wait": 5})
+        raise
     return started
 
 
@@ -123,11 +131,17 @@ def _exit_code(log_path: str, offset: int) -> int | None:
     return None
 
 
+def _alive(process: dict[str, Any]) -> bool:
+    """Whether the recorded process runs: only a record with a start token can
+    say so (without one, its PID may be another process's by now)."""
+    return bool(process.get("token")) and pid_alive(process["pid"], process["token"])
+
+
 def _agent_status(request: dict[str, Any]) -> list[dict[str, Any]]:
     """For each process: whether it runs; if not, its exit code and last log lines."""
     answers = []
     for process in request["processes"]:
-        running = pid_alive(process["pid"], process["token"])
+        running = _alive(process)
         answer: dict[str, Any] = {"running": running}
         if not running:
             lines = tail(process["log"], lines=12, offset=process["offset"])
@@ -151,7 +165,7 @@ def _signal_group(pid: int, sig: int) -> None:
 def _agent_signal(request: dict[str, Any]) -> list[bool]:
     sent = []
     for process in request["processes"]:
-        alive = pid_alive(process["pid"], process["token"])
+        alive = _alive(process)
         if alive:
             _signal_group(process["pid"], request["signal"])
         sent.append(alive)
@@ -165,14 +179,14 @@ def _agent_stop(request: dict[str, Any]) -> list[dict[str, Any]]:
     sent for them)."""
     processes = request["processes"]
     timeout = float(request["wait"])
-    running = [pid_alive(p["pid"], p["token"]) for p in processes]
+    running = [_alive(p) for p in processes]
     for process, alive in zip(processes, running, strict=True):
         if alive:
             _signal_group(process["pid"], signal.SIGTERM)
 
     def wait(deadline: float) -> list[bool]:
         while True:
-            alive = [pid_alive(p["pid"], p["token"]) for p in processes]
+            alive = [_alive(p) for p in processes]
             if not any(alive) or time.monotonic() > deadline:
                 return alive
             time.sleep(0.05)
@@ -239,7 +253,10 @@ def _reuses_files(args: Sequence[str]) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    said = " ".join(str(exc).split())
+    if isinstance(exc, ClusterLauncherError):
+        return said or type(exc).__name__
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
 
 
 class RemoteHost:
@@ -259,6 +276,10 @@ class RemoteHost:
         with self._lock:
             if self._connection is None or self._connection.closed:
                 from cluster_launcher.protocol.ssh import connect_ssh, parse_ssh_args
+
+                if self._connection is not None:
+                    self._connection.close()  # dropped by the server or the network: log in again
+                    self._connection = None
 
                 options = parse_ssh_args(self.launcher.ssh_args, f"{type(self.launcher).__name__}.ssh_args")
                 self._connection = connect_ssh(self.destination, self.launcher.ssh_timeout, options=options)
@@ -324,8 +345,8 @@ class RemoteHost:
             now = time.monotonic()
             try:
                 answers = self.call("status", processes=[p.agent_record() for p in stale])
-            except SSHError as exc:
-                log.warning("cannot ask %s whether its processes run: %s", self.destination, exc)
+            except Exception as exc:  # whatever failed there, a poll goes on (the supervisor polls in a loop)
+                log.warning("cannot ask %s whether its processes run: %s", self.destination, _one_line(exc))
                 answers = [{"running": True}] * len(stale)
             for process, answer in zip(stale, answers, strict=True):
                 self._status_cache[(process.pid, process.start_token)] = (now, answer)
@@ -382,10 +403,10 @@ class SSHLauncher(Launcher):
                     "-J JUMPHOST, -F CONFIG, -o Key=Value (HostName, Port, User, IdentityFile, IdentitiesOnly, "
                     "ProxyJump, ProxyCommand, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout, "
                     "ServerAliveInterval, Compression); -tt and similar flags are accepted and have no "
-                    "effect.").tag(config=True)
+                    "effect.").tag(config=True, state=True)
     remote_python = Unicode("python3", help="The Python on the remote hosts that has cluster-launcher "
                             "installed (a command, e.g. '/opt/venv/bin/python'): it runs the agent and, by "
-                            "default, the engines and controller.").tag(config=True)
+                            "default, the engines and controller.").tag(config=True, state=True)
     remote_profile_dir = Unicode("", help="The profile folder on the remote hosts (relative: to the remote "
                                  "home).  Default: this host's profile folder, relative to your home if it is "
                                  "under it (as IPython).  A --profile-dir in the engine or controller "
@@ -401,7 +422,8 @@ class SSHLauncher(Launcher):
     transport = Unicode("sftp", help="The connection-file transport that moves to_send and to_fetch: 'sftp' "
                         "(over the launcher's own SSH connection), 'file' (a shared filesystem), or another "
                         "installed one.").tag(config=True)
-    ssh_timeout = Float(30.0, min=1.0, help="Seconds a login, or one command run over SSH, may take.").tag(config=True)
+    ssh_timeout = Float(30.0, min=1.0, help="Seconds a login, or one command run over SSH, may take.").tag(
+        config=True, state=True)
     poll_interval = Float(2.0, min=0.0, help="Seconds between two asks of a host whether its processes still "
                           "run (each is one SSH command).").tag(config=True)
 
@@ -430,7 +452,7 @@ class SSHLauncher(Launcher):
                 owner._hosts[destination] = RemoteHost(owner, destination)
             return owner._hosts[destination]
 
-    def close_connections(self) -> None:
+    def close(self) -> None:
         """Close the SSH connections this launcher opened (a later call opens them again)."""
         for host in list(self._hosts.values()):
             host.close()
@@ -468,6 +490,14 @@ class SSHLauncher(Launcher):
         home = os.path.expanduser("~").rstrip("/") + "/"
         path = self.profile_dir
         return {"profile_dir": path[len(home):] if path.startswith(home) else path}
+
+    @staticmethod
+    def shown_profile(spec: dict[str, str]) -> str:
+        """A remote profile spec as a dry run shows it (the agent resolves it at start)."""
+        if "profile" in spec:
+            return f"<the remote profile {spec['profile']!r}>"
+        path = spec["profile_dir"]
+        return path if posixpath.isabs(path) or path.startswith("~") else f"~/{path}"
 
     def file_transport(self) -> Transport:
         if self._transport is None:
@@ -555,7 +585,7 @@ class SSHProcessLauncher(SSHLauncher):
         try:
             self.killed = tuple(_stop_on_host(host, [self], self.stop_timeout))
         finally:
-            self.close_connections()
+            self.close()
 
 
 def _code(answer: dict[str, Any]) -> int:
@@ -572,10 +602,12 @@ def _stop_on_host(host: RemoteHost, processes: Sequence[SSHProcessLauncher], tim
     try:
         answers = host.call("stop", timeout=2 * timeout + _STOP_MARGIN, wait=timeout,
                             processes=[p.agent_record() for p in processes], remove=list(remove))
-    except SSHError as exc:
+    except Exception as exc:  # a stop must reach every other host whatever failed on this one
+        if not processes:
+            return [f"{host.destination}: cannot remove {', '.join(remove)}: {_one_line(exc)}"]
         pids = ", ".join(str(p.pid) for p in processes)
         return [f"{host.destination}: cannot stop {len(processes)} process(es) (pids {pids}); they may still run "
-                f"there: {exc}"]
+                f"there: {_one_line(exc)}"]
     host.forget_status()
     lines = []
     for process, answer in zip(processes, answers, strict=True):
@@ -638,6 +670,15 @@ class SSHControllerLauncher(SSHProcessLauncher, ControllerLauncher):
             raise ClusterError(f"controller not started on {self.host}: {_one_line(exc)}") from None
         self.started(answer)
         self._fetched.clear()
+
+    def dry_run(self, n: int = 1) -> list[str]:
+        self.check()
+        host = self.destination(self.hostname)
+        self.remote_profile_path = self.shown_profile(self.remote_profile(self.controller_args))
+        lines = [f"on {host}: $ {shlex.join(self.args)}"]
+        lines += [f"  after sending {local} to {host}:{remote}" for local, remote in self.to_send or []]
+        lines += [f"  then fetching {host}:{remote} to {local}" for remote, local in self.fetch_list()]
+        return lines
 
     def fetch_connection_files(self) -> None:
         host = self.remote_host(self.host)
@@ -733,8 +774,8 @@ class SSHEngineSetLauncher(SSHLauncher, EngineSetLauncher):
         failures = []
         for host, result in results.items():
             if isinstance(result, BaseException):
-                if not isinstance(result, ClusterLauncherError):
-                    raise result
+                if not isinstance(result, ClusterLauncherError):  # not one we foresaw: its traceback for a report
+                    log.debug("starting engines on %s failed", host, exc_info=result)
                 count = plan[host][0]
                 failures.append(f"{host}: {count} engine{'s' if count != 1 else ''} not started: {_one_line(result)}")
         order = {host: i for i, host in enumerate(plan)}  # hosts finish in any order: list them as planned
@@ -743,6 +784,24 @@ class SSHEngineSetLauncher(SSHLauncher, EngineSetLauncher):
         self.start_failures = tuple(failures)
         if not any(not isinstance(result, BaseException) for result in results.values()):
             raise ClusterError("no engine started: " + "; ".join(failures))
+
+    def dry_run(self, n: int = 1) -> list[str]:
+        """Per host: the engine command, and the files sent there first."""
+        self.check(n)
+        plan = self.plan(n)
+        self.n = sum(count for count, _ in plan.values())
+        lines = []
+        for host, (count, args) in plan.items():
+            engine = self.child_launcher(SSHEngineLauncher, n=1, host=host, engine_args=args)
+            engine.remote_profile_path = self.shown_profile(self.remote_profile(args))
+            lines.append(f"on {host}: {count} engine{'s' if count != 1 else ''}: $ {shlex.join(engine.args)}")
+            if self.to_send is None:
+                local = connection_file(self.profile_dir, "engine", self.cluster_id)
+                target = posixpath.join(engine.remote_profile_path, "security", os.path.basename(local))
+                lines.append(f"  after sending {local} to {host}:{target}")
+            else:
+                lines += [f"  after sending {local} to {host}:{remote}" for local, remote in self.to_send]
+        return lines
 
     def _warn_if_unreachable(self, plan: dict[str, tuple[int, list[str]]]) -> None:
         """Say so when the controller listens on loopback only and engines of
@@ -806,9 +865,14 @@ class SSHEngineSetLauncher(SSHLauncher, EngineSetLauncher):
         is older than ``poll_interval``, the hosts asked in parallel."""
         grouped = self.by_host()
         stale = [host for host in grouped if self.remote_host(host).stale(grouped[host])]
-        _in_parallel({host: lambda h=host: self.remote_host(h).status(grouped[h]) for host in stale})
-        return [pair for host, engines in grouped.items()
-                for pair in zip(engines, self.remote_host(host).status(engines), strict=True)]
+        asked = _in_parallel({host: lambda h=host: self.remote_host(h).status(grouped[h]) for host in stale})
+        pairs = []
+        for host, engines in grouped.items():
+            answers = asked[host] if host in asked else self.remote_host(host).status(engines)  # cached
+            if isinstance(answers, BaseException):
+                raise answers
+            pairs += zip(engines, answers, strict=True)
+        return pairs
 
     def poll(self) -> int | None:
         statuses = self.statuses()
@@ -832,20 +896,28 @@ class SSHEngineSetLauncher(SSHLauncher, EngineSetLauncher):
 
     def signal(self, sig: int) -> None:
         grouped = self.by_host()
-        _in_parallel({host: lambda h=host: self.remote_host(h).call(
+        results = _in_parallel({host: lambda h=host: self.remote_host(h).call(
             "signal", processes=[e.agent_record() for e in grouped[h]], signal=int(sig)) for host in grouped})
+        failed = [f"{host}: {_one_line(result)}" for host, result in results.items()
+                  if isinstance(result, BaseException)]
+        if failed:
+            raise ClusterError(f"cannot send signal {int(sig)} to the engines of {len(failed)} host(s): "
+                               + "; ".join(failed))
 
     def stop(self) -> None:
         # Every host at once, each in one agent call: n engines on m hosts stop within one stop_timeout.
         grouped = self.by_host()
         reuse = bool((self.config.get("Controller") or {}).get("reuse"))
-        sent = {host: [path for sent_to, path in self.sent if sent_to == host and not reuse] for host in grouped}
+        sent: dict[str, list[str]] = {}
+        for host, path in ([] if reuse else self.sent):
+            sent.setdefault(host, []).append(path)
+        hosts = list(dict.fromkeys([*grouped, *sent]))  # a host whose engines did not start still had the file
         try:
-            results = _in_parallel({host: lambda h=host: _stop_on_host(self.remote_host(h), grouped[h],
-                                                                       self.stop_timeout, sent[h]) for host in grouped})
+            results = _in_parallel({host: lambda h=host: _stop_on_host(
+                self.remote_host(h), grouped.get(h, []), self.stop_timeout, sent.get(h, [])) for host in hosts})
         finally:
-            self.close_connections()
-        self.killed = tuple(line for host in grouped for line in _lines(results[host], host))
+            self.close()
+        self.killed = tuple(line for host in hosts for line in _lines(results[host], host))
 
 
 def _is_loopback(host: str) -> bool:

@@ -5,7 +5,13 @@ wrote), ``job view`` tells its state, ``job cancel`` deletes it.
 ``start --engines=WindowsHPC -n 8`` submits one job of 8 tasks, each task
 one engine.  The job description is built from the settings, not from a
 template: ``batch_template`` does not apply here (IPython had none either).
-The engines' connection information goes into each task's environment.
+
+The engines read the controller's connection file in the profile folder,
+which must be on a share the compute nodes see, as IPython's launchers
+needed.  ``connection_in_job`` puts it in each task's environment instead,
+for nodes without that share; HPC Pack shows a task's environment variables
+to the cluster's other users, key included, so it is off unless you choose
+it.
 """
 
 from __future__ import annotations
@@ -42,13 +48,14 @@ class WindowsHPCLauncher(BatchSystemLauncher):
     script_suffix = ".xml"
     status_per_job = True  # `job view` takes one id
     status_per_engine = False  # and tells the job's state, not its tasks
+    job_is_private = False  # other users see a task's environment (job view, task view)
 
     scheduler = Unicode("", help="The head node to submit to (/scheduler:NAME); empty: the CCP_SCHEDULER "
-                        "environment variable's, as for the job command itself.").tag(config=True)
+                        "environment variable's, as for the job command itself.").tag(config=True, state=True)
     job_cmd = Unicode("job", help="The HPC Pack job command (IPython's WindowsHPCLauncher.job_cmd).").tag(
         config=True)
     submit_command = List(Unicode(), help="Unset: [job_cmd, 'submit'] (/jobfile: and /scheduler: are "
-                          "added).").tag(config=True)
+                          "added).").tag(config=True, state=True)
     delete_command = List(Unicode(), help="Unset: [job_cmd, 'cancel'].").tag(config=True)
     status_command = List(Unicode(), help="Unset: [job_cmd, 'view'].").tag(config=True)
 
@@ -113,7 +120,8 @@ class WindowsHPCLauncher(BatchSystemLauncher):
         return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(job, encoding="unicode") + "\n"
 
     def task_output(self, index: int) -> str:
-        return os.path.join("log", f"{self.default_job_name()}-{index}.out")
+        """Task ``index``'s output file: relative paths are the WorkDirectory's (the profile folder)."""
+        return os.path.join(self.output_dir or "log", f"{self.default_job_name()}-{index}.out")
 
     def output_location(self) -> str:
         return os.path.join(self.profile_dir or ".", self.task_output(0))

@@ -46,6 +46,8 @@ class SFTPTransport(Transport):
             raise SSHError("the sftp transport needs a host to send to or fetch from")
         with self._lock:
             if host not in self._own or self._own[host].closed:
+                if host in self._own:
+                    self._own[host].close()  # dropped: its threads end before another login
                 self._own[host] = connect_ssh(host, self.timeout)
             return self._own[host]
 
@@ -68,7 +70,7 @@ class SFTPTransport(Transport):
             finally:
                 _remove_quietly(sftp, posixpath.join(private, name))
                 sftp.rmdir(private)
-        except OSError as exc:
+        except (OSError, EOFError, paramiko.SSHException) as exc:
             raise SSHError(f"{connection.target.where}{connection.target.origin}: cannot send {local_path} to "
                            f"{remote_path}: {_reason(exc)}") from None
 
@@ -79,7 +81,7 @@ class SFTPTransport(Transport):
                 data = remote.read()
         except FileNotFoundError:
             raise
-        except OSError as exc:
+        except (OSError, EOFError, paramiko.SSHException) as exc:
             raise SSHError(f"{connection.target.where}{connection.target.origin}: cannot fetch {remote_path}: "
                            f"{_reason(exc)}") from None
         write_private_file(local_path, data)
@@ -91,8 +93,8 @@ class SFTPTransport(Transport):
             self._own.clear()
 
 
-def _reason(exc: OSError) -> str:
-    return " ".join((exc.strerror or str(exc)).split()) or type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    return " ".join((getattr(exc, "strerror", None) or str(exc)).split()) or type(exc).__name__
 
 
 def _make_folders(sftp: paramiko.SFTPClient, folder: str) -> None:

@@ -164,12 +164,13 @@ class Cluster(LoggingConfigurable):
 
     def dry_run_lines(self, n: int) -> list[str]:
         """What :meth:`start` would run or submit for ``n`` engines, starting nothing."""
-        lines = []
-        for role, launcher in (("the controller", self._make_launcher(ControllerLauncher)),
-                               (f"{n} engine{'s' if n != 1 else ''}", self._make_launcher(EngineSetLauncher))):
-            lines.append(f"{role}, with {type(launcher).__name__}:")
-            lines += [f"  {line}" for line in launcher.dry_run(n if launcher.role == "engines" else 1)]
-        return lines
+        controller = self._make_launcher(ControllerLauncher)
+        lines = [f"the controller, with {type(controller).__name__}:", *(f"  {line}" for line in controller.dry_run(1))]
+        engines = self._make_launcher(EngineSetLauncher)
+        shown = engines.dry_run(n)
+        n = engines.n or n  # as start: its own settings may say how many (an SSH engines dict)
+        lines.append(f"{n} engine{'s' if n != 1 else ''}, with {type(engines).__name__}:")
+        return lines + [f"  {line}" for line in shown]
 
     def running(self) -> bool:
         """Whether the controller runs."""
@@ -276,14 +277,19 @@ class Cluster(LoggingConfigurable):
             self.log.warning("ignoring %s", exc)
             os.unlink(self.state_path)
             return
-        if old.running():
-            flag = f" --cluster-id={self.cluster_id}" if self.cluster_id else ""
-            name = self.cluster_id or "default"
-            raise ClusterError(f"cluster {name!r} of profile {profile_name(self.profile_dir)!r} "
-                               f"already runs (see {self.state_path}); stop it first (cluster-launcher stop "
-                               f"--profile-dir={self.profile_dir}{flag}) or use another --cluster-id")
-        for engines in old.engine_sets:
-            engines.stop()
+        try:
+            if old.running():
+                flag = f" --cluster-id={self.cluster_id}" if self.cluster_id else ""
+                name = self.cluster_id or "default"
+                raise ClusterError(f"cluster {name!r} of profile {profile_name(self.profile_dir)!r} "
+                                   f"already runs (see {self.state_path}); stop it first (cluster-launcher stop "
+                                   f"--profile-dir={self.profile_dir}{flag}) or use another --cluster-id")
+            for engines in old.engine_sets:
+                engines.stop()
+        finally:
+            for launcher in [old.controller, *old.engine_sets]:
+                if launcher is not None:
+                    launcher.close()  # the old controller's poll may have logged in to its host
         os.unlink(self.state_path)
 
     # --- the Python API ---------------------------------------------------

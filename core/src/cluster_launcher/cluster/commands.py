@@ -78,8 +78,7 @@ def start_main(config: Config, profile_dir: str) -> int:
     previous = _on_signals(_raise_signalled)
     ready = False
     if cluster.dry_run:
-        try:
-            cluster.check_launchers(n)
+        try:  # not check_launchers: a dry run is also for a host without the batch system's commands
             print("\n".join(cluster.dry_run_lines(n)), flush=True)
         except ClusterLauncherError as exc:
             return _fail("start", exc)
@@ -108,6 +107,12 @@ def start_main(config: Config, profile_dir: str) -> int:
                 _say(f"{exc}: stopping the cluster")
             cluster.stop()
             return 1 if isinstance(exc, _Signalled) else _fail("start", exc)
+        except Exception:
+            # Not an error we foresaw (a bug, ours or a library's): what started is stopped all the same,
+            # then the traceback shows.
+            _on_signals(signal.SIG_IGN)
+            cluster.stop()
+            raise
         return _supervise(cluster)
     finally:
         _restore_signals(previous)

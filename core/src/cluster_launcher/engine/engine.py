@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import zmq
-from traitlets import Float, List, Unicode
+from traitlets import Float, List, Unicode, default
 from traitlets.config import Config
 
 from ..error import ClusterLauncherError, ConfigError, ConnectionFileError
@@ -84,6 +84,12 @@ class Engine(ProcessLogging):
                               "import Engine.mpi makes, to initialize MPI your own way (IPython's "
                               "c.MPI.init_script); it must leave MPI initialized.").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
+
+    @default("log_to_file")
+    def _log_to_file_default(self) -> bool:
+        # An engine of a batch job (its connection in its environment) logs to the job's output file,
+        # which the scheduler keeps; a log folder on the node may be nobody's to read.
+        return connection.ENGINE_CONNECTION_ENV not in os.environ
 
     def __init__(self, profile_dir: str = "", **kwargs: Any):
         super().__init__(**kwargs)

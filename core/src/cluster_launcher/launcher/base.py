@@ -90,6 +90,11 @@ class Launcher(LoggingConfigurable):
         """Send ``sig`` to what this launcher started (if it still runs)."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Let go of what this launcher holds open to poll or stop what it
+        started (an SSH connection), leaving that running; a later poll opens
+        it again.  ``stop`` does this itself."""
+
     def poll(self) -> int | None:
         """``None`` while running, else an exit code."""
         raise NotImplementedError

@@ -17,11 +17,14 @@ the dask-jobqueue way, header (``{header}``: the directives) + prologue
 (``{prologue}``) + command (``{command}``), and are used to start a real
 system by the tests of each plugin.
 
-No shared filesystem is needed for engines: the job script of an engine set
-exports the controller's engine connection information
+No shared filesystem is needed for engines where the batch system keeps a
+job's script from other users (``job_is_private``): the job script of an
+engine set exports the controller's engine connection information
 (:data:`cluster_launcher.protocol.connection.ENGINE_CONNECTION_ENV`), which
 the engines read instead of a file, so they find the controller from any
 node.  The script is written 0600 into the profile's ``batch/`` folder.
+Elsewhere (``connection_in_job`` off) the engines read the profile's
+connection file, as IPython's did.
 
 The job ids are the launcher's state: a later ``stop`` or ``list`` from
 another process asks the scheduler about them and cancels them.
@@ -34,6 +37,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import string
 import subprocess
 import time
@@ -41,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from traitlets import Dict, Float, List, Unicode
+from traitlets import Bool, Dict, Float, List, TraitType, Unicode, default
 
 from ..error import ClusterError, ConfigError
 from ..protocol.connection import ENGINE_CONNECTION_ENV, connection_file, write_private_file
@@ -167,6 +171,14 @@ class BatchSystemLauncher(Launcher):
     status_per_engine: ClassVar[bool] = True
     # The status command tells one job at a time (Windows HPC's `job view ID`).
     status_per_job: ClassVar[bool] = False
+    # What a status command that fails prints when it fails only because it does not know (any more)
+    # a job asked about (squeue's "Invalid job id specified"): an answer, those jobs are gone.  Any
+    # other failure is no answer at all, and ends no job.
+    unknown_job_markers: ClassVar[tuple[str, ...]] = ()
+    # Whether the system keeps a job's script (or description) from other users, so the key can go in
+    # it: Slurm, PBS and LSF do; Grid Engine's execution hosts spool scripts world-readable, and Windows
+    # HPC shows a task's environment to every user.  The default of `connection_in_job`.
+    job_is_private: ClassVar[bool] = True
 
     # --- IPython's settings ---------------------------------------------------------------------
     submit_command = List(Unicode(), help="The command that submits the job script (its path, or its "
@@ -190,6 +202,9 @@ class BatchSystemLauncher(Launcher):
     job_extra_directives = List(Unicode(), help="More lines for the default template's header, each a "
                                 "directive without its prefix, e.g. ['--account=abc123'] for "
                                 "Slurm.").tag(config=True)
+    output_dir = Unicode("", help="The folder of the jobs' output files, as the compute nodes see it: it must "
+                         "exist there (the scheduler writes the file there).  Default: the profile's log "
+                         "folder, on a filesystem the nodes share with this host.").tag(config=True)
     job_script_prologue = List(Unicode(), help="Shell lines the default template runs before the command, "
                                "e.g. ['module load python', 'source ~/venv/bin/activate'].").tag(config=True)
     context = Dict(help="More keys for the template: c.SlurmLauncher.context = {'account': 'abc123'} makes "
@@ -199,6 +214,15 @@ class BatchSystemLauncher(Launcher):
     poll_interval = Float(5.0, min=0.0, help="Seconds between two asks of the scheduler for the job's state "
                           "(each is one status command).").tag(config=True)
 
+    connection_in_job = Bool(help="Put the engines' connection information (its key too) in the job itself, "
+                             "so the nodes need not see the profile folder.  Default: where the batch system "
+                             "keeps jobs from other users (Slurm, PBS, LSF); elsewhere the engines read the "
+                             "profile's connection file, on a filesystem the nodes share.").tag(config=True)
+
+    @default("connection_in_job")
+    def _connection_in_job_default(self) -> bool:
+        return self.job_is_private
+
     # --- what start learns and a later stop needs --------------------------------------------------
     job_ids = List(Unicode(), help="The ids of the jobs submitted.").tag(config=False, state=True)
     job_script = Unicode("", help="The job script written.").tag(config=False, state=True)
@@ -207,10 +231,20 @@ class BatchSystemLauncher(Launcher):
 
     args: list[str]
 
+    @classmethod
+    def state_traits(cls) -> dict[str, TraitType[Any, Any]]:
+        """The state traits, and the commands a later ``stop`` or ``list`` runs:
+        recorded with the job ids, so it runs the same ones even where they were
+        given on the start command line only (and whatever tags a plugin's
+        redefinition of them has)."""
+        traits = super().state_traits()
+        return {**{name: cls.class_traits()[name] for name in ("delete_command", "status_command")}, **traits}
+
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._states: dict[str, JobStatus] = {}
         self._states_at = 0.0
+        self._status_failing = False
 
     # --- the job script ---------------------------------------------------------------------------
 
@@ -244,7 +278,7 @@ class BatchSystemLauncher(Launcher):
     def output_location(self) -> str:
         """Where the job's output goes, as its script names it (with the system's escapes, ``%j``)."""
         name = self.output_pattern.format(job_name=self.default_job_name())
-        return os.path.join(self.profile_dir or ".", "log", name)
+        return os.path.join(self.output_dir or os.path.join(self.profile_dir or ".", "log"), name)
 
     def header_template(self) -> str:
         """The default template's directives: name and output, the engines,
@@ -293,14 +327,15 @@ class BatchSystemLauncher(Launcher):
         if self.script_suffix == ".sh" and not script.startswith("#!"):
             # IPython's templates have none; sbatch (and so Slurm's PBS wrappers) refuses a script without.
             script = "#!/bin/sh\n" + script
+        exports = dict(self.environment)
         if connection is not None:
-            script = self.embed_connection(script, connection)
-        return script
+            exports[ENGINE_CONNECTION_ENV] = connection
+        return self.embed_exports(script, exports) if exports else script
 
     def engine_connection(self, dry_run: bool) -> str | None:
         """The engines' connection information to put in the job, as JSON text
         (None for a controller job)."""
-        if self.role != "engines":
+        if self.role != "engines" or not self.connection_in_job:
             return None
         if dry_run:
             return CONNECTION_PLACEHOLDER
@@ -312,15 +347,16 @@ class BatchSystemLauncher(Launcher):
             raise ClusterError(f"cannot put the engines' connection information in the job script: {path}: "
                                f"{exc}") from None
 
-    def embed_connection(self, script: str, connection: str) -> str:
-        """``script`` with the engines' connection information exported right
-        after its directives (a template of yours need not say anything for it)."""
+    def embed_exports(self, script: str, exports: dict[str, str]) -> str:
+        """``script`` with ``exports`` (``environment``, and the engines'
+        connection information) exported right after its directives: a
+        template of yours need not say anything for them."""
         lines = script.split("\n")
         at = 0
         while at < len(lines) and (lines[at].startswith("#") or not lines[at].strip()):
             at += 1
-        export = f"export {ENGINE_CONNECTION_ENV}={shlex.quote(connection)}"
-        return "\n".join([*lines[:at], export, *lines[at:]])
+        added = [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
+        return "\n".join([*lines[:at], *added, *lines[at:]])
 
     def job_script_path(self) -> str:
         """``<profile>/batch/<system>-<role>-<cluster id><suffix>``."""
@@ -393,6 +429,15 @@ class BatchSystemLauncher(Launcher):
 
     # --- the Launcher interface -------------------------------------------------------------------
 
+    def check(self, n: int = 1) -> None:
+        """The job script renders, and the submit command is installed:
+        refused before the controller starts rather than after."""
+        self.job_script_text(n, dry_run=True)
+        program = self.submit_argv(self.job_script_path(), "")[0]
+        if shutil.which(program) is None:
+            raise ClusterError(f"{program} not found: is {self.system or 'the batch system'}'s client installed and "
+                               f"on PATH? (set c.{type(self).__name__}.submit_command to its full path otherwise)")
+
     def start(self, n: int = 1) -> None:
         script = self.job_script_text(n)
         self.job_script = self.write_job_script(script)
@@ -414,8 +459,9 @@ class BatchSystemLauncher(Launcher):
     def job_states(self, fresh: bool = False) -> dict[str, JobStatus]:
         """The status of each submitted job, asked of the scheduler at most
         every ``poll_interval`` seconds (``fresh``: now).  A job the scheduler
-        does not list is GONE; a status command that fails leaves the last
-        answer (a scheduler that does not answer does not end the jobs)."""
+        does not list is GONE; a status command that fails (but for
+        ``unknown_job_markers``) leaves the last answer: a scheduler that
+        does not answer ends no job."""
         if not self.job_ids:
             return {}
         if not fresh and self._states and time.monotonic() - self._states_at < self.poll_interval:
@@ -423,13 +469,20 @@ class BatchSystemLauncher(Launcher):
         try:
             listed = {}
             for ids in ([[job_id] for job_id in self.job_ids] if self.status_per_job else [self.job_ids]):
-                done = self.run_command(self.status_argv(ids), check=False)
+                argv = self.status_argv(ids)
+                done = self.run_command(argv, check=False)
+                said = done.stdout + done.stderr
+                if done.returncode != 0 and not any(marker in said for marker in self.unknown_job_markers):
+                    raise ClusterError(f"`{_shell_words(argv)}` failed with code {done.returncode}: "
+                                       f"{' '.join(said.split()) or 'no output'}")
                 listed.update(self.parse_states(done.stdout, ids))
             asked = True
         except (ClusterError, ValueError) as exc:
-            self.log.warning("cannot ask %s for the state of job(s) %s: %s", self.system,
-                             ", ".join(self.job_ids), exc)
+            # Once until it answers again: a scheduler down for a while would fill the log at every poll.
+            log = self.log.debug if self._status_failing else self.log.warning
+            log("cannot ask %s for the state of job(s) %s: %s", self.system, ", ".join(self.job_ids), exc)
             listed, asked = {}, False
+        self._status_failing = not asked
         states = {}
         for job_id in self.job_ids:
             previous = self._states.get(job_id)
@@ -501,23 +554,22 @@ class BatchSystemLauncher(Launcher):
         states = self.job_states()
         return "; ".join(f"{self.system} job {job_id} {status.describe()}" for job_id, status in states.items())
 
-    def signal(self, sig: int) -> None:
-        """Batch systems deliver no arbitrary signal through one interface:
-        what callers want of a job is :meth:`stop`."""
-        self.stop()
-
     def stop(self) -> None:
-        """Delete every job still in the queue (a job that failed may be held
-        there), then wait (bounded) until the scheduler says none is queued
-        or running; a line in :attr:`killed` for one it still lists after that."""
+        """Delete every job submitted (one the scheduler says ended may still
+        be held in its queue; one it did not answer about may run), then wait
+        (bounded) until the scheduler says none is queued or running; a line
+        in :attr:`killed` for one it still lists after that."""
         self.killed = ()
-        states = self.job_states(fresh=True)
-        listed = [job_id for job_id, status in states.items() if status.state is not JobState.GONE]
-        active = [job_id for job_id in listed if states[job_id].active]
-        if not listed:
+        if not self.job_ids:
             return
-        for argv in self.delete_argvs(listed):
-            done = self.run_command(argv, check=False)
+        states = self.job_states(fresh=True)
+        active = [job_id for job_id, status in states.items() if status.active]
+        for argv in self.delete_argvs(list(self.job_ids)):
+            try:
+                done = self.run_command(argv, check=False)
+            except ClusterError as exc:  # the delete command is missing or hangs: what is left shows below
+                self.log.warning("%s", exc)
+                continue
             if done.returncode != 0:  # a job that ended meanwhile; what is left shows below
                 self.log.debug("%s: %s", _shell_words(argv), done.stderr.strip() or done.stdout.strip())
         if not active or self.wait(max(self.stop_timeout, 1.0) * 6) is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import re
 import select
 import shlex
 import socket
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, Protocol
 
 import paramiko
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 
 from ..error import SSHError
 
@@ -195,17 +197,23 @@ def resolve_target(destination: str, keyfile: str | None = None,
         raise SSHError(f"SSH server {destination!r}: StrictHostKeyChecking {strict!r}: expected yes, accept-new "
                        "or no")
     try:
+        hostname = settings.get("hostname", host)
+        port = port or int(settings.get("port", DEFAULT_SSH_PORT))
+        username = user or settings.get("user") or getpass.getuser()
+        proxy_command = "" if settings.get("proxycommand", "none").lower() == "none" else settings["proxycommand"]
+        if "proxycommand" in options:  # paramiko expands the config file's %h %p %r; ssh expands -o's too
+            proxy_command = _expand_tokens(proxy_command, {"h": hostname, "p": str(port), "r": username, "n": host})
         return SSHTarget(
             server=destination,
-            hostname=settings.get("hostname", host),
-            port=port or int(settings.get("port", DEFAULT_SSH_PORT)),
-            username=user or settings.get("user") or getpass.getuser(),
+            hostname=hostname,
+            port=port,
+            username=username,
             key_filenames=tuple(dict.fromkeys(([keyfile] if keyfile else []) + configured)),
             known_hosts_files=(*(user_known_hosts or [os.path.join(home, ".ssh", "known_hosts")]),
                                "/etc/ssh/ssh_known_hosts"),
             identities_only=_yes(settings.get("identitiesonly", "no")),
             proxy_jump="" if settings.get("proxyjump", "none").lower() == "none" else settings["proxyjump"],
-            proxy_command="" if settings.get("proxycommand", "none").lower() == "none" else settings["proxycommand"],
+            proxy_command=proxy_command,
             strict_host_key_checking=strict,
             connect_timeout=float(settings["connecttimeout"]) if "connecttimeout" in settings else None,
             keepalive=int(settings.get("serveraliveinterval", 0)),
@@ -216,14 +224,73 @@ def resolve_target(destination: str, keyfile: str | None = None,
         raise SSHError(f"SSH server {destination!r}: bad setting in {config_path} or the ssh options: {exc}") from None
 
 
-class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
+def _load_known_hosts(host_keys: paramiko.HostKeys, paths: Sequence[str]) -> dict[tuple[str, str], str]:
+    """Add the keys of the known_hosts files ``paths`` to ``host_keys``, but
+    those marked ``@revoked``: returned, ``(key type, base64) -> file``, for
+    the policies to refuse.  ``@cert-authority`` lines are skipped (host
+    certificates are not supported), as paramiko's own loader cannot (it
+    fails on the whole file)."""
+    lines: list[tuple[int, str]] = []
+    revoked: dict[tuple[str, str], str] = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                numbered = list(enumerate(f, 1))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise SSHError(f"cannot read the known hosts file {path}: {exc.strerror or exc}") from None
+        for number, raw in numbered:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("@"):
+                fields = line.split()
+                if fields[0] == "@revoked" and len(fields) >= 4:
+                    revoked[(fields[2], fields[3])] = path
+                continue
+            lines.append((number, line))
+    for number, line in lines:
+        try:
+            entry = HostKeyEntry.from_line(line, number)
+        except (paramiko.SSHException, InvalidHostKey):
+            continue  # as OpenSSH: a line it cannot read is skipped, the rest of the file still counts
+        if entry is None or entry.key is None or (entry.key.get_name(), entry.key.get_base64()) in revoked:
+            continue
+        for name in entry.hostnames:
+            host_keys.add(name, entry.key.get_name(), entry.key)
+    return revoked
+
+
+def _expand_tokens(text: str, tokens: dict[str, str]) -> str:
+    """OpenSSH's ``%h``-style tokens of ``text`` replaced (``%%`` is ``%``)."""
+    return re.sub(r"%(.)", lambda match: "%" if match.group(1) == "%" else tokens.get(match.group(1), match.group(0)),
+                  text)
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """What both policies share: a server whose key is unknown reaches them,
+    and so does one whose key is marked @revoked (left out of the known keys)."""
+
+    def __init__(self, target: SSHTarget, revoked: dict[tuple[str, str], str]):
+        self.target = target
+        self.revoked = revoked
+
+    def refuse_revoked(self, key: paramiko.PKey) -> None:
+        where = self.revoked.get((key.get_name(), key.get_base64()))
+        if where is not None:
+            target = self.target
+            raise SSHError(f"SSH server {target.hostname} port {target.port}{target.origin} sent a {key.get_name()} "
+                           f"host key that {where} marks @revoked: refusing it; ask the server's administrator for "
+                           "its current key")
+
+
+class _RejectUnknownHost(_HostKeyPolicy):
     """StrictHostKeyChecking yes: refuses a server missing from known_hosts,
     with a message that says what to do."""
 
-    def __init__(self, target: SSHTarget):
-        self.target = target
-
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> NoReturn:
+        self.refuse_revoked(key)
         target = self.target
         raise SSHError(
             f"SSH server {target.hostname} port {target.port}{target.origin} is unknown: its "
@@ -232,16 +299,14 @@ class _RejectUnknownHost(paramiko.MissingHostKeyPolicy):
             "StrictHostKeyChecking accept-new for it in ~/.ssh/config")
 
 
-class _AcceptNewHost(paramiko.MissingHostKeyPolicy):
+class _AcceptNewHost(_HostKeyPolicy):
     """StrictHostKeyChecking accept-new (or no): trusts a server seen for the
     first time; with accept-new its key is added to the user's known_hosts,
     so a later change is caught.  A changed key never reaches this policy:
-    paramiko refuses it first."""
-
-    def __init__(self, target: SSHTarget):
-        self.target = target
+    paramiko refuses it first.  A revoked key is refused all the same."""
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        self.refuse_revoked(key)
         target = self.target
         if target.strict_host_key_checking == "no":
             log.warning("SSH server %s%s is unknown; trusting its %s key because StrictHostKeyChecking is no",
@@ -258,7 +323,7 @@ class _AcceptNewHost(paramiko.MissingHostKeyPolicy):
 
 def _explained(exc: BaseException, target: SSHTarget) -> SSHError | None:
     """The one-line error a failed login becomes (None: not a login failure)."""
-    reason = " ".join(str(exc).split()) or type(exc).__name__
+    reason = _reason(exc)
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         # "[Errno None] Unable to connect to port 22 on 10.0.0.5": the cause is in each address's error.
         reason = "; ".join(sorted({getattr(error, "strerror", None) or str(error)
@@ -303,11 +368,9 @@ def _login(target: SSHTarget, timeout: float, sock: Any = None) -> paramiko.SSHC
     jump host's channel or a ProxyCommand); SSHError of one line if not."""
     client = paramiko.SSHClient()
     try:
-        for path in target.known_hosts_files:
-            if os.path.isfile(path):
-                client.load_system_host_keys(path)
+        revoked = _load_known_hosts(client.get_host_keys(), target.known_hosts_files)
         policy = _RejectUnknownHost if target.strict_host_key_checking == "yes" else _AcceptNewHost
-        client.set_missing_host_key_policy(policy(target))
+        client.set_missing_host_key_policy(policy(target, revoked))
         # key_filename takes a list too (documented by paramiko; its type stubs say str only).
         key_filenames: Any = list(target.key_filenames) or None
         wait = target.connect_timeout or timeout
@@ -347,15 +410,13 @@ def connect_ssh(destination: str, timeout: float, keyfile: str | None = None,
     try:
         if target.proxy_jump:
             jumps = _connect_jumps(target, timeout)
-            try:
-                sock = jumps[-1].transport.open_channel("direct-tcpip", (target.hostname, target.port),
-                                                        ("127.0.0.1", 0), timeout=timeout)
-            except (OSError, EOFError, paramiko.SSHException) as exc:
-                raise SSHError(f"cannot reach SSH server {target.where}{target.origin} via ProxyJump "
-                               f"{target.proxy_jump}: the jump host {jumps[-1].target.where} cannot open a "
-                               f"connection to it: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+            sock = _open_hop(jumps[-1], target, timeout, target)
         elif target.proxy_command:
-            sock = paramiko.ProxyCommand(target.proxy_command)
+            try:
+                sock = paramiko.ProxyCommand(target.proxy_command)
+            except (OSError, ValueError, paramiko.SSHException) as exc:
+                raise SSHError(f"cannot reach SSH server {target.where}{target.origin}: its ProxyCommand "
+                               f"{target.proxy_command!r} cannot run: {_reason(exc)}") from None
         client = _login(target, timeout, sock)
     except BaseException:
         for jump in reversed(jumps):
@@ -381,14 +442,34 @@ def _connect_jumps(target: SSHTarget, timeout: float) -> list[SSHConnection]:
             hop_target = resolve_target(hop, options={**same_config, "proxyjump": "none"})
             sock = None
             if jumps:
-                sock = jumps[-1].transport.open_channel("direct-tcpip", (hop_target.hostname, hop_target.port),
-                                                        ("127.0.0.1", 0), timeout=timeout)
+                sock = _open_hop(jumps[-1], hop_target, timeout, target)
             jumps.append(SSHConnection(_login(hop_target, timeout, sock), hop_target))
     except BaseException:
         for jump in reversed(jumps):
             jump.close()
         raise
     return jumps
+
+
+def _remote_word(arg: str) -> str:
+    """``arg`` quoted for the remote shell, a leading ``~/`` left for it to
+    expand to the remote home (as ``ssh host ~/venv/bin/python`` does)."""
+    return "~/" + shlex.quote(arg[2:]) if arg.startswith("~/") and len(arg) > 2 else shlex.quote(arg)
+
+
+def _open_hop(jump: SSHConnection, to: SSHTarget, timeout: float, target: SSHTarget) -> paramiko.Channel:
+    """A channel from the jump host ``jump`` to the SSH server ``to`` (a
+    further jump host, or ``target`` itself)."""
+    try:
+        return jump.transport.open_channel("direct-tcpip", (to.hostname, to.port), ("127.0.0.1", 0), timeout=timeout)
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        raise SSHError(f"cannot reach SSH server {target.where}{target.origin} via ProxyJump {target.proxy_jump}: "
+                       f"the jump host {jump.target.where} cannot open a connection to {to.hostname} port "
+                       f"{to.port}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @dataclass
@@ -435,7 +516,11 @@ class SSHConnection:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Closed here, or dropped (the server or the network ended it)."""
+        if self._closed:
+            return True
+        transport = self._client.get_transport()
+        return transport is None or not transport.is_active()
 
     def attach(self, carried: _Closeable) -> None:
         """Stop ``carried`` when this connection closes."""
@@ -448,13 +533,13 @@ class SSHConnection:
         """Run ``argv`` (quoted for the remote shell) on the server, feed it
         ``stdin``, and return its status and output; SSHError if it does not
         end within ``timeout`` seconds or the connection fails."""
-        command = " ".join(shlex.quote(arg) for arg in argv)
+        command = " ".join(_remote_word(arg) for arg in argv)
         deadline = time.monotonic() + timeout
         try:
             channel = self.transport.open_session(timeout=timeout)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise SSHError(f"SSH server {self.target.where}{self.target.origin}: cannot run a command: "
-                           f"{' '.join(str(exc).split()) or type(exc).__name__}") from None
+                           f"{_reason(exc)}") from None
         stdout, stderr = bytearray(), bytearray()
         try:
             channel.exec_command(command)
@@ -476,7 +561,7 @@ class SSHConnection:
             status = channel.recv_exit_status()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise SSHError(f"SSH server {self.target.where}{self.target.origin}: the connection failed while "
-                           f"{argv[0]} ran: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+                           f"{argv[0]} ran: {_reason(exc)}") from None
         finally:
             channel.close()
         return RemoteResult(status, bytes(stdout), bytes(stderr), command)
@@ -488,7 +573,7 @@ class SSHConnection:
                 try:
                     sftp = paramiko.SFTPClient.from_transport(self.transport)
                 except (OSError, EOFError, paramiko.SSHException) as exc:
-                    sftp, reason = None, f": {' '.join(str(exc).split()) or type(exc).__name__}"
+                    sftp, reason = None, f": {_reason(exc)}"
                 else:
                     reason = ""
                 if sftp is None:

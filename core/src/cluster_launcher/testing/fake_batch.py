@@ -666,19 +666,25 @@ def _fit(value: str, width: int | None, field: str) -> str:
     return "*" + value[len(value) - width + 1:] if field == "job_name" else value[:width]
 
 
+def _lsf_operand(state: _State, jobs: dict[str, Any], operand: str) -> list[_Element]:
+    """The elements a bjobs/bkill operand names: a job id ('12', all its elements) or one element ('12[3]')."""
+    match = re.fullmatch(r"(\d+)(?:\[(\d+)\])?", operand)
+    if match is None:
+        raise _UsageError(f"{operand}: Illegal job ID.")
+    job = jobs.get(match[1])
+    elements = _elements_of(state, job) if job is not None else []
+    if match[2] is not None:
+        elements = [e for e in elements if e.index == int(match[2]) and job is not None and job["array"]]
+    return elements
+
+
 def _bjobs(state: _State, argv: list[str]) -> int:
     options, operands = _split_options("bjobs", argv, _BJOBS_VALUE_OPTIONS, _BJOBS_FLAGS, stop_at_operand=False)
     jobs = state.jobs()["jobs"]
     selected: list[_Element] = []
     not_found: list[str] = []
     for operand in operands:
-        match = re.fullmatch(r"(\d+)(?:\[(\d+)\])?", operand)
-        if match is None:
-            raise _UsageError(f"{operand}: Illegal job ID.")
-        job = jobs.get(match[1])
-        elements = _elements_of(state, job) if job is not None else []
-        if match[2] is not None:
-            elements = [e for e in elements if e.index == int(match[2]) and job is not None and job["array"]]
+        elements = _lsf_operand(state, jobs, operand)
         if not elements:
             not_found.append(samples.LSF_BJOBS_NOT_FOUND_FORMAT.format(job_id=operand))
         selected += [e for e in elements if e not in selected]
@@ -744,13 +750,7 @@ def _bkill(state: _State, argv: list[str]) -> int:
     jobs = state.jobs()["jobs"]
     failed = False
     for operand in operands:
-        match = re.fullmatch(r"(\d+)(?:\[(\d+)\])?", operand)
-        if match is None:
-            raise _UsageError(f"{operand}: Illegal job ID.")
-        job = jobs.get(match[1])
-        elements = _elements_of(state, job) if job is not None else []
-        if match[2] is not None:
-            elements = [e for e in elements if e.index == int(match[2]) and job is not None and job["array"]]
+        elements = _lsf_operand(state, jobs, operand)
         if not elements:
             print(samples.LSF_BKILL_NO_MATCHING_JOB_FORMAT.format(job_id=operand), file=sys.stderr)
             failed = True

@@ -1,8 +1,9 @@
 """A network namespace for tests: a "host" whose network is not this one's.
 
 :class:`NetworkNamespace` makes a namespace of its own (``ip netns add``)
-joined to this one by a veth pair on a private /30 (10.213.x.1 here,
-10.213.x.2 inside) and nothing else: a process in it cannot reach this
+joined to this one by a veth pair on a private /30 of 10.213.0.0/16 (one
+of 16384, at random, none this host already has: its first address here,
+its second inside) and nothing else: a process in it cannot reach this
 host's loopback, so a controller listening on 127.0.0.1 is out of its reach
 unless an SSH tunnel carries the connection.  Needs root and iproute2 (``ip``).
 
@@ -40,6 +41,17 @@ def _ip(*args: str) -> str:
     return done.stdout
 
 
+def _free_pair() -> tuple[str, str]:
+    """The two usable addresses of a /30 of 10.213.0.0/16 that no interface here is in."""
+    taken = _ip("-o", "-4", "addr", "show")
+    for _ in range(100):
+        block = secrets.randbelow(1 << 14) * 4  # the /30's offset in the /16
+        first = f"10.213.{block >> 8}.{(block & 0xFF) + 1}"
+        if f" {first}/" not in taken and f" 10.213.{block >> 8}.{(block & 0xFF) + 2}/" not in taken:
+            return first, f"10.213.{block >> 8}.{(block & 0xFF) + 2}"
+    raise RuntimeError("no free /30 in 10.213.0.0/16 for a test network namespace")
+
+
 class NetworkNamespace:
     """A namespace ``cltest-<token>`` with a veth pair to this one."""
 
@@ -48,9 +60,7 @@ class NetworkNamespace:
         self.name = f"cltest-{token}"
         self.outside_interface = f"clo{token}"  # interface names: 15 characters at most
         self.inside_interface = f"cli{token}"
-        subnet = int(token, 16) % 250 + 1
-        self.outside_address = f"10.213.{subnet}.1"
-        self.inside_address = f"10.213.{subnet}.2"
+        self.outside_address, self.inside_address = _free_pair()
         self._made: list[str] = []
 
     def start(self) -> NetworkNamespace:

@@ -10,30 +10,19 @@ from pathlib import Path
 
 import pytest
 from cluster_launcher_lsf import LSFControllerLauncher, LSFEngineSetLauncher
-from traitlets.config import Config
 
 from cluster_launcher import plugins
 from cluster_launcher.launcher import JobState
 from cluster_launcher.testing import batch_samples as samples
+from cluster_launcher.testing.golden import golden_dry_run, matches_golden
 
 GOLDEN = Path(__file__).parent / "golden"
-PROFILE = "/home/me/.cluster-launcher/profile_batch"
-
-
-def _config() -> Config:
-    config = Config()
-    config.LSFLauncher.queue = "short"
-    config.LSFLauncher.walltime = "01:00:00"
-    config.LSFEngineSetLauncher.engine_cmd = ["python3", "-m", "cluster_launcher", "engine"]
-    config.LSFControllerLauncher.controller_cmd = ["python3", "-m", "cluster_launcher", "controller"]
-    return config
 
 
 @pytest.mark.parametrize("cls, n, golden", [(LSFEngineSetLauncher, 4, "engines.txt"),
                                             (LSFControllerLauncher, 1, "controller.txt")])
 def test_dry_run_is_the_golden_job_script(cls, n, golden):
-    launcher = cls(config=_config(), profile_dir=PROFILE, cluster_id="c1")
-    assert "\n".join(launcher.dry_run(n)) + "\n" == (GOLDEN / golden).read_text()
+    assert matches_golden(golden_dry_run(cls, n), GOLDEN / golden)
 
 
 def test_names_users_write_resolve():

@@ -7,34 +7,24 @@ Slurm behind the wrappers runs in tests/test_batch_systems.py."""
 
 from __future__ import annotations
 
+import getpass
 import sys
 from pathlib import Path
 
 import pytest
 from cluster_launcher_pbs import PBSControllerLauncher, PBSEngineSetLauncher
-from traitlets.config import Config
 
 from cluster_launcher import plugins
 from cluster_launcher.launcher import JobState
+from cluster_launcher.testing.golden import golden_dry_run, matches_golden
 
 HERE = Path(__file__).parent
-PROFILE = "/home/me/.cluster-launcher/profile_batch"
-
-
-def _config() -> Config:
-    config = Config()
-    config.PBSLauncher.queue = "short"
-    config.PBSLauncher.walltime = "01:00:00"
-    config.PBSEngineSetLauncher.engine_cmd = ["python3", "-m", "cluster_launcher", "engine"]
-    config.PBSControllerLauncher.controller_cmd = ["python3", "-m", "cluster_launcher", "controller"]
-    return config
 
 
 @pytest.mark.parametrize("cls, n, golden", [(PBSEngineSetLauncher, 4, "engines.txt"),
                                             (PBSControllerLauncher, 1, "controller.txt")])
 def test_dry_run_is_the_golden_job_script(cls, n, golden):
-    launcher = cls(config=_config(), profile_dir=PROFILE, cluster_id="c1", name_token="abc123")
-    assert "\n".join(launcher.dry_run(n)) + "\n" == (HERE / "golden" / golden).read_text()
+    assert matches_golden(golden_dry_run(cls, n, name_token="abc123"), HERE / "golden" / golden)
 
 
 def test_pbs_pro_arrays():
@@ -67,14 +57,33 @@ def test_job_id_from_qsub(output, job_id):
     assert PBSEngineSetLauncher().parse_job_id(output) == job_id
 
 
+def _captured_qstat(name: str, launcher: PBSEngineSetLauncher, owner: str | None = None) -> str:
+    """A captured ``qstat -f`` (jobs named 'pbs-tok', owned by root), as if this launcher had submitted them."""
+    text = (HERE / "captured" / name).read_text().replace("= pbs-tok", f"= {launcher.default_job_name()}")
+    return text.replace("Job_Owner = root@", f"Job_Owner = {owner or getpass.getuser()}@")
+
+
 def test_sub_jobs_are_found_by_name_as_qstat_printed_them():
-    launcher = PBSEngineSetLauncher(job_name="pbs-tok")
-    states = launcher.parse_states((HERE / "captured" / "qstat-f.txt").read_text(), ["6"])
+    launcher = PBSEngineSetLauncher()
+    states = launcher.parse_states(_captured_qstat("qstat-f.txt", launcher), ["6"])
     assert states["6"].states == [JobState.RUNNING, JobState.RUNNING] and states["6"].running == 2
     assert launcher.member_ids == ["7"]  # the wrapper gave the second sub-job an id of its own
     assert launcher.delete_argvs(["6"]) == [["qdel", "6", "7"]]
-    after = launcher.parse_states((HERE / "captured" / "qstat-f-after-qdel.txt").read_text(), ["6"])
+    after = launcher.parse_states(_captured_qstat("qstat-f-after-qdel.txt", launcher), ["6"])
     assert after["6"].states == [JobState.DONE, JobState.DONE] and not after["6"].active  # C: no exit status told
+
+
+@pytest.mark.parametrize("how", ["a name you chose", "another user's job"])
+def test_only_our_own_name_and_our_own_jobs_are_adopted(how):
+    """qstat lists every user's jobs: a job of a name you chose may be anyone's, and one of another
+    user is never ours, so neither is polled nor deleted as a sub-job of this launcher's."""
+    launcher = PBSEngineSetLauncher(**({"job_name": "ipython"} if how == "a name you chose" else {}))
+    text = _captured_qstat("qstat-f.txt", launcher, owner="someone-else" if how == "another user's job" else None)
+    if how == "a name you chose":
+        text = text.replace(f"= {launcher.default_job_name()}", "= ipython")
+    states = launcher.parse_states(text, ["6"])
+    assert states["6"].states == [JobState.RUNNING] and launcher.member_ids == []
+    assert launcher.delete_argvs(["6"]) == [["qdel", "6"]]
 
 
 def test_exit_status_of_a_real_torque_refines_completed():

@@ -12,30 +12,19 @@ from pathlib import Path
 
 import pytest
 from cluster_launcher_sge import SGEControllerLauncher, SGEEngineSetLauncher, _count_tasks
-from traitlets.config import Config
 
 from cluster_launcher import plugins
 from cluster_launcher.error import ClusterError
 from cluster_launcher.launcher import JobState
+from cluster_launcher.testing.golden import golden_dry_run, matches_golden
 
 HERE = Path(__file__).parent
-PROFILE = "/home/me/.cluster-launcher/profile_batch"
-
-
-def _config() -> Config:
-    config = Config()
-    config.SGELauncher.queue = "short.q"
-    config.SGELauncher.walltime = "01:00:00"
-    config.SGEEngineSetLauncher.engine_cmd = ["python3", "-m", "cluster_launcher", "engine"]
-    config.SGEControllerLauncher.controller_cmd = ["python3", "-m", "cluster_launcher", "controller"]
-    return config
 
 
 @pytest.mark.parametrize("cls, n, golden", [(SGEEngineSetLauncher, 4, "engines.txt"),
                                             (SGEControllerLauncher, 1, "controller.txt")])
 def test_dry_run_is_the_golden_job_script(cls, n, golden):
-    launcher = cls(config=_config(), profile_dir=PROFILE, cluster_id="c1")
-    assert "\n".join(launcher.dry_run(n)) + "\n" == (HERE / "golden" / golden).read_text()
+    assert matches_golden(golden_dry_run(cls, n, queue="short.q"), HERE / "golden" / golden)
 
 
 def test_names_users_write_resolve():

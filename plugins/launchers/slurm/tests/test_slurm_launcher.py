@@ -11,29 +11,18 @@ from pathlib import Path
 
 import pytest
 from cluster_launcher_slurm import STATES, SlurmControllerLauncher, SlurmEngineSetLauncher
-from traitlets.config import Config
 
 from cluster_launcher import plugins
 from cluster_launcher.launcher import JobState
+from cluster_launcher.testing.golden import golden_dry_run, matches_golden
 
 HERE = Path(__file__).parent
-PROFILE = "/home/me/.cluster-launcher/profile_batch"
-
-
-def _config() -> Config:
-    config = Config()
-    config.SlurmLauncher.queue = "short"
-    config.SlurmLauncher.walltime = "01:00:00"
-    config.SlurmEngineSetLauncher.engine_cmd = ["python3", "-m", "cluster_launcher", "engine"]
-    config.SlurmControllerLauncher.controller_cmd = ["python3", "-m", "cluster_launcher", "controller"]
-    return config
 
 
 @pytest.mark.parametrize("cls, n, golden", [(SlurmEngineSetLauncher, 4, "engines.txt"),
                                             (SlurmControllerLauncher, 1, "controller.txt")])
 def test_dry_run_is_the_golden_job_script(cls, n, golden):
-    launcher = cls(config=_config(), profile_dir=PROFILE, cluster_id="c1")
-    assert "\n".join(launcher.dry_run(n)) + "\n" == (HERE / "golden" / golden).read_text()
+    assert matches_golden(golden_dry_run(cls, n), HERE / "golden" / golden)
 
 
 def test_names_users_write_resolve():

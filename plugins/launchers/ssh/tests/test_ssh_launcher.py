@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import sys
 
 import psutil
@@ -261,3 +262,42 @@ def test_agent_errors_are_one_line_replies(agent_home):
     out = io.StringIO()
     agent_main(io.StringIO('{"protocol": 1, "op": "prepare", "profiles": [{"profile_dir": "/proc/x"}]}'), out)
     assert json.loads(out.getvalue())["error"].startswith("ConfigError: /proc/x: cannot create the profile directory")
+
+
+def test_agent_spawn_is_all_or_none(agent_home):
+    """The second process cannot start (its log is a folder): the first, already
+    running, is stopped, and the reply is the error (no PID the caller would lose)."""
+    (agent_home / "second.log").mkdir()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)", str(agent_home / "marker")]
+    out = io.StringIO()
+    request = {"protocol": AGENT_PROTOCOL, "op": "spawn",
+               "processes": [{"argv": sleeper, "log": str(agent_home / "first.log")},
+                             {"argv": sleeper, "log": str(agent_home / "second.log")}]}
+    agent_main(io.StringIO(json.dumps(request)), out)
+    assert json.loads(out.getvalue())["error"].startswith("IsADirectoryError: ")
+    assert (agent_home / "first.log").read_text().startswith("--- ")  # it had started
+    wait_for(lambda: not running_with(str(agent_home / "marker")), 10, "the first process to be stopped")
+
+
+def test_agent_never_signals_a_record_without_a_start_token(agent_home):
+    code = "import time; print(READY, flush=True); time.sleep(120)"
+    answer = _spawn(agent_home, code)
+    wait_for(lambda: _ready(agent_home), 20, "the process to start")
+    tokenless = {"pid": answer["pid"], "token": "", "log": answer["log"], "offset": answer["offset"]}
+    assert _agent("signal", processes=[tokenless], signal=int(signal.SIGTERM)) == [False]
+    (spared,) = _agent("stop", processes=[tokenless], wait=0.5)
+    assert spared["was_running"] is False and psutil.pid_exists(answer["pid"])
+    (stopped,) = _agent("stop", processes=[{**tokenless, "token": answer["token"]}], wait=20)
+    assert stopped["was_running"] is True and stopped["gone"] is True
+
+
+def test_agent_runs_a_program_under_the_remote_home(agent_home):
+    """remote_python = '~/venv/bin/python': the program is the remote home's."""
+    (agent_home / "venv" / "bin").mkdir(parents=True)
+    (agent_home / "venv" / "bin" / "python").symlink_to(sys.executable)
+    argv = ["~/venv/bin/python", "-c", "import sys; print('ran', sys.argv[1])", str(agent_home / "marker")]
+    (answer,) = _agent("spawn", processes=[{"argv": argv, "log": str(agent_home / "p.log")}])
+    record = {"pid": answer["pid"], "token": answer["token"], "log": answer["log"], "offset": answer["offset"]}
+    wait_for(lambda: not _agent("status", processes=[record])[0]["running"], 20, "the program to end")
+    (status,) = _agent("status", processes=[record])
+    assert status["code"] == 0 and status["tail"] == [f"ran {agent_home / 'marker'}"]

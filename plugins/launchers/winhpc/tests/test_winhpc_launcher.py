@@ -12,34 +12,23 @@ from pathlib import Path
 
 import pytest
 from cluster_launcher_winhpc import STATES, WindowsHPCControllerLauncher, WindowsHPCEngineSetLauncher
-from traitlets.config import Config
 
 from cluster_launcher import plugins
 from cluster_launcher.error import ConfigError
 from cluster_launcher.protocol.connection import ENGINE_CONNECTION_ENV
 from cluster_launcher.testing import batch_samples as samples
+from cluster_launcher.testing.golden import golden_dry_run, matches_golden
 
 GOLDEN = Path(__file__).parent / "golden"
-PROFILE = "/home/me/.cluster-launcher/profile_batch"
-
-
-def _config() -> Config:
-    config = Config()
-    config.WindowsHPCLauncher.queue = "short"
-    config.WindowsHPCLauncher.walltime = "01:00:00"
-    config.WindowsHPCEngineSetLauncher.engine_cmd = ["python3", "-m", "cluster_launcher", "engine"]
-    config.WindowsHPCControllerLauncher.controller_cmd = ["python3", "-m", "cluster_launcher", "controller"]
-    return config
 
 
 @pytest.mark.parametrize("cls, n, golden", [(WindowsHPCEngineSetLauncher, 4, "engines.txt"),
                                             (WindowsHPCControllerLauncher, 1, "controller.txt")])
 def test_dry_run_is_the_golden_job_description(cls, n, golden):
-    launcher = cls(config=_config(), profile_dir=PROFILE, cluster_id="c1")
-    assert "\n".join(launcher.dry_run(n)) + "\n" == (GOLDEN / golden).read_text()
+    assert matches_golden(golden_dry_run(cls, n), GOLDEN / golden)
 
 
-def test_the_description_has_ipythons_form_and_the_connection_in_each_task(tmp_path):
+def test_the_description_has_ipythons_form(tmp_path):
     launcher = WindowsHPCEngineSetLauncher(profile_dir=str(tmp_path), cluster_id="c1")
     job = ET.fromstring(launcher.job_script_text(2, dry_run=True).split("\n", 1)[1])
     ours = ET.fromstring(samples.WINHPC_IPYTHON_JOB_XML.split("\n", 1)[1])
@@ -47,8 +36,18 @@ def test_the_description_has_ipythons_form_and_the_connection_in_each_task(tmp_p
     tasks = job.findall(f"{{{samples.WINHPC_JOB_NAMESPACE}}}Tasks/{{{samples.WINHPC_JOB_NAMESPACE}}}Task")
     assert len(tasks) == 2
     assert set(tasks[0].attrib) <= set(samples.WINHPC_TASK_ATTRIBUTES)
-    names = [n.text for n in tasks[1].iter(f"{{{samples.WINHPC_JOB_NAMESPACE}}}Name")]
-    assert names == [ENGINE_CONNECTION_ENV]
+
+
+@pytest.mark.parametrize("in_environment", [False, True])
+def test_the_key_is_in_the_tasks_environment_only_when_asked(tmp_path, in_environment):
+    """Other users of an HPC Pack cluster see a task's environment: by default
+    the engines read the profile's connection file (on a share) instead."""
+    launcher = WindowsHPCEngineSetLauncher(profile_dir=str(tmp_path), cluster_id="c1",
+                                           connection_in_job=in_environment,
+                                           environment={"OMP_NUM_THREADS": "1"})
+    job = ET.fromstring(launcher.job_script_text(2, dry_run=True).split("\n", 1)[1])
+    names = [n.text for n in job.iter(f"{{{samples.WINHPC_JOB_NAMESPACE}}}Name")]
+    assert names == ["OMP_NUM_THREADS", *([ENGINE_CONNECTION_ENV] if in_environment else [])] * 2
 
 
 def test_names_users_write_resolve():
