@@ -420,8 +420,9 @@ class SSHLauncher(Launcher):
                     "its two connection files, into this profile's security folder; [] fetches nothing "
                     "(a shared filesystem).").tag(config=True)
     transport = Unicode("sftp", help="The connection-file transport that moves to_send and to_fetch: 'sftp' "
-                        "(over the launcher's own SSH connection), 'file' (a shared filesystem), or another "
-                        "installed one.").tag(config=True)
+                        "(over the launcher's own SSH connection), 'file' (a copy made on this host, for remote paths "
+                        "that are the same here: a filesystem both mount at the same path), or another installed "
+                        "one.").tag(config=True)
     ssh_timeout = Float(30.0, min=1.0, help="Seconds a login, or one command run over SSH, may take.").tag(
         config=True, state=True)
     poll_interval = Float(2.0, min=0.0, help="Seconds between two asks of a host whether its processes still "
