@@ -133,6 +133,17 @@ class EvalFormatter(string.Formatter):
         return super().format_field(value, format_spec)
 
 
+def _exit_code(states: dict[str, JobStatus]) -> int | None:
+    """:meth:`Launcher.poll`'s answer for jobs in ``states``: None while one
+    is queued or running, else the highest exit code told (1 for a job that
+    failed without one)."""
+    if any(status.active for status in states.values()):
+        return None
+    codes = [status.exit_code for status in states.values() if status.exit_code is not None]
+    failed = any(s.state in (JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT) for s in states.values())
+    return max(codes, default=1 if failed else 0)
+
+
 def _shell_words(args: Sequence[str]) -> str:
     return " ".join(shlex.quote(arg) for arg in args)
 
@@ -498,12 +509,7 @@ class BatchSystemLauncher(Launcher):
         return states
 
     def poll(self) -> int | None:
-        states = self.job_states()
-        if any(status.active for status in states.values()):
-            return None
-        codes = [status.exit_code for status in states.values() if status.exit_code is not None]
-        failed = any(s.state in (JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT) for s in states.values())
-        return max(codes, default=1 if failed else 0)
+        return _exit_code(self.job_states())
 
     def exited(self) -> list[tuple[int, str, list[str]]]:
         reports = []
@@ -539,8 +545,7 @@ class BatchSystemLauncher(Launcher):
         the scheduler afresh every half second (someone waits for the answer)."""
         deadline = time.monotonic() + timeout
         while True:
-            self.job_states(fresh=True)
-            code = self.poll()
+            code = _exit_code(self.job_states(fresh=True))
             if code is not None or time.monotonic() >= deadline:
                 return code
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
@@ -574,6 +579,7 @@ class BatchSystemLauncher(Launcher):
                 self.log.debug("%s: %s", _shell_words(argv), done.stderr.strip() or done.stdout.strip())
         if not active or self.wait(max(self.stop_timeout, 1.0) * 6) is not None:
             return
-        self.killed = tuple(f"{self.system} job {job_id} still {self.job_states()[job_id].describe()} after "
+        left = self._states  # the answer wait() just had
+        self.killed = tuple(f"{self.system} job {job_id} still {left[job_id].describe()} after "
                             f"{_shell_words(self.delete_argvs([job_id])[0])}" for job_id in active
-                            if self.job_states()[job_id].active)
+                            if left[job_id].active)

@@ -323,7 +323,7 @@ class _AcceptNewHost(_HostKeyPolicy):
 
 def _explained(exc: BaseException, target: SSHTarget) -> SSHError | None:
     """The one-line error a failed login becomes (None: not a login failure)."""
-    reason = _reason(exc)
+    reason = error_reason(exc)
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         # "[Errno None] Unable to connect to port 22 on 10.0.0.5": the cause is in each address's error.
         reason = "; ".join(sorted({getattr(error, "strerror", None) or str(error)
@@ -416,7 +416,7 @@ def connect_ssh(destination: str, timeout: float, keyfile: str | None = None,
                 sock = paramiko.ProxyCommand(target.proxy_command)
             except (OSError, ValueError, paramiko.SSHException) as exc:
                 raise SSHError(f"cannot reach SSH server {target.where}{target.origin}: its ProxyCommand "
-                               f"{target.proxy_command!r} cannot run: {_reason(exc)}") from None
+                               f"{target.proxy_command!r} cannot run: {error_reason(exc)}") from None
         client = _login(target, timeout, sock)
     except BaseException:
         for jump in reversed(jumps):
@@ -465,10 +465,11 @@ def _open_hop(jump: SSHConnection, to: SSHTarget, timeout: float, target: SSHTar
     except (OSError, EOFError, paramiko.SSHException) as exc:
         raise SSHError(f"cannot reach SSH server {target.where}{target.origin} via ProxyJump {target.proxy_jump}: "
                        f"the jump host {jump.target.where} cannot open a connection to {to.hostname} port "
-                       f"{to.port}: {_reason(exc)}") from None
+                       f"{to.port}: {error_reason(exc)}") from None
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
+    """``exc`` as one line: its message, else its type's name."""
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -539,7 +540,7 @@ class SSHConnection:
             channel = self.transport.open_session(timeout=timeout)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise SSHError(f"SSH server {self.target.where}{self.target.origin}: cannot run a command: "
-                           f"{_reason(exc)}") from None
+                           f"{error_reason(exc)}") from None
         stdout, stderr = bytearray(), bytearray()
         try:
             channel.exec_command(command)
@@ -561,7 +562,7 @@ class SSHConnection:
             status = channel.recv_exit_status()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise SSHError(f"SSH server {self.target.where}{self.target.origin}: the connection failed while "
-                           f"{argv[0]} ran: {_reason(exc)}") from None
+                           f"{argv[0]} ran: {error_reason(exc)}") from None
         finally:
             channel.close()
         return RemoteResult(status, bytes(stdout), bytes(stderr), command)
@@ -573,7 +574,7 @@ class SSHConnection:
                 try:
                     sftp = paramiko.SFTPClient.from_transport(self.transport)
                 except (OSError, EOFError, paramiko.SSHException) as exc:
-                    sftp, reason = None, f": {_reason(exc)}"
+                    sftp, reason = None, f": {error_reason(exc)}"
                 else:
                     reason = ""
                 if sftp is None:

@@ -20,7 +20,7 @@ import threading
 import paramiko
 
 from ..error import SSHError
-from .ssh import SSHConnection, connect_ssh
+from .ssh import SSHConnection, connect_ssh, error_reason
 
 log = logging.getLogger("cluster_launcher.tunnel")
 
@@ -236,7 +236,7 @@ class Tunnel:
             except (OSError, EOFError, paramiko.SSHException, SSHError) as exc:
                 level = logging.DEBUG if self._failing else logging.WARNING
                 log.log(level, "SSH server %s cannot open a connection to %s:%d: %s", self.connection.target.where,
-                        self.remote_host, self.remote_port, " ".join(str(exc).split()) or type(exc).__name__)
+                        self.remote_host, self.remote_port, error_reason(exc))
                 self._failing = True
                 local.close()
                 continue
