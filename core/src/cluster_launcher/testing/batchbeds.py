@@ -742,10 +742,11 @@ class CondorBed(_Bed):
     ``LOCAL_DIR`` (logs, spool, execute, lock, run) there too, and the collector on a free port.  The
     node has one partitionable slot of :data:`SLOTS` CPUs; negotiation every second.
 
-    Inside the chroot, ``/proc`` and the host's ``/tmp`` are mounted at the same paths (so are the
-    directory, if not under ``/tmp``, ``mounts`` and, with ``share_python``, read-only, the folders this
-    Python interpreter and its packages live in: a job can run ``sys.executable``); ``stop()`` unmounts
-    them.
+    Inside the chroot, ``/proc``, the directory and, read-only, ``mounts`` and (``share_python``) the
+    folders this Python interpreter and its packages live in are mounted at the same paths: a job can
+    run ``sys.executable``.  Each is mounted on its own, under folders of the chroot's own made 0755 where
+    missing, so a checkout the submit user could not reach on this host (under a 0700 ``mktemp -d``
+    folder) is reachable there; ``stop()`` unmounts them and removes the folders it made.
 
     HTCondor refuses jobs owned by root: jobs are submitted as :data:`CONDOR_USER` (uid and gid
     :data:`CONDOR_UID`), which is what the ``condor_*`` commands of :meth:`env` (wrappers in
@@ -757,7 +758,7 @@ class CondorBed(_Bed):
     - what a job reads must be readable by it, and the folders it writes to (``output``, ``error``,
       ``log``, its ``initialdir``) writable by it: :meth:`job_dir` makes such a folder, owned by the
       submit user;
-    - ``condor_submit`` must run in a folder visible in the chroot (under ``/tmp`` or the mounts);
+    - ``condor_submit`` must run in a folder visible in the chroot (the directory, or the mounts);
     - a job gets none of the submitter's environment unless ``getenv = true`` (then the caller's, with
       the chroot's PATH): name programs by absolute path (``sys.executable``);
     - the submit user cannot read what root keeps private (a root controller's 0600 connection files
@@ -779,6 +780,7 @@ class CondorBed(_Bed):
         self.share_python = share_python
         self.extra_mounts = [os.path.abspath(path) for path in mounts]
         self.mounted: list[Path] = []
+        self.made: list[Path] = []  # folders of the chroot made to mount on, removed at stop
         self.port = 0
         self.submit_user = CONDOR_USER
         self.submit_uid = CONDOR_UID
@@ -827,9 +829,7 @@ class CondorBed(_Bed):
 
     def mount_points(self) -> list[str]:
         """The host folders mounted at the same path inside the chroot while the bed runs."""
-        paths = ["/tmp"]
-        if not _under(str(self.directory), paths):
-            paths.append(str(self.directory))
+        paths = [str(self.directory)]
         for path in [*self.extra_mounts, *(python_paths(skip=paths) if self.share_python else [])]:
             if not _under(path, paths):
                 paths.append(path)
@@ -851,7 +851,7 @@ class CondorBed(_Bed):
         # The chroot resolves this host's name as the host does ("could not look up 'vm'" otherwise).
         self._mount("/etc/hosts", "/etc/hosts", "--bind", read_only=True)
         for path in self.mount_points():
-            self._mount(path, path, "--bind", read_only=path not in ("/tmp", str(self.directory)))
+            self._mount(path, path, "--bind", read_only=path != str(self.directory))
         log = self.local_dir / "log"
         self._spawn("condor_master", ["/usr/sbin/chroot", str(self.root), "/usr/sbin/condor_master", "-f"],
                     {"CONDOR_CONFIG": str(self.conf), "PATH": CHROOT_PATH},
@@ -924,8 +924,10 @@ MachineMaxVacateTime = 2
         """Mount ``source`` at ``path`` inside the chroot.  Mounts stack: two beds may mount the same
         folder at once, and each unmounts one."""
         target = self.root / path.lstrip("/")
-        if not target.exists():
-            target.mkdir(parents=True)
+        missing = [folder for folder in [target, *target.parents] if not folder.exists()]
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o755)  # searchable by the submit user, whatever the host's folder is
+            self.made.append(folder)
         commands = [["/usr/bin/mount", *options, source, str(target)]]
         if read_only:
             commands.append(["/usr/bin/mount", "-o", "remount,bind,ro", str(target)])
@@ -949,6 +951,11 @@ MachineMaxVacateTime = 2
                                   timeout=30)
             if done.returncode != 0:
                 failed.append(f"{target} ({done.stderr.strip()})")
+        while self.made:
+            try:
+                self.made.pop().rmdir()  # deepest first; one another bed still mounts on stays
+            except OSError:
+                pass
         if failed:
             raise BedError(f"could not unmount {', '.join(failed)}")
 
