@@ -99,7 +99,10 @@ pathlib.Path({str(tmp_path)!r}, f"submitted-{{job_id}}").write_text(script)
 jobs.write_text(jobs.read_text() + f"{{job_id}} Q\\n")
 print(f"job {{job_id}} submitted")""")
     # tmp_path/statfail, when there, holds '<code> <message>': toystat prints the message and fails.
+    # Every toystat call is a line of tmp_path/statcalls: its job ids.
     _script(bin_dir / "toystat", f"""
+with open({str(tmp_path / "statcalls")!r}, "a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "\\n")
 failure = pathlib.Path({str(tmp_path)!r}, "statfail")
 if failure.exists():
     code, message = failure.read_text().split(maxsplit=1)
@@ -120,7 +123,7 @@ jobs.write_text("".join(line + "\\n" for line in lines))""")
 
 def _engines(toy: Path, **traits) -> ToyEngineSetLauncher:
     return ToyEngineSetLauncher(**{"profile_dir": str(toy / "profile"), "cluster_id": "c1", "poll_interval": 0,
-                                   **traits})
+                                   "submit_interval": 0, **traits})
 
 
 def _set_state(toy: Path, job_id: str, state: str) -> None:
@@ -192,8 +195,9 @@ def test_template_file_is_found_in_the_profile_then_here_and_context_adds_keys(t
 
 def test_template_errors_name_the_setting_and_the_keys(toy):
     with pytest.raises(ConfigError, match=r"^ToyEngineSetLauncher.batch_template: name 'qeue' is not defined "
-                                          r"\(the keys a template can use: cluster_id, command, header, job_name, "
-                                          r"n, output, profile_dir, program_and_args, prologue, queue, walltime; "
+                                          r"\(the keys a template can use: array_throttle, cluster_id, command, "
+                                          r"header, job_name, n, output, profile_dir, program_and_args, prologue, "
+                                          r"queue, throttle, walltime; "
                                           r"add yours with c.ToyEngineSetLauncher.context\)$"):
         _engines(toy, batch_template="#TOY -q {qeue}\n").job_script_text(1)
     with pytest.raises(ConfigError, match=r"^ToyEngineSetLauncher.batch_template_file = 'nope.template': no such "
@@ -388,3 +392,114 @@ def test_no_job_id_in_the_output_is_named(toy):
     with pytest.raises(ClusterError, match=r"^\S+toyquiet printed no job id \(ToyEngineSetLauncher.job_id_regexp = "
                                            r"'job \(\\\\d\+\) submitted'\): accepted$"):
         _engines(toy, submit_command=[quiet]).start(1)
+
+
+# --- at scale: arrays split, one status command per poll, submissions spaced and retried -----------
+
+
+def _status_calls(toy: Path) -> list[str]:
+    path = toy / "statcalls"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+class ToyWholeJobLauncher(ToyEngineSetLauncher):
+    status_per_engine = False  # toystat tells a job's state, not its tasks'
+
+
+def test_engines_beyond_max_array_size_go_out_as_several_jobs(toy):
+    launcher = ToyWholeJobLauncher(profile_dir=str(toy / "profile"), cluster_id="c1", poll_interval=0,
+                                   submit_interval=0, max_array_size=4)
+    assert launcher.job_split(10) == [4, 4, 2]
+    launcher.start(10)
+    assert launcher.job_ids == ["100", "101", "102"] and launcher.job_sizes == [4, 4, 2] and launcher.n == 10
+    assert [(toy / f"submitted-{job_id}").read_text().count("#TOY -n 4") for job_id in ("100", "101")] == [1, 1]
+    assert "#TOY -n 2\n" in (toy / "submitted-102").read_text()
+    _set_state(toy, "101", "R")
+    assert launcher.active_engines() == 10 and launcher.running_engines() == 4
+    assert launcher.cancel_queued(5) == 2  # whole queued jobs, newest first: 102 (2); 100 (4) would be 6
+    assert launcher.job_states()["102"].state is JobState.CANCELLED and launcher.active_engines() == 8
+
+
+def test_the_dry_run_shows_each_job_size_once(toy):
+    lines = _engines(toy, max_array_size=4).dry_run(10)
+    assert [line.split("    #")[-1] for line in lines if line.startswith("$ ")] == [" 2 jobs of 4 engines",
+                                                                                    f"$ toysub {lines[1][4:]}"]
+
+
+def test_more_jobs_than_max_queued_jobs_is_refused_before_anything_starts(toy):
+    with pytest.raises(ConfigError, match=r"^10 engines need 3 jobs of at most ToyEngineSetLauncher.max_array_size=4, "
+                                          r"more than ToyEngineSetLauncher.max_queued_jobs=2: raise one of them$"):
+        _engines(toy, max_array_size=4, max_queued_jobs=2).check(10)
+    assert not (toy / "submitted-100").exists()
+
+
+def test_array_throttle_is_written_the_systems_way(toy):
+    class Suffixed(ToyEngineSetLauncher):
+        engines_directives = ("#TOY -a 1-{n}{throttle}",)
+        throttle_suffix = "%{array_throttle}"
+
+    class Directive(ToyEngineSetLauncher):
+        throttle_directives = ("#TOY -tc {array_throttle}",)
+
+    common = {"profile_dir": str(toy / "profile"), "cluster_id": "c1"}
+    assert "#TOY -a 1-8%2\n" in Suffixed(array_throttle=2, **common).job_script_text(8)
+    assert "#TOY -a 1-8\n" in Suffixed(**common).job_script_text(8)
+    assert "#TOY -n 8\n#TOY -tc 3\n" in Directive(array_throttle=3, **common).job_script_text(8)
+
+
+def test_one_status_command_per_poll_for_all_the_jobs_of_a_cluster(toy):
+    common = {"profile_dir": str(toy / "profile"), "cluster_id": "c1", "poll_interval": 3600, "submit_interval": 0}
+    controller = ToyControllerLauncher(**common)
+    controller.start()
+    engine_sets = [ToyEngineSetLauncher(**common) for _ in range(3)]
+    for engines in engine_sets:
+        engines.start(2)
+    assert [launcher.poll() for launcher in [controller, *engine_sets]] == [None] * 4
+    assert _status_calls(toy) == ["100 101 102 103"]  # one command, every job of the cluster in it
+    other_cluster = ToyControllerLauncher(**{**common, "cluster_id": "c2"})
+    other_cluster.start(1)
+    assert other_cluster.poll() is None and _status_calls(toy)[1:] == ["104"]  # another cluster asks for itself
+    _set_state(toy, "101", "DONE")
+    assert engine_sets[0].job_states(fresh=True)["101"].state is JobState.DONE
+    assert _status_calls(toy)[2:] == ["101 100 102 103"]
+    assert [launcher.poll() for launcher in engine_sets[1:]] == [None, None]  # the shared answer still covers them
+    assert len(_status_calls(toy)) == 3
+    engine_sets[1].job_states(fresh=True)
+    assert _status_calls(toy)[3] == "102 100 103"  # the ended job is no longer asked about
+
+
+def test_submissions_are_spaced_by_submit_interval(toy, monkeypatch):
+    slept = []
+    monkeypatch.setattr("cluster_launcher.launcher.batch._pause", slept.append)
+    _engines(toy, submit_interval=30, max_array_size=1).start(3)
+    assert len(slept) >= 2 and all(0 < pause <= 30 for pause in slept)
+
+
+def test_a_busy_scheduler_is_tried_again_with_backoff(toy, monkeypatch):
+    slept = []
+    monkeypatch.setattr("cluster_launcher.launcher.batch._pause", slept.append)
+    busy = toy / "busy-once"
+    busy.write_text("")
+    flaky = _script(toy / "bin" / "toyflaky", f"""
+import os, subprocess
+if os.path.exists({str(busy)!r}):
+    os.unlink({str(busy)!r})
+    print("toysub: error: Socket timed out on send/recv operation", file=sys.stderr)
+    sys.exit(1)
+sys.exit(subprocess.run(["toysub", *sys.argv[1:]]).returncode)""")
+    launcher = _engines(toy, submit_command=[flaky], submit_backoff=7)
+    launcher.transient_submit_markers = ("Socket timed out",)
+    launcher.start(1)
+    assert launcher.job_ids == ["100"] and slept == [7]
+
+
+def test_a_scheduler_busy_every_time_fails_after_the_retries(toy, monkeypatch):
+    slept = []
+    monkeypatch.setattr("cluster_launcher.launcher.batch._pause", slept.append)
+    busy = _script(toy / "bin" / "toybusy", "print('Socket timed out', file=sys.stderr)\nsys.exit(1)")
+    launcher = _engines(toy, submit_command=[busy], submit_backoff=1, submit_retries=2)
+    launcher.transient_submit_markers = ("Socket timed out",)
+    with pytest.raises(ClusterError, match=r"failed with code 1: Socket timed out \(tried 3 times; "
+                                           r"ToyEngineSetLauncher.submit_retries\)$"):
+        launcher.start(1)
+    assert slept == [1, 2] and launcher.job_ids == []

@@ -59,6 +59,8 @@ def sample(name: str, trait: TraitType[Any, Any], serial: int) -> Any:
     element = trait._trait if isinstance(trait, List) else None
     if isinstance(element, Instance) and isinstance(element.klass, type) and issubclass(element.klass, Launcher):
         return [filled(element.klass, serial * 10 + i) for i in (1, 2)]
+    if isinstance(element, Integer):  # a list of numbers (BatchSystemLauncher.job_sizes)
+        return [serial * 10 + 1, serial * 10 + 2]
     if isinstance(element, List):  # a list of lists (SSHEngineSetLauncher.sent: [host, path] pairs)
         return [[f"{name}-{serial}-{i}", f"{name}-{serial}-{i}-b"] for i in (1, 2)]
     if isinstance(trait, Unicode):

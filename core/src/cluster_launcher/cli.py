@@ -187,6 +187,13 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
          (("--dry-run",), "dry_run", "Cluster.dry_run",
           {"action": "store_true", "help": "Print the commands and job scripts it would run or submit; start "
            "nothing."}),
+         (("--adapt",), "adapt", ("Cluster.adaptive", "True"),
+          {"action": "store_true", "help": "Scale the engines with the load: more while tasks wait, fewer once "
+           "idle (starts --min engines unless -n is given; stays in the foreground)."}),
+         (("--min",), "adapt_minimum", "Cluster.adapt_minimum",
+          {"type": int, "metavar": "N", "help": "The fewest engines --adapt keeps (default 0)."}),
+         (("--max",), "adapt_maximum", "Cluster.adapt_maximum",
+          {"type": int, "metavar": "N", "help": "The most engines --adapt asks for (default 64)."}),
         *DB_FLAGS,
         *NETWORK_FLAGS,
      ]),

@@ -40,6 +40,9 @@ class LSFLauncher(BatchSystemLauncher):
     submit_on_stdin = True
     # bjobs about a job it has forgotten (after CLEAN_PERIOD): "Job <N> is not found", code 255.
     unknown_job_markers = ("is not found",)
+    throttle_suffix = "%{array_throttle}"
+    # bsub when mbatchd is busy or down ("LSF is down. Please wait ...", "Batch system not responding").
+    transient_submit_markers = ("LSF is down", "not responding", "Please wait")
 
     submit_command = List(Unicode(), ["bsub"], help="The LSF submit command (the job script goes to its "
                           "stdin).").tag(config=True)
@@ -76,7 +79,7 @@ class LSFControllerLauncher(LSFLauncher, ControllerLauncher):
 class LSFEngineSetLauncher(LSFLauncher, EngineSetLauncher):
     """``n`` engines as the elements of one LSF job array."""
 
-    name_directives = ('#BSUB -J "{job_name}[1-{n}]"', "#BSUB -o {output}")
+    name_directives = ('#BSUB -J "{job_name}[1-{n}]{throttle}"', "#BSUB -o {output}")
     output_pattern = "{job_name}-%J.%I.out"
 
 

@@ -49,6 +49,9 @@ class PBSLauncher(BatchSystemLauncher):
     output_pattern = "{job_name}.out"
     # qstat about a job it no longer keeps: "qstat: Unknown Job Id 1234.server", code 153.
     unknown_job_markers = ("Unknown Job Id",)
+    # qsub when the server is busy or down ("Connection refused", "cannot connect to server").
+    transient_submit_markers = ("cannot connect to server", "Connection refused", "Resource temporarily unavailable",
+                                "Socket timed out", "Unable to contact slurm controller")
 
     submit_command = List(Unicode(), ["qsub"], help="The PBS submit command.").tag(config=True)
     delete_command = List(Unicode(), ["qdel"], help="The PBS delete command.").tag(config=True)
@@ -76,7 +79,15 @@ class PBSLauncher(BatchSystemLauncher):
         return [[*self.delete_command, *dict.fromkeys([*job_ids, *self.member_ids])]]
 
     def template_values(self, n: int) -> dict[str, Any]:
-        return {**super().template_values(n), "array_option": self.array_option}
+        # Torque throttles an array in its range (-t 1-8%2); PBS Pro, whose -J takes none, by an attribute.
+        throttle = f"%{self.array_throttle}" if self.array_throttle and self.array_option == "-t" else ""
+        return {**super().template_values(n), "array_option": self.array_option, "throttle": throttle}
+
+    def header_template(self) -> str:
+        header = super().header_template()
+        if self.role == "engines" and self.array_throttle and self.array_option == "-J":
+            header += "\n#PBS -W max_run_subjobs={array_throttle}"
+        return header
 
     def submit_argv(self, script_path: str, script: str) -> list[str]:
         # As qsub reads them: the directives before the first command, a comment after one ignored.
@@ -127,7 +138,7 @@ class PBSControllerLauncher(PBSLauncher, ControllerLauncher):
 class PBSEngineSetLauncher(PBSLauncher, EngineSetLauncher):
     """``n`` engines as the sub-jobs of one PBS job array."""
 
-    engines_directives = ("#PBS {array_option} 1-{n}",)
+    engines_directives = ("#PBS {array_option} 1-{n}{throttle}",)
 
 
 @hookimpl

@@ -57,6 +57,9 @@ class SGELauncher(BatchSystemLauncher):
     # An execution host spools each job's script world-readable (execd's job_scripts/<id>, 0755): the
     # engines read the profile's connection file unless connection_in_job is set.
     job_is_private = False
+    throttle_directives = ("#$ -tc {array_throttle}",)
+    # qsub when the qmaster is busy or down ("unable to contact qmaster using port 6444 on host ...").
+    transient_submit_markers = ("unable to contact qmaster", "commlib error", "failed receiving gdi request")
 
     submit_command = List(Unicode(), ["qsub", "-terse"], help="The Grid Engine submit command.").tag(config=True)
     delete_command = List(Unicode(), ["qdel"], help="The Grid Engine delete command.").tag(config=True)

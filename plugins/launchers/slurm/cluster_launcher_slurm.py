@@ -1,14 +1,18 @@
 """The controller and engines as Slurm jobs: ``sbatch`` submits, ``squeue``
 tells their states, ``scancel`` deletes them.
 
-``start --engines=Slurm -n 8`` submits one job of 8 tasks, whose script runs
-``srun <engine command>``: Slurm starts the 8 engines, on as many nodes as
-it gives the job.  ``--controller=Slurm`` submits a one-task job running the
+``start --engines=Slurm -n 8`` submits one job array of 8 tasks
+(``--array=1-8``), each running one engine (``exec <engine command>``), on
+whatever node Slurm gives it: one job id, one ``squeue`` line per engine, and
+``scancel`` of that id stops them all.  More than ``max_array_size`` engines
+go out as several arrays; ``array_throttle`` caps how many run at once.
+``--controller=Slurm`` submits a one-task job running the
 controller; its profile folder must then be one both hosts see.
 """
 
 from __future__ import annotations
 
+import getpass
 import re
 from collections.abc import Sequence
 
@@ -44,6 +48,11 @@ class SlurmLauncher(BatchSystemLauncher):
     output_pattern = "{job_name}-%j.out"
     # squeue, asked about a job it has purged: "slurm_load_jobs error: Invalid job id specified", code 1.
     unknown_job_markers = ("Invalid job id specified",)
+    # sbatch when slurmctld is busy or unreachable ("Batch job submission failed: Socket timed out on
+    # send/recv operation", "Unable to contact slurm controller (connect failure)").
+    transient_submit_markers = ("Socket timed out", "Unable to contact slurm controller",
+                                "Resource temporarily unavailable", "Slurm temporarily unable")
+    throttle_suffix = "%{array_throttle}"
 
     submit_command = List(Unicode(), ["sbatch", "--parsable"], help="The Slurm submit command.").tag(config=True)
     delete_command = List(Unicode(), ["scancel"], help="The Slurm delete command.").tag(config=True)
@@ -66,8 +75,13 @@ class SlurmLauncher(BatchSystemLauncher):
             status.native, status.reason = native, reason.strip()
         return statuses
 
+    def submitted_jobs_named(self, job_name: str) -> list[str]:
+        done = self.run_command(["squeue", "--noheader", f"--user={getpass.getuser()}", f"--name={job_name}",
+                                 "--format=%F"], check=False)
+        return list(dict.fromkeys(done.stdout.split())) if done.returncode == 0 else []
+
     def output_path(self, job_id: str) -> str:
-        return self.output_file.replace("%j", job_id)
+        return self.output_file.replace("%j", job_id).replace("%A", job_id).replace("%a", "1")
 
 
 class SlurmControllerLauncher(SlurmLauncher, ControllerLauncher):
@@ -77,11 +91,12 @@ class SlurmControllerLauncher(SlurmLauncher, ControllerLauncher):
 
 
 class SlurmEngineSetLauncher(SlurmLauncher, EngineSetLauncher):
-    """``n`` engines as the ``n`` tasks of one Slurm job, started by ``srun``."""
+    """``n`` engines as the ``n`` tasks of one Slurm job array, one engine each."""
 
-    engines_directives = ("#SBATCH --ntasks={n}",)
-    status_per_engine = False  # srun starts them all: squeue tells the job's state
-    default_template = "#!/bin/sh\n{header}\n{prologue}srun {command}\n"
+    engines_directives = ("#SBATCH --array=1-{n}{throttle}", "#SBATCH --ntasks=1")
+    output_pattern = "{job_name}-%A_%a.out"
+    # The engine is the job's shell: a signal for the batch shell (--signal=B:...) reaches it.
+    default_template = "#!/bin/sh\n{header}\n{prologue}exec {command}\n"
 
 
 @hookimpl

@@ -48,6 +48,7 @@ class WindowsHPCLauncher(BatchSystemLauncher):
     script_suffix = ".xml"
     status_per_job = True  # `job view` takes one id
     status_per_engine = False  # and tells the job's state, not its tasks
+    has_arrays = False  # a job of n tasks, whatever n
     job_is_private = False  # other users see a task's environment (job view, task view)
 
     scheduler = Unicode("", help="The head node to submit to (/scheduler:NAME); empty: the CCP_SCHEDULER "

@@ -26,6 +26,7 @@ from ..error import ClusterError, ClusterLauncherError
 from ..launcher import ControllerLauncher, EngineSetLauncher, Launcher
 from ..paths import ensure_profile_dir, profile_dir_for, profile_name
 from ..protocol.connection import connection_file
+from .adapt import Adaptive, AdaptivePolicy
 from .state import read_state, recorded_launcher, state_file, write_state
 
 if TYPE_CHECKING:
@@ -62,8 +63,9 @@ class Cluster(LoggingConfigurable):
     interpreter exit if :meth:`stop` was not called.
     """
 
-    n = Integer(None, allow_none=True, min=1, help="Number of engines to start (default: one per CPU for "
-                "`cluster-launcher start`, 4 for Cluster() in Python).").tag(config=True)
+    n = Integer(None, allow_none=True, min=0, help="Number of engines to start (default: one per CPU for "
+                "`cluster-launcher start`, 4 for Cluster() in Python; with adaptive scaling, adapt_minimum).").tag(
+        config=True)
     engine_launcher_class = Unicode("Local", help="How engines start: Local, MPI, SSH, PBS, SGE, "
                                     "LSF, Slurm, WindowsHPC, a launcher class name or a dotted "
                                     "path.").tag(config=True)
@@ -81,6 +83,18 @@ class Cluster(LoggingConfigurable):
     profile = Unicode("default", help="The profile's name (its folder is profile_<name> in "
                       "$CLUSTER_LAUNCHER_DIR).").tag(config=True)
     profile_dir = Unicode("", help="The profile's folder (overrides profile).").tag(config=True)
+    adaptive = Bool(False, help="Scale the engines with the load while `start` runs in the foreground: more while "
+                 "load-balanced tasks wait, fewer once they are idle (`start --adapt`).").tag(config=True)
+    adapt_minimum = Integer(0, min=0, help="The fewest engines adaptive scaling keeps (`start --min`).").tag(
+        config=True)
+    adapt_maximum = Integer(64, min=1, help="The most engines adaptive scaling asks for (`start --max`).").tag(
+        config=True)
+    adapt_interval = Float(5.0, min=0.0, help="Seconds between two decisions of adaptive scaling.").tag(config=True)
+    adapt_idle_timeout = Float(60.0, min=0.0, help="Seconds an engine must have been idle before adaptive scaling "
+                               "shuts it down.").tag(config=True)
+    adapt_scale_in_wait = Integer(3, min=1, help="Decisions in a row with more engines than needed before adaptive "
+                                  "scaling gives any back (so load that comes and goes does not make engines "
+                                  "come and go).").tag(config=True)
 
     def __init__(self, n: int | None = None, profile: str | None = None, profile_dir: str | None = None,
                  cluster_id: str | None = None, engine_launcher_class: str | None = None,
@@ -94,7 +108,7 @@ class Cluster(LoggingConfigurable):
         config = config if config is not None else Config()
         super().__init__(config=config, **{k: v for k, v in given.items() if v is not None}, **traits)
         if self.n is None:
-            self.n = DEFAULT_ENGINE_COUNT
+            self.n = self.adapt_minimum if self.adaptive else DEFAULT_ENGINE_COUNT
         if cluster_id is None and "cluster_id" not in (config.get("Cluster") or {}):
             self.cluster_id = _new_cluster_id()
         self.profile_dir = profile_dir_for(self.profile, self.profile_dir)
@@ -106,6 +120,7 @@ class Cluster(LoggingConfigurable):
         self.warn: Callable[[str], None] = self.log.warning  # `stop` prints what it had to kill instead
         self._client: Client | None = None
         self._stop_registered = False
+        self.adapter: Adaptive | None = None
 
     # --- files ------------------------------------------------------------
 
@@ -123,7 +138,8 @@ class Cluster(LoggingConfigurable):
                 "started": datetime.fromtimestamp(self.started_at).isoformat(timespec="seconds"),
                 "start_time": self.started_at, "reuse": self.reuse, "start_pid": os.getpid(),
                 "controller": self.controller.to_dict() if self.controller else {},
-                "engines": [s.to_dict() for s in self.engine_sets]}
+                "engines": [s.to_dict() for s in self.engine_sets],
+                **({"adapt": self.adapter.to_dict()} if self.adapter else {})}
 
     def save_state(self) -> None:
         write_state(self.state_path, self.to_dict())
@@ -189,6 +205,9 @@ class Cluster(LoggingConfigurable):
         """Start the controller and wait for its connection files (fresh ones,
         unless ``c.Controller.reuse``); refuse if this cluster id already runs."""
         ensure_profile_dir(self.profile_dir)
+        if self.adaptive and "hwm" not in (self.config.get("TaskScheduler") or {}):
+            # New engines get only the tasks still waiting in the controller: one task per engine at a time.
+            self.config.TaskScheduler.hwm = 1
         self._clear_stale_record()
         stale = {path: _file_signature(path) for path in self.connection_files()}
         self.started_at = time.time()
@@ -238,7 +257,7 @@ class Cluster(LoggingConfigurable):
                 self._check_alive("before the cluster was ready")
                 if client is None:
                     try:
-                        client = self._new_client(timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+                        client = self.new_client(timeout=max(1.0, min(5.0, deadline - time.monotonic())))
                     except ImportError as exc:
                         raise ClusterError(f"cannot wait for engines: {exc}") from None
                     except Exception as exc:  # the controller is not listening yet: try again
@@ -263,7 +282,7 @@ class Cluster(LoggingConfigurable):
             if client is not None:
                 client.close()
 
-    def _new_client(self, **kwargs: Any) -> Client:
+    def new_client(self, **kwargs: Any) -> Client:
         from ..client import Client  # zmq and cloudpickle: only when a cluster is really used
         return Client(profile_dir=self.profile_dir, cluster_id=self.cluster_id, **kwargs)
 
@@ -298,12 +317,15 @@ class Cluster(LoggingConfigurable):
         """Start the controller and ``n`` engines; return once they are all
         registered.  Everything is stopped again if that fails."""
         n = DEFAULT_ENGINE_COUNT if self.n is None else self.n  # None only if set so after __init__
-        self.check_launchers(n)
+        self.check_launchers(max(n, 1))
         try:
             self.start_controller()
             if self.delay:
                 time.sleep(self.delay)
-            self.wait_for_engines(self.start_engines(n).n)
+            if n:
+                self.wait_for_engines(self.start_engines(n).n)
+            if self.adaptive:
+                self.adapt()
         except BaseException:
             self.stop()
             raise
@@ -314,7 +336,7 @@ class Cluster(LoggingConfigurable):
     def connect(self, **kwargs: Any) -> Client:
         """A Client connected to this cluster (closed by :meth:`stop`)."""
         if self._client is None:
-            self._client = self._new_client(**kwargs)
+            self._client = self.new_client(**kwargs)
         return self._client
 
     def start_and_connect(self) -> Client:
@@ -327,12 +349,50 @@ class Cluster(LoggingConfigurable):
         if not self.running():
             raise ClusterError(f"cluster {self.cluster_id or 'default'!r} is not running; start it first")
         self._make_launcher(EngineSetLauncher).check(n)
-        client = self._new_client()
+        client = self.new_client()
         try:
             before = len(client.ids)
         finally:
             client.close()
         self.wait_for_engines(before + self.start_engines(n).n)
+
+    def adapt(self, minimum: int | None = None, maximum: int | None = None, interval: float | None = None,
+              idle_timeout: float | None = None) -> Adaptive:
+        """Scale the engines with the load from now on, in a thread, until
+        :meth:`stop` (or the returned object's ``stop()``): more engines while
+        load-balanced tasks wait, up to ``maximum``; idle ones shut down after
+        ``idle_timeout`` seconds, down to ``minimum``.  Unset arguments come
+        from ``c.Cluster.adapt_*``."""
+        if not self.running():
+            raise ClusterError(f"cluster {self.cluster_id or 'default'!r} is not running; start it first")
+        if self.adapter is not None:
+            self.adapter.stop()
+        self.adapter = self.new_adapter(minimum, maximum, interval, idle_timeout).start()
+        return self.adapter
+
+    def new_adapter(self, minimum: int | None = None, maximum: int | None = None, interval: float | None = None,
+                         idle_timeout: float | None = None) -> Adaptive:
+        """The :class:`Adaptive` of this cluster's settings (not started)."""
+        engines = self._make_launcher(EngineSetLauncher)
+        try:
+            policy = AdaptivePolicy(
+                minimum=self.adapt_minimum if minimum is None else minimum,
+                maximum=self.adapt_maximum if maximum is None else maximum,
+                idle_timeout=self.adapt_idle_timeout if idle_timeout is None else idle_timeout,
+                scale_in_wait=self.adapt_scale_in_wait, max_queued_jobs=getattr(engines, "max_queued_jobs", 0))
+        except ValueError as exc:
+            raise ClusterError(f"Cluster.adapt: {exc}") from None
+        return Adaptive(self, policy, self.adapt_interval if interval is None else interval)
+
+    def forget_ended_engine_sets(self) -> None:
+        """Drop from the record the engine sets of which nothing runs or waits
+        any more (those adaptive scaling gave back), so the record stays small."""
+        ended = [s for s in self.engine_sets if s.active_engines() == 0 and s.poll() is not None]
+        if ended:
+            self.engine_sets = [s for s in self.engine_sets if s not in ended]
+            for engine_set in ended:
+                engine_set.close()
+            self.save_state()
 
     def stop(self) -> list[str]:
         """Stop engines and controller: a shutdown request through the
@@ -342,6 +402,8 @@ class Cluster(LoggingConfigurable):
         :attr:`warn`) per process it had to kill.  Removes the record, and the
         connection files unless the controller reuses them."""
         self._unregister_stop()
+        if self.adapter is not None:  # first: it would start engines while they are being stopped
+            self.adapter.stop()
         if self.controller is None:
             return []  # nothing started (e.g. refused because this cluster id runs): touch nothing
         try:
@@ -375,7 +437,7 @@ class Cluster(LoggingConfigurable):
         controller cannot hang `stop`."""
         def shutdown() -> None:
             try:
-                client = self._new_client(timeout=CLIENT_SHUTDOWN_TIMEOUT)
+                client = self.new_client(timeout=CLIENT_SHUTDOWN_TIMEOUT)
                 try:
                     client.shutdown(hub=True)
                 finally:

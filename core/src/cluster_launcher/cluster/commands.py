@@ -72,25 +72,38 @@ def start_main(config: Config, profile_dir: str) -> int:
     except ClusterLauncherError as exc:
         return _fail("start", exc)
     # c.Cluster.n, else one engine per CPU (Cluster() has made a configured None its own default)
-    n = cluster.n if cluster.n is not None and "n" in (config.get("Cluster") or {}) else (os.cpu_count() or 1)
-    cluster.n = n
+    configured_n = cluster.n if cluster.n is not None and "n" in (config.get("Cluster") or {}) else None
+    if cluster.adaptive:
+        if cluster.daemonize:
+            return _fail("start", ClusterError(
+                "--adapt needs the start command to stay (it makes the scaling decisions): run it without "
+                "--daemonize, in the background of your shell or batch job, or use Cluster.adapt() in Python"))
+        # Adaptive: start with the minimum (or -n); the rest come with the load.
+        n = cluster.adapt_minimum if configured_n is None else configured_n
+    else:
+        n = configured_n if configured_n is not None else (os.cpu_count() or 1)
+    if n:
+        cluster.n = n
     cluster.report = cluster.warn = _say
     previous = _on_signals(_raise_signalled)
     ready = False
     if cluster.dry_run:
         try:  # not check_launchers: a dry run is also for a host without the batch system's commands
-            print("\n".join(cluster.dry_run_lines(n)), flush=True)
+            print("\n".join(cluster.dry_run_lines(max(n, 1))), flush=True)
         except ClusterLauncherError as exc:
             return _fail("start", exc)
         return 0
     try:
         try:
-            cluster.check_launchers(n)
+            cluster.check_launchers(max(n, 1))
+            adapter = cluster.new_adapter() if cluster.adaptive else None
             cluster.start_controller()
             if cluster.delay:
                 time.sleep(cluster.delay)
-            n = cluster.start_engines(n).n
-            cluster.wait_for_engines(n)
+            if n:
+                n = cluster.start_engines(n).n
+                cluster.wait_for_engines(n)
+            cluster.adapter = adapter
             ready = True
             how = f"--profile-dir={cluster.profile_dir}"
             how += f" --cluster-id={cluster.cluster_id}" if cluster.cluster_id else ""
@@ -99,6 +112,10 @@ def start_main(config: Config, profile_dir: str) -> int:
                 return 0
             # Still inside the try: a Ctrl-C while this prints must clean up too.
             _say(f"cluster ready with {n} engines; Ctrl-C (or cluster-launcher stop {how}) stops it")
+            if adapter is not None:
+                policy = adapter.policy
+                _say(f"adapting between {policy.minimum} and {policy.maximum} engines, deciding every "
+                     f"{adapter.interval:g}s (engines idle for {policy.idle_timeout:g}s are shut down)")
         except (ClusterLauncherError, _Signalled) as exc:
             if ready:  # signalled while announcing: as in _supervise
                 return _stop_on_signal(cluster, exc)
@@ -119,12 +136,19 @@ def start_main(config: Config, profile_dir: str) -> int:
 
 
 def _supervise(cluster: Cluster) -> int:
-    """Stay in the foreground until a signal or the controller's exit."""
+    """Stay in the foreground until a signal or the controller's exit,
+    making adaptive scaling's decisions if it is on."""
     reported: set[tuple[int, str]] = set()
+    next_decision = time.monotonic()
     try:
         while cluster.running():
+            if cluster.adapter is not None and time.monotonic() >= next_decision:
+                _adapt_step(cluster)
+                next_decision = time.monotonic() + cluster.adapter.interval
             for engines in cluster.engine_sets:
                 for code, log_path, _ in engines.exited():
+                    if code == 0 and cluster.adapter is not None:
+                        continue  # engines given back by adaptive scaling (or at their walltime) end so
                     if (code, log_path) not in reported:
                         reported.add((code, log_path))
                         what = engines.exit_label("engine")
@@ -148,6 +172,17 @@ def _supervise(cluster: Cluster) -> int:
         return 0
     return _fail("start", ClusterError(f"the controller exited with code {code}; stopped the engines"
                                        + (f"; see {log_path}" if log_path else ""), lines))
+
+
+def _adapt_step(cluster: Cluster) -> None:
+    assert cluster.adapter is not None
+    try:
+        decision = cluster.adapter.step()
+    except (ClusterLauncherError, OSError) as exc:  # a busy scheduler, a slow controller: the next step tries again
+        _say(f"adapt: {exc}")
+        return
+    if decision.acts:
+        _say(f"adapt: {decision.reason}")
 
 
 def _stop_on_signal(cluster: Cluster, signalled: Exception) -> int:
@@ -245,7 +280,7 @@ def list_main(config: Config, profile_dir: str) -> int:
     records = os.path.join("pid", "cluster-*.json")
     paths = sorted(set(glob.glob(os.path.join(glob.escape(home_dir()), "profile_*", records)))
                    | set(glob.glob(os.path.join(glob.escape(profile_dir), records))))
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for path in paths:
         try:
             cluster = Cluster.from_state(path, config)
@@ -257,12 +292,18 @@ def list_main(config: Config, profile_dir: str) -> int:
         pid = cluster.controller.to_dict().get("pid", "") if cluster.controller else ""
         jobs = [line for launcher in [cluster.controller, *cluster.engine_sets]
                 if launcher is not None and (line := launcher.status_line())]
+        adapt = (read_state(path) or {}).get("adapt") if running else None
+        adapting = f"{adapt['minimum']}-{adapt['maximum']}: {adapt['last']} ({adapt['at']})" \
+            if isinstance(adapt, dict) and {"minimum", "maximum", "last", "at"} <= set(adapt) else "-"
         rows.append((profile_name(cluster.profile_dir), cluster.cluster_id or "default",
-                     "running" if running else "stopped", str(engines), str(pid or "-"), "; ".join(jobs) or "-"))
+                     "running" if running else "stopped", str(engines), str(pid or "-"), "; ".join(jobs) or "-",
+                     adapting))
     if not rows:
         print(f"no clusters recorded (in {home_dir()})")
         return 0
-    header = ("PROFILE", "CLUSTER-ID", "STATUS", "ENGINES", "CONTROLLER-PID", "JOBS")
+    header: tuple[str, ...] = ("PROFILE", "CLUSTER-ID", "STATUS", "ENGINES", "CONTROLLER-PID", "JOBS", "ADAPT")
+    if all(row[-1] == "-" for row in rows):  # the ADAPT column only when a cluster adapts
+        header, rows = header[:-1], [row[:-1] for row in rows]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

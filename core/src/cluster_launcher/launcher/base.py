@@ -259,7 +259,7 @@ class ControllerLauncher(Launcher):
     @property
     def args(self) -> list[str]:
         return [*self.controller_cmd, *self.cluster_args, *config_args(self.config, "Controller"),
-                *self.controller_args]
+                *config_args(self.config, "TaskScheduler"), *self.controller_args]
 
     def fetch_connection_files(self) -> None:
         """Bring the connection files of a controller that runs on another host
@@ -284,3 +284,17 @@ class EngineSetLauncher(Launcher):
         """How many of this set's engines still run (all or none, unless a
         subclass can tell them apart)."""
         return self.n if self.poll() is None else 0
+
+    def active_engines(self) -> int:
+        """How many of this set's engines were asked for and have not ended:
+        running, starting, or waiting in a batch queue."""
+        return self.running_engines()
+
+    def queued_jobs(self) -> int:
+        """How many of this set's jobs wait in a batch queue (none elsewhere)."""
+        return 0
+
+    def cancel_queued(self, engines: int) -> int:
+        """Cancel requests for at most ``engines`` engines not started yet;
+        how many were cancelled (none where nothing waits in a queue)."""
+        return 0

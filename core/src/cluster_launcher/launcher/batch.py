@@ -40,12 +40,13 @@ import shlex
 import shutil
 import string
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from traitlets import Bool, Dict, Float, List, TraitType, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, List, TraitType, Unicode, default
 
 from ..error import ClusterError, ConfigError
 from ..protocol.connection import ENGINE_CONNECTION_ENV, connection_file, write_private_file
@@ -144,8 +145,70 @@ def _exit_code(states: dict[str, JobStatus]) -> int | None:
     return max(codes, default=1 if failed else 0)
 
 
+class CommandTimeout(ClusterError):
+    """A scheduler command did not finish within ``command_timeout``."""
+
+
+# When this process last submitted a job to each batch system: `submit_interval` apart.
+_last_submit: dict[str, float] = {}
+_submit_lock = threading.Lock()
+
+
+def _pause(seconds: float) -> None:
+    """The waits between submissions (its own name, so a test can see them without waiting)."""
+    time.sleep(seconds)
+
+
 def _shell_words(args: Sequence[str]) -> str:
     return " ".join(shlex.quote(arg) for arg in args)
+
+
+@dataclass
+class _StatusAnswer:
+    """One status command's answer: its output (None if it failed), and when and about which jobs it was asked."""
+
+    output: str | None = None
+    error: str = ""
+    asked_at: float = 0.0
+    job_ids: frozenset[str] = frozenset()
+
+
+class _SharedStatus:
+    """The jobs every launcher of one cluster on one batch system follows in
+    this process, and the last answer about them: one status command per poll
+    period for all the jobs of a cluster (its controller and all its engine
+    sets), not one per launcher.  Each launcher reads its own jobs out of the
+    shared output with its own :meth:`BatchSystemLauncher.parse_states`.
+    (Per cluster, not per system: two clusters' jobs may come from two
+    schedulers that number jobs alike.)"""
+
+    _sources: ClassVar[dict[tuple[str, ...], _SharedStatus]] = {}
+    _sources_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.followed: dict[str, int] = {}  # job id -> how many launchers follow it
+        self.answer = _StatusAnswer()
+        self.commands = 0  # status commands run: what tests and benchmarks count
+
+    @classmethod
+    def of(cls, launcher: BatchSystemLauncher) -> _SharedStatus:
+        key = (launcher.profile_dir, launcher.cluster_id, launcher.system, *launcher.status_command)
+        with cls._sources_lock:
+            return cls._sources.setdefault(key, cls())
+
+    def follow(self, job_ids: Sequence[str]) -> None:
+        with self.lock:
+            for job_id in job_ids:
+                self.followed[job_id] = self.followed.get(job_id, 0) + 1
+
+    def unfollow(self, job_ids: Sequence[str]) -> None:
+        with self.lock:
+            for job_id in job_ids:
+                if self.followed.get(job_id, 0) <= 1:
+                    self.followed.pop(job_id, None)
+                else:
+                    self.followed[job_id] -= 1
 
 
 class BatchSystemLauncher(Launcher):
@@ -190,6 +253,16 @@ class BatchSystemLauncher(Launcher):
     # it: Slurm, PBS and LSF do; Grid Engine's execution hosts spool scripts world-readable, and Windows
     # HPC shows a task's environment to every user.  The default of `connection_in_job`.
     job_is_private: ClassVar[bool] = True
+    # Whether an engine job is an array, one engine per task: `max_array_size` splits bigger sets into
+    # several jobs.  (A Windows HPC job's tasks are not an array: one job whatever n.)
+    has_arrays: ClassVar[bool] = True
+    # How `array_throttle` is written: appended to the array's range ({throttle} in a directive: Slurm's and
+    # LSF's '%k'), or as directives of its own (Grid Engine's '-tc k').
+    throttle_suffix: ClassVar[str] = ""
+    throttle_directives: ClassVar[tuple[str, ...]] = ()
+    # What a submit command prints when it failed for now only (the scheduler busy or unreachable), so the
+    # submission is tried again after a pause; any other failure (a refused script) is reported at once.
+    transient_submit_markers: ClassVar[tuple[str, ...]] = ()
 
     # --- IPython's settings ---------------------------------------------------------------------
     submit_command = List(Unicode(), help="The command that submits the job script (its path, or its "
@@ -222,8 +295,22 @@ class BatchSystemLauncher(Launcher):
                    "{account} usable.").tag(config=True)
     command_timeout = Float(60.0, min=1.0, help="Seconds a submit, delete or status command may take.").tag(
         config=True)
-    poll_interval = Float(5.0, min=0.0, help="Seconds between two asks of the scheduler for the job's state "
-                          "(each is one status command).").tag(config=True)
+    poll_interval = Float(5.0, min=0.0, help="Seconds between two asks of the scheduler for the jobs' states: "
+                          "one status command for all the jobs of the cluster each time.").tag(config=True)
+    max_array_size = Integer(1000, min=1, help="The most engines one array job runs: more go out as several "
+                             "array jobs (keep it within the system's limit, Slurm's MaxArraySize, LSF's "
+                             "MAX_JOB_ARRAY_SIZE, Grid Engine's max_aj_tasks).").tag(config=True)
+    array_throttle = Integer(0, min=0, help="The most engines of one array job running at once (Slurm "
+                             "--array=1-N%k, LSF name[1-N]%k, Torque -t 1-N%k, Grid Engine -tc k); 0: no "
+                             "limit.").tag(config=True)
+    max_queued_jobs = Integer(0, min=0, help="The most jobs of this cluster waiting in the queue at once: "
+                              "`start` refuses more, adaptive scaling submits no more; 0: no cap.").tag(config=True)
+    submit_interval = Float(0.5, min=0.0, help="Seconds at least between two submissions from this process, "
+                            "so a big cluster does not flood the scheduler.").tag(config=True)
+    submit_retries = Integer(3, min=0, help="How many times a submission is tried again when the submit "
+                             "command times out or says the scheduler is busy or unreachable.").tag(config=True)
+    submit_backoff = Float(2.0, min=0.0, help="Seconds before the first new try of a submission; doubled at "
+                           "each further try.").tag(config=True)
 
     connection_in_job = Bool(help="Put the engines' connection information (its key too) in the job itself, "
                              "so the nodes need not see the profile folder.  Default: where the batch system "
@@ -236,6 +323,7 @@ class BatchSystemLauncher(Launcher):
 
     # --- what start learns and a later stop needs --------------------------------------------------
     job_ids = List(Unicode(), help="The ids of the jobs submitted.").tag(config=False, state=True)
+    job_sizes = List(Integer(), help="How many engines each job of job_ids runs.").tag(config=False, state=True)
     job_script = Unicode("", help="The job script written.").tag(config=False, state=True)
     output_file = Unicode("", help="Where the job's output goes (as the scheduler names it, with its "
                           "escapes).").tag(config=False, state=True)
@@ -256,6 +344,7 @@ class BatchSystemLauncher(Launcher):
         self._states: dict[str, JobStatus] = {}
         self._states_at = 0.0
         self._status_failing = False
+        self._followed: list[str] = []  # the job ids this launcher follows in the shared status
 
     # --- the job script ---------------------------------------------------------------------------
 
@@ -269,7 +358,9 @@ class BatchSystemLauncher(Launcher):
     def template_values(self, n: int) -> dict[str, Any]:
         """The keys a template (the header's directives too) can use, but the
         header, the prologue and ``context``'s: a plugin adds its own here."""
+        throttle = self.throttle_suffix.format(array_throttle=self.array_throttle) if self.array_throttle else ""
         values: dict[str, Any] = {"n": n, "queue": self.queue, "walltime": self.walltime,
+                                  "array_throttle": self.array_throttle, "throttle": throttle,
                                   "profile_dir": self.profile_dir, "cluster_id": self.cluster_id,
                                   "job_name": self.default_job_name(), "output": self.output_location()}
         # The process's output is the job's output file: it writes no log file of its own.
@@ -296,6 +387,8 @@ class BatchSystemLauncher(Launcher):
         the queue and walltime when set, then ``job_extra_directives``."""
         lines = list(self.name_directives)
         lines += self.engines_directives if self.role == "engines" else self.controller_directives
+        if self.role == "engines" and self.array_throttle:
+            lines += self.throttle_directives
         if self.queue and self.queue_directive:
             lines.append(self.queue_directive)
         if self.walltime and self.walltime_directive:
@@ -395,7 +488,7 @@ class BatchSystemLauncher(Launcher):
                                f"and on PATH? (set c.{type(self).__name__} commands to its full path "
                                "otherwise)") from None
         except subprocess.TimeoutExpired:
-            raise ClusterError(f"`{words}` did not finish within {self.command_timeout:g}s "
+            raise CommandTimeout(f"`{words}` did not finish within {self.command_timeout:g}s "
                                f"({type(self).__name__}.command_timeout)") from None
         if check and done.returncode != 0:
             said = " ".join((done.stderr.strip() or done.stdout.strip()).split()) or "no output"
@@ -415,9 +508,54 @@ class BatchSystemLauncher(Launcher):
         return list(self.submit_command) if self.submit_on_stdin else [*self.submit_command, script_path]
 
     def submit(self, script_path: str, script: str) -> str:
-        """Submit the job script; its job id."""
-        done = self.run_command(self.submit_argv(script_path, script), stdin=script if self.submit_on_stdin else None)
-        return self.parse_job_id(done.stdout + done.stderr)
+        """Submit the job script; its job id.  Submissions from this process
+        are ``submit_interval`` apart; one that times out or that the
+        scheduler turns down for now (``transient_submit_markers``) is tried
+        again ``submit_retries`` times, after ``submit_backoff`` seconds,
+        doubled each time."""
+        argv = self.submit_argv(script_path, script)
+        pause = self.submit_backoff
+        for attempt in range(self.submit_retries + 1):
+            self._wait_submit_turn()
+            try:
+                done = self.run_command(argv, stdin=script if self.submit_on_stdin else None, check=False)
+            except CommandTimeout as exc:
+                # The scheduler may have taken the job before the command hung: a job of ours it lists
+                # that no launcher follows is that one, rather than a second submission.
+                adopted = [job_id for job_id in self.submitted_jobs_named(self.default_job_name())
+                           if job_id not in _SharedStatus.of(self).followed]
+                if adopted:
+                    return adopted[0]
+                failure = str(exc)
+            else:
+                said = done.stdout + done.stderr
+                if done.returncode == 0:
+                    return self.parse_job_id(said)
+                failure = (f"`{_shell_words(argv)}` failed with code {done.returncode}: "
+                           f"{' '.join(said.split()) or 'no output'}")
+                if not any(marker in said for marker in self.transient_submit_markers):
+                    raise ClusterError(failure)
+            if attempt == self.submit_retries:
+                break
+            self.log.warning("%s; trying again in %gs (%d of %s.submit_retries=%d)", failure, pause, attempt + 1,
+                             type(self).__name__, self.submit_retries)
+            _pause(pause)
+            pause *= 2
+        raise ClusterError(f"{failure} (tried {self.submit_retries + 1} times; {type(self).__name__}.submit_retries)")
+
+    def _wait_submit_turn(self) -> None:
+        with _submit_lock:
+            wait = _last_submit.get(self.system, -1e9) + self.submit_interval - time.monotonic()
+            if wait > 0:
+                _pause(wait)
+            _last_submit[self.system] = time.monotonic()
+
+    def submitted_jobs_named(self, job_name: str) -> list[str]:
+        """The ids of this user's queued or running jobs named ``job_name``,
+        where the system can list them by name: how a submission whose
+        command timed out is found instead of submitted twice.  [] where it
+        cannot (then it is submitted again)."""
+        return []
 
     def parse_states(self, output: str, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """The status of each of ``job_ids`` from the status command's output;
@@ -440,53 +578,75 @@ class BatchSystemLauncher(Launcher):
 
     # --- the Launcher interface -------------------------------------------------------------------
 
+    def job_split(self, n: int) -> list[int]:
+        """How many engines each job for ``n`` engines runs: one array job of
+        at most ``max_array_size`` engines each (one job where the system has
+        no arrays, and for the controller)."""
+        if self.role != "engines" or not self.has_arrays:
+            return [n]
+        full, rest = divmod(n, self.max_array_size)
+        return [self.max_array_size] * full + ([rest] if rest else [])
+
     def check(self, n: int = 1) -> None:
-        """The job script renders, and the submit command is installed:
-        refused before the controller starts rather than after."""
+        """The job script renders, the jobs fit ``max_queued_jobs``, and the
+        submit command is installed: refused before the controller starts
+        rather than after."""
         self.job_script_text(n, dry_run=True)
+        jobs = len(self.job_split(n))
+        if self.max_queued_jobs and jobs > self.max_queued_jobs:
+            cls = type(self).__name__
+            raise ConfigError(f"{n} engines need {jobs} jobs of at most {cls}.max_array_size={self.max_array_size}, "
+                              f"more than {cls}.max_queued_jobs={self.max_queued_jobs}: raise one of them")
         program = self.submit_argv(self.job_script_path(), "")[0]
         if shutil.which(program) is None:
             raise ClusterError(f"{program} not found: is {self.system or 'the batch system'}'s client installed and "
                                f"on PATH? (set c.{type(self).__name__}.submit_command to its full path otherwise)")
 
     def start(self, n: int = 1) -> None:
-        script = self.job_script_text(n)
-        self.job_script = self.write_job_script(script)
-        self.output_file = self.output_location()
-        job_id = self.submit(self.job_script, script)
-        self.job_ids = [*self.job_ids, job_id]
-        if self.has_trait("n"):
-            self.set_trait("n", n)
-        self.log.debug("submitted %s job %s: %s", self.system, job_id, self.job_script)
+        """Submit the jobs of :meth:`job_split`, each recorded as soon as it
+        is submitted (a later failure leaves the earlier ones known, to stop)."""
+        for size in self.job_split(n):
+            script = self.job_script_text(size)
+            self.job_script = self.write_job_script(script)
+            self.output_file = self.output_location()
+            job_id = self.submit(self.job_script, script)
+            self.job_ids = [*self.job_ids, job_id]
+            self.job_sizes = [*self.job_sizes, size]
+            self._follow([job_id])
+            if self.has_trait("n"):
+                self.set_trait("n", sum(self.job_sizes))
+            self.log.debug("submitted %s job %s (%d): %s", self.system, job_id, size, self.job_script)
 
     def dry_run(self, n: int = 1) -> list[str]:
-        """What ``start`` would submit, submitting nothing: the command, then the job script."""
-        script = self.job_script_text(n, dry_run=True)
+        """What ``start`` would submit, submitting nothing: for each job, the command, then the job script."""
         path = self.job_script_path()
-        command = _shell_words(self.submit_argv(path, script))
-        command += f" < {shlex.quote(path)}" if self.submit_on_stdin else ""
-        return [f"$ {command}", f"--- {path}", *script.rstrip("\n").split("\n"), "---"]
+        lines = []
+        for size in dict.fromkeys(self.job_split(n)):  # jobs of one size have one script
+            script = self.job_script_text(size, dry_run=True)
+            command = _shell_words(self.submit_argv(path, script))
+            command += f" < {shlex.quote(path)}" if self.submit_on_stdin else ""
+            times = self.job_split(n).count(size)
+            lines += [f"$ {command}" + (f"    # {times} jobs of {size} engines" if times > 1 else ""),
+                      f"--- {path}", *script.rstrip("\n").split("\n"), "---"]
+        return lines
 
     def job_states(self, fresh: bool = False) -> dict[str, JobStatus]:
         """The status of each submitted job, asked of the scheduler at most
-        every ``poll_interval`` seconds (``fresh``: now).  A job the scheduler
-        does not list is GONE; a status command that fails (but for
-        ``unknown_job_markers``) leaves the last answer: a scheduler that
-        does not answer ends no job."""
+        every ``poll_interval`` seconds (``fresh``: now), in one status
+        command for every job this process follows on this system
+        (:class:`_SharedStatus`).  A job the scheduler does not list is
+        GONE; a status command that fails (but for ``unknown_job_markers``)
+        leaves the last answer: a scheduler that does not answer ends no job."""
         if not self.job_ids:
             return {}
-        if not fresh and self._states and time.monotonic() - self._states_at < self.poll_interval:
-            return self._states
+        if self.status_per_job and not fresh and self._states and \
+                time.monotonic() - self._states_at < self.poll_interval:
+            return self._states  # (the others read the shared answer, which another launcher may have renewed)
+        if not self._open_jobs() and set(self._states) == set(self.job_ids):
+            return self._states  # every job has ended: nothing more to ask
+        self._follow(self._open_jobs())
         try:
-            listed = {}
-            for ids in ([[job_id] for job_id in self.job_ids] if self.status_per_job else [self.job_ids]):
-                argv = self.status_argv(ids)
-                done = self.run_command(argv, check=False)
-                said = done.stdout + done.stderr
-                if done.returncode != 0 and not any(marker in said for marker in self.unknown_job_markers):
-                    raise ClusterError(f"`{_shell_words(argv)}` failed with code {done.returncode}: "
-                                       f"{' '.join(said.split()) or 'no output'}")
-                listed.update(self.parse_states(done.stdout, ids))
+            listed = self._listed_states(fresh)
             asked = True
         except (ClusterError, ValueError) as exc:
             # Once until it answers again: a scheduler down for a while would fill the log at every poll.
@@ -506,7 +666,95 @@ class BatchSystemLauncher(Launcher):
             else:  # never answered: not known to have ended
                 states[job_id] = JobStatus(job_id, [JobState.PENDING], native="unknown")
         self._states, self._states_at = states, time.monotonic()
+        self._unfollow([job_id for job_id, status in states.items() if not status.active])
         return states
+
+    def _listed_states(self, fresh: bool) -> dict[str, JobStatus]:
+        """What the status command says of this launcher's jobs: the shared
+        answer if it is recent and covers them, else a new one (for every job
+        followed)."""
+        if self.status_per_job:  # one command per job whatever: nothing to share
+            listed: dict[str, JobStatus] = {}
+            for job_id in self.job_ids:
+                listed.update(self.parse_states(self._status_output([job_id]), [job_id]))
+            return listed
+        shared = _SharedStatus.of(self)
+        with shared.lock:
+            answer = shared.answer
+            if fresh or not set(self._open_jobs()) <= answer.job_ids or \
+                    time.monotonic() - answer.asked_at >= self.poll_interval:
+                ids = list(dict.fromkeys([*self._open_jobs(), *shared.followed]))
+                answer = _StatusAnswer(asked_at=time.monotonic(), job_ids=frozenset(ids))
+                try:
+                    answer.output = self._status_output(ids)
+                except ClusterError as exc:
+                    answer.error = str(exc)
+                shared.answer = answer
+                shared.commands += 1
+        if answer.output is None:
+            raise ClusterError(answer.error)
+        return self.parse_states(answer.output, self.job_ids)
+
+    def _status_output(self, job_ids: Sequence[str]) -> str:
+        """The status command's output about ``job_ids``; a ClusterError if it
+        fails for another reason than not knowing one of them."""
+        argv = self.status_argv(job_ids)
+        done = self.run_command(argv, check=False)
+        said = done.stdout + done.stderr
+        if done.returncode != 0 and not any(marker in said for marker in self.unknown_job_markers):
+            raise ClusterError(f"`{_shell_words(argv)}` failed with code {done.returncode}: "
+                               f"{' '.join(said.split()) or 'no output'}")
+        return done.stdout
+
+    def _open_jobs(self) -> list[str]:
+        """The jobs not seen ended yet."""
+        return [job_id for job_id in self.job_ids if job_id not in self._states or self._states[job_id].active]
+
+    def _follow(self, job_ids: Sequence[str]) -> None:
+        new = [job_id for job_id in job_ids if job_id not in self._followed]
+        if new and not self.status_per_job:
+            _SharedStatus.of(self).follow(new)
+            self._followed += new
+
+    def _unfollow(self, job_ids: Sequence[str]) -> None:
+        gone = [job_id for job_id in job_ids if job_id in self._followed]
+        if gone:
+            _SharedStatus.of(self).unfollow(gone)
+            self._followed = [job_id for job_id in self._followed if job_id not in gone]
+
+    def job_size(self, job_id: str) -> int:
+        """How many engines ``job_id`` runs (a record written before job sizes were recorded: all of them)."""
+        if len(self.job_sizes) == len(self.job_ids):
+            return self.job_sizes[self.job_ids.index(job_id)]
+        return max(getattr(self, "n", 1), 1)
+
+    def active_engines(self) -> int:
+        """The engines of this set queued or running: asked for and not ended."""
+        states = self.job_states()
+        if not self.status_per_engine:
+            return sum(self.job_size(job_id) for job_id, status in states.items() if status.active)
+        return sum(sum(state.active for state in status.states) for status in states.values())
+
+    def cancel_queued(self, engines: int) -> int:
+        """Delete whole jobs still waiting in the queue, newest first, for at
+        most ``engines`` engines; how many engines they would have run."""
+        cancelled = 0
+        for job_id, status in reversed(list(self.job_states(fresh=True).items())):
+            size = self.job_size(job_id)
+            if cancelled + size > engines or not status.states or \
+                    any(state is not JobState.PENDING for state in status.states):
+                continue
+            for argv in self.delete_argvs([job_id]):
+                self.run_command(argv, check=False)
+            cancelled += size
+        if cancelled:
+            self.job_states(fresh=True)
+        return cancelled
+
+    def queued_jobs(self) -> int:
+        """This set's jobs of which nothing runs yet."""
+        return sum(1 for status in self.job_states().values()
+                   if status.states and all(state is JobState.PENDING for state in status.states))
 
     def poll(self) -> int | None:
         return _exit_code(self.job_states())
@@ -530,7 +778,7 @@ class BatchSystemLauncher(Launcher):
     def running_engines(self) -> int:
         states = self.job_states()
         if not self.status_per_engine:
-            return getattr(self, "n", 0) if any(s.state is JobState.RUNNING for s in states.values()) else 0
+            return sum(self.job_size(job_id) for job_id, status in states.items() if status.state is JobState.RUNNING)
         return sum(status.running for status in states.values())
 
     def exit_label(self, role: str) -> str:
