@@ -71,10 +71,23 @@ def start_main(config: Config, profile_dir: str) -> int:
         cluster = _cli_cluster(config, profile_dir)
     except ClusterLauncherError as exc:
         return _fail("start", exc)
-    # c.Cluster.n, else one engine per CPU (Cluster() has made a configured None its own default)
-    n = cluster.n if cluster.n is not None and "n" in (config.get("Cluster") or {}) else (os.cpu_count() or 1)
+    try:  # inside a batch job, with no engine launcher configured: engines across its allocation
+        allocation = cluster.use_allocation()
+    except ClusterLauncherError as exc:
+        return _fail("start", exc)
+    # c.Cluster.n, else the allocation's slots, else one engine per CPU (Cluster() has made a configured
+    # None its own default)
+    configured_n = "n" in (config.get("Cluster") or {}) or allocation is not None
+    n = cluster.n if cluster.n is not None and configured_n else (os.cpu_count() or 1)
     cluster.n = n
     cluster.report = cluster.warn = _say
+    if allocation is not None:
+        inside = (f"inside {allocation}: {n} engine{'s' if n != 1 else ''} through {cluster.engine_launcher_class} "
+                  "(--engines=Local starts them on this node instead)")
+        if cluster.dry_run:
+            print(inside, flush=True)
+        else:
+            _say(inside)
     previous = _on_signals(_raise_signalled)
     ready = False
     if cluster.dry_run:
