@@ -123,7 +123,7 @@ def test_debug_shows_the_traceback(capsys):
     code, _, err = run_cli(["start", "--engines=SHS", "--debug"], capsys)
     assert code == 2 and "Traceback" in err
     assert err.rstrip().endswith("unknown launcher 'SHS'; installed: LSF, Local, MPI, PBS, SGE, SSH, Slurm, "
-                                 "WindowsHPC; did you mean 'SSH'?")
+                                 "Srun, WindowsHPC; did you mean 'SSH'?")
 
 
 def test_config_file_error_through_the_cli(home, capsys):

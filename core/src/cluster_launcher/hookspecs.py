@@ -16,7 +16,9 @@ entry-point group.  It implements any of the hooks below with the
 
 The four *register* hooks are called once per process, when the plugin
 registry is first needed (:func:`cluster_launcher.plugins.get_registry`);
-every plugin's answers are gathered and indexed by short name.  The
+every plugin's answers are gathered and indexed by short name.
+:func:`cluster_launcher_allocation` is a question ``start`` asks: the first
+plugin to answer it says which batch allocation ``start`` runs inside.  The
 *lifecycle* hooks are called by the running controller, engines and cluster
 as events happen; their return values are ignored and an exception in one is
 logged, never allowed to take the controller down.
@@ -24,6 +26,7 @@ logged, never allowed to take the controller down.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -31,7 +34,7 @@ import pluggy
 if TYPE_CHECKING:
     from .cli import Commands
     from .db import BaseDB
-    from .launcher import Launcher
+    from .launcher import Allocation, Launcher
     from .scheduler import Scheduler
     from .transport import Transport
 
@@ -100,6 +103,28 @@ def cluster_launcher_register_commands(commands: Commands) -> None:
     ``argparse.Namespace`` and returns the process exit code.  A usage error
     prints as every error of the command line does (one line, exit 2); a
     name that is already a subcommand is a PluginError.
+    """
+
+
+# --- questions: what a plugin may answer ----------------------------------
+
+
+@hookspec(firstresult=True)
+def cluster_launcher_allocation(environ: Mapping[str, str]) -> Allocation | None:
+    """Return the batch allocation ``environ`` (the environment of
+    ``cluster-launcher start``) runs inside, or None if it is not one this
+    plugin knows.
+
+    A plugin that knows a batch system reads the variables the system gives
+    a job (Slurm's ``SLURM_JOB_ID``, PBS's ``PBS_NODEFILE``) and returns a
+    :class:`cluster_launcher.launcher.Allocation`: the system, the job id,
+    the short name of the engine launcher that starts engines across the
+    allocation (``'Srun'``, ``'MPI'``), how many engines fit (``slots``) and
+    its host names.  When ``Cluster.engine_launcher_class`` is configured
+    nowhere, ``start`` then starts the engines with that launcher, ``slots``
+    of them unless ``-n`` says otherwise; the controller stays where
+    ``start`` runs.  The first plugin to answer wins (``tryfirst=True`` on a
+    hookimpl puts it ahead); called once per ``start``.
     """
 
 

@@ -10,6 +10,11 @@ group does not reach them: :meth:`MPILauncher.stop` takes the whole process
 tree (``mpiexec``, its proxies, the ranks) as it is at that moment, asks
 ``mpiexec`` to stop (it passes SIGTERM on to the ranks), and kills by PID
 whatever of that tree is still running after ``stop_timeout``.
+
+Inside a PBS/Torque job (``$PBS_NODEFILE`` set) the plugin answers the
+``cluster_launcher_allocation`` hook: a bare ``cluster-launcher start`` there
+starts one engine per line of the node file under mpiexec, and the engines'
+mpiexec gets the node file as its host file unless ``mpi_args`` names hosts.
 """
 
 from __future__ import annotations
@@ -27,16 +32,19 @@ from traitlets import List, Unicode
 
 from cluster_launcher import hookimpl
 from cluster_launcher.error import ClusterLauncherError
-from cluster_launcher.launcher import ControllerLauncher, EngineSetLauncher, LocalProcessLauncher
+from cluster_launcher.launcher import Allocation, ControllerLauncher, WrappedEngineSetLauncher, WrapperLauncher
 from cluster_launcher.launcher.process import pid_alive, process_start_token
 
 log = logging.getLogger("cluster_launcher")
 
 # Open MPI refuses to run as root unless told twice; MPICH does not ask.
 OPENMPI_ROOT_ENVIRONMENT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+# mpi_args naming hosts (MPICH's Hydra and Open MPI): with one, a PBS node file is not added.
+HOST_OPTIONS = frozenset({"-f", "-hosts", "-host", "--host", "-H", "-hostfile", "--hostfile", "-machinefile",
+                          "--machinefile", "-machine", "--default-hostfile", "-configfile", "--configfile"})
 
 
-class MPILauncher(LocalProcessLauncher):
+class MPILauncher(WrapperLauncher):
     """``mpiexec -n N [mpi_args] <command>`` as a local child process."""
 
     mpi_cmd = List(Unicode(), default_value=["mpiexec"], help="The mpiexec command (IPython's "
@@ -49,8 +57,25 @@ class MPILauncher(LocalProcessLauncher):
     mpi_flavor = Unicode("", help="'mpich', 'openmpi' or '' (unknown), from `mpiexec --version`.").tag(
         config=False, state=True)
 
-    def mpi_command(self, n: int, command: list[str]) -> list[str]:
-        return [*self.mpi_cmd, "-n", str(n), *self.mpi_args, *command]
+    @property
+    def wrapper_cmd(self) -> list[str]:
+        return list(self.mpi_cmd)
+
+    def wrap(self, n: int, command: list[str]) -> list[str]:
+        hosts = self.allocation_args() if self.role == "engines" else []
+        return [*self.mpi_cmd, "-n", str(n), *hosts, *self.mpi_args, *command]
+
+    def allocation_args(self) -> list[str]:
+        """Inside a PBS allocation (``$PBS_NODEFILE``) and with no hosts in
+        ``mpi_args``: the node file as mpiexec's host file, so the ranks go
+        to the job's nodes (MPICH ``-f``, Open MPI ``--hostfile``, an
+        mpiexec not known ``-machinefile``, which both understand too)."""
+        node_file = os.environ.get("PBS_NODEFILE")
+        if not node_file or any(arg.split("=", 1)[0] in HOST_OPTIONS for arg in self.mpi_args):
+            return []
+        if not self.mpi_flavor and self.mpi_cmd and shutil.which(self.mpi_cmd[0]):
+            self.mpi_flavor = self._check_mpiexec()  # start sets it first; a dry run asks here
+        return [{"mpich": "-f", "openmpi": "--hostfile"}.get(self.mpi_flavor, "-machinefile"), node_file]
 
     def start(self, n: int = 1) -> None:
         self.mpi_flavor = self._check_mpiexec()
@@ -79,14 +104,6 @@ class MPILauncher(LocalProcessLauncher):
         text = (version.stdout + version.stderr).lower()
         return "openmpi" if any(word in text for word in ("open mpi", "openrte", "open-mpi")) else \
             "mpich" if "hydra" in text else ""
-
-    def exit_label(self, role: str) -> str:
-        return f"{self.mpi_cmd[0] if self.mpi_cmd else 'mpiexec'} of the {'engines' if role == 'engine' else role}"
-
-    def exited(self) -> list[tuple[int, str, list[str]]]:
-        reports = super().exited()
-        # The command first: "mpiexec exited with code 255" says little on its own.
-        return [(code, log, [f"$ {' '.join(self.args)}", *lines[:8]]) for code, log, lines in reports]
 
     def stop(self) -> None:
         """SIGTERM to mpiexec (it passes it on to the ranks), then SIGKILL to
@@ -155,29 +172,41 @@ class MPIControllerLauncher(MPILauncher, ControllerLauncher):
 
     @property
     def args(self) -> list[str]:
-        return self.mpi_command(1, ControllerLauncher.args.fget(self))  # type: ignore[attr-defined]
+        return self.wrap(1, ControllerLauncher.args.fget(self))  # type: ignore[attr-defined]
 
 
-class MPIEngineSetLauncher(MPILauncher, EngineSetLauncher):
+class MPIEngineSetLauncher(MPILauncher, WrappedEngineSetLauncher):
     """``n`` engines as the ranks of one ``mpiexec -n n`` (IPython's MPIEngineSetLauncher)."""
 
-    log_name = "engines"
+    task_word = "ranks"
 
-    @property
-    def args(self) -> list[str]:
-        return self.mpi_command(self.n, EngineSetLauncher.args.fget(self))  # type: ignore[attr-defined]
 
-    def start(self, n: int = 1) -> None:
-        self.n = n
-        super().start(n)
-
-    def running_engines(self) -> int:
-        return self.n if self.poll() is None else 0
-
-    def describe(self) -> str:
-        return f"mpiexec pid {self.pid} with {self.n} ranks, log {self.log_path}"
+def read_node_file(path: str) -> list[str]:
+    """The host names of a PBS node file, one line per slot (blank lines and
+    ``#`` comments skipped); [] if it cannot be read."""
+    try:
+        with open(path) as f:
+            lines = [line.split("#", 1)[0].strip() for line in f]
+    except OSError:
+        return []
+    return [line for line in lines if line]
 
 
 @hookimpl
 def cluster_launcher_register_launchers():
     return [MPIControllerLauncher, MPIEngineSetLauncher]
+
+
+@hookimpl
+def cluster_launcher_allocation(environ):
+    """Inside a PBS/Torque job (``$PBS_NODEFILE``): engines under mpiexec, one
+    per line of the node file, the file as mpiexec's host file."""
+    node_file = environ.get("PBS_NODEFILE")
+    if not node_file:
+        return None
+    hosts = read_node_file(node_file)
+    if not hosts:
+        log.warning("PBS_NODEFILE=%s names no hosts (missing or empty): not starting engines across it", node_file)
+        return None
+    return Allocation(system="PBS", job_id=environ.get("PBS_JOBID", "?"), engine_launcher="MPI", slots=len(hosts),
+                      nodes=tuple(dict.fromkeys(hosts)))

@@ -14,7 +14,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,7 +23,7 @@ from traitlets.config import Config, LoggingConfigurable
 
 from .. import plugins
 from ..error import ClusterError, ClusterLauncherError
-from ..launcher import ControllerLauncher, EngineSetLauncher, Launcher
+from ..launcher import Allocation, ControllerLauncher, EngineSetLauncher, Launcher
 from ..paths import ensure_profile_dir, profile_dir_for, profile_name
 from ..protocol.connection import connection_file
 from .adapt import Adaptive, AdaptivePolicy
@@ -171,6 +171,31 @@ class Cluster(LoggingConfigurable):
             trait = "controller_launcher_class" if role == "controller" else "engine_launcher_class"
             raise ClusterError(f"Cluster.{trait} = {name!r} is not a {base.__name__}")
         return cls(config=self.config, profile_dir=self.profile_dir, cluster_id=self.cluster_id)
+
+    def use_allocation(self, environ: Mapping[str, str] | None = None) -> Allocation | None:
+        """Inside a batch allocation a plugin recognizes in ``environ``
+        (default: this process's environment; the ``cluster_launcher_allocation``
+        hook), unless ``Cluster.engine_launcher_class`` is configured (config
+        file, command line, or set to something else than Local): engines
+        through the allocation's launcher, and ``n`` its slots unless
+        ``Cluster.n`` is configured.  Returns the allocation it used, or None
+        (nothing changed).  The controller's launcher is left as it is."""
+        configured = self.config.get("Cluster") or {}
+        if "engine_launcher_class" in configured or self.engine_launcher_class != "Local":
+            return None
+        environ = os.environ if environ is None else environ
+        try:
+            allocation = plugins.get_plugin_manager().hook.cluster_launcher_allocation(environ=environ)
+        except Exception as exc:  # a plugin's bug: said in one line, as every error of start
+            raise ClusterError(f"a cluster_launcher_allocation hook failed: {type(exc).__name__}: {exc}") from exc
+        if allocation is None:
+            return None
+        if not isinstance(allocation, Allocation):
+            raise ClusterError(f"a cluster_launcher_allocation hook returned {allocation!r}, not an Allocation")
+        self.engine_launcher_class = allocation.engine_launcher
+        if "n" not in configured:
+            self.n = max(1, allocation.slots)
+        return allocation
 
     def check_launchers(self, n: int) -> None:
         """Let the launchers this cluster will use refuse settings that cannot

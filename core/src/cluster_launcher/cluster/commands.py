@@ -71,20 +71,32 @@ def start_main(config: Config, profile_dir: str) -> int:
         cluster = _cli_cluster(config, profile_dir)
     except ClusterLauncherError as exc:
         return _fail("start", exc)
-    # c.Cluster.n, else one engine per CPU (Cluster() has made a configured None its own default)
-    configured_n = cluster.n if cluster.n is not None and "n" in (config.get("Cluster") or {}) else None
+    try:  # inside a batch job, with no engine launcher configured: engines across its allocation
+        allocation = cluster.use_allocation()
+    except ClusterLauncherError as exc:
+        return _fail("start", exc)
+    # c.Cluster.n, else the allocation's slots, else one engine per CPU (Cluster() has made a configured
+    # None its own default)
+    given = cluster.n is not None and ("n" in (config.get("Cluster") or {}) or allocation is not None)
+    configured_n = cluster.n if given else None
     if cluster.adaptive:
         if cluster.daemonize:
             return _fail("start", ClusterError(
                 "--adapt needs the start command to stay (it makes the scaling decisions): run it without "
                 "--daemonize, in the background of your shell or batch job, or use Cluster.adapt() in Python"))
         # Adaptive: start with the minimum (or -n); the rest come with the load.
-        n = cluster.adapt_minimum if configured_n is None else configured_n
+        n = cluster.n if "n" in (config.get("Cluster") or {}) and cluster.n is not None else cluster.adapt_minimum
     else:
         n = configured_n if configured_n is not None else (os.cpu_count() or 1)
-    if n:
-        cluster.n = n
+    cluster.n = n
     cluster.report = cluster.warn = _say
+    if allocation is not None:
+        inside = (f"inside {allocation}: {n} engine{'s' if n != 1 else ''} through {cluster.engine_launcher_class} "
+                  "(--engines=Local starts them on this node instead)")
+        if cluster.dry_run:
+            print(inside, flush=True)
+        else:
+            _say(inside)
     previous = _on_signals(_raise_signalled)
     ready = False
     if cluster.dry_run:

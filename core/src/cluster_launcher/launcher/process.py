@@ -1,18 +1,24 @@
 """Launchers that run a command as a local child process, and how a later
 process tells whether a recorded PID is still the process that was started
-(with psutil, on every system it supports)."""
+(with psutil, on every system it supports).
+
+:class:`WrapperLauncher` and :class:`WrappedEngineSetLauncher` are such a
+process that starts the real ones itself (``mpiexec -n N``, ``srun
+--ntasks=N``): the MPI and Srun launchers build on them."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 from datetime import datetime
+from typing import ClassVar
 
 import psutil
 from traitlets import Integer, Unicode
 
-from .base import Launcher
+from .base import EngineSetLauncher, Launcher
 
 
 def process_start_token(pid: int) -> str:
@@ -165,3 +171,60 @@ class LocalProcessLauncher(Launcher):
         self.killed = (*self.killed, f"{self.display_name()} (pid {self.pid}) ignored SIGTERM for "
                        f"{self.stop_timeout:g}s: {outcome}")
         self.log.debug("%s", self.killed[-1])
+
+
+class WrapperLauncher(LocalProcessLauncher):
+    """``<program> [its options] <command>`` as a local child process, the
+    program (``mpiexec``, ``srun``) starting the controller or the engines
+    itself, wherever it puts them.  A subclass gives the program
+    (:attr:`wrapper_cmd`) and how it wraps a command (:meth:`wrap`); an early
+    exit is reported as the program's ('mpiexec of the engines exited with code
+    1'), its command line first."""
+
+    @property
+    def wrapper_cmd(self) -> list[str]:
+        """The program and the options it always gets (``c.MPILauncher.mpi_cmd``)."""
+        raise NotImplementedError
+
+    def wrap(self, n: int, command: list[str]) -> list[str]:
+        """The command line that runs ``command`` ``n`` times under the program."""
+        raise NotImplementedError
+
+    def program_name(self) -> str:
+        """'mpiexec', 'srun': the program, for messages."""
+        return os.path.basename(self.wrapper_cmd[0]) if self.wrapper_cmd else type(self).__name__
+
+    def exit_label(self, role: str) -> str:
+        program = self.wrapper_cmd[0] if self.wrapper_cmd else self.program_name()
+        return f"{program} of the {'engines' if role == 'engine' else role}"
+
+    def exited(self) -> list[tuple[int, str, list[str]]]:
+        reports = super().exited()
+        # The command first: "mpiexec exited with code 255" says little on its own.
+        return [(code, log, [f"$ {' '.join(self.args)}", *lines[:8]]) for code, log, lines in reports]
+
+
+class WrappedEngineSetLauncher(WrapperLauncher, EngineSetLauncher):
+    """``n`` engines as the tasks of one wrapper program (``mpiexec -n n``,
+    ``srun --ntasks=n``): one process, one log, all its engines running or
+    none."""
+
+    log_name = "engines"
+    task_word: ClassVar[str] = "tasks"  # what describe() calls the engines: MPI's 'ranks'
+
+    @property  # LocalProcessLauncher only declares args, which its role class gives
+    def args(self) -> list[str]:  # type: ignore[override]
+        return self.wrap(self.n, EngineSetLauncher.args.fget(self))  # type: ignore[attr-defined]
+
+    def start(self, n: int = 1) -> None:
+        self.n = n
+        super().start(n)
+
+    def dry_run(self, n: int = 1) -> list[str]:
+        return [f"$ {shlex.join(self.wrap(n, EngineSetLauncher.args.fget(self)))}"]  # type: ignore[attr-defined]
+
+    def running_engines(self) -> int:
+        return self.n if self.poll() is None else 0
+
+    def describe(self) -> str:
+        return f"{self.program_name()} pid {self.pid} with {self.n} {self.task_word}, log {self.log_path}"
