@@ -14,6 +14,7 @@ import time
 import pytest
 
 from cluster_launcher import Client
+from cluster_launcher.engine.engine import deadline_from_environment
 from cluster_launcher.error import TaskTimeout
 from cluster_launcher.testing.processes import LocalCluster, Process, wait_for, wait_for_gate
 
@@ -109,3 +110,10 @@ def test_a_task_goes_only_to_an_engine_with_time_left_for_its_expected_runtime(c
         view.set_flags(expected_runtime=-1)
         with pytest.raises(ValueError, match="LoadBalancedView.expected_runtime: a finite number of seconds >= 0"):
             view.apply_async(os.getpid)
+
+
+def test_the_deadline_comes_from_the_job_scripts_export_else_from_slurms():
+    assert deadline_from_environment({"CLUSTER_LAUNCHER_ENGINE_DEADLINE": "2000", "SLURM_JOB_END_TIME": "3000"}) == 2000
+    assert deadline_from_environment({"SLURM_JOB_END_TIME": "3000"}) == 3000
+    assert deadline_from_environment({"CLUSTER_LAUNCHER_ENGINE_DEADLINE": "soon", "SLURM_JOB_END_TIME": "0"}) == 0
+    assert deadline_from_environment({}) == 0

@@ -40,6 +40,9 @@ class SlurmLauncher(BatchSystemLauncher):
     directive = "#SBATCH"
     queue_directive = "#SBATCH --partition={queue}"
     walltime_directive = "#SBATCH --time={walltime}"
+    walltime_bare_unit = 60  # --time=90: 90 minutes
+    # B: the batch shell only, not every step's tasks (which srun forwards it to in the engines' job).
+    walltime_signal_directive = "#SBATCH --signal=B:USR1@{seconds}"
     name_directives = ("#SBATCH --job-name={job_name}", "#SBATCH --output={output}")
     output_pattern = "{job_name}-%j.out"
     # squeue, asked about a job it has purged: "slurm_load_jobs error: Invalid job id specified", code 1.
@@ -81,7 +84,9 @@ class SlurmEngineSetLauncher(SlurmLauncher, EngineSetLauncher):
 
     engines_directives = ("#SBATCH --ntasks={n}",)
     status_per_engine = False  # srun starts them all: squeue tells the job's state
-    default_template = "#!/bin/sh\n{header}\n{prologue}srun {command}\n"
+    # exec: srun is the batch shell, so the SIGUSR1 sent ahead of the walltime (--signal=B:) reaches
+    # it, and it forwards it to the engines, which drain.
+    default_template = "#!/bin/sh\n{header}\n{prologue}exec srun {command}\n"
 
 
 @hookimpl

@@ -8,9 +8,9 @@ launchers build on; :mod:`.batch` the base of batch-system launchers
 """
 
 from .base import ControllerLauncher, EngineSetLauncher, Launcher, config_args, python_cmd
-from .batch import BatchSystemLauncher, EvalFormatter, JobState, JobStatus
+from .batch import BatchSystemLauncher, EvalFormatter, JobState, JobStatus, walltime_seconds
 from .process import LocalProcessLauncher, pid_alive, process_start_token, tail
 
 __all__ = ["BatchSystemLauncher", "ControllerLauncher", "EngineSetLauncher", "EvalFormatter", "JobState",
            "JobStatus", "Launcher", "LocalProcessLauncher", "config_args", "pid_alive", "process_start_token",
-           "python_cmd", "tail"]
+           "python_cmd", "tail", "walltime_seconds"]
