@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,8 @@ def _job_launcher(cls: type[BatchSystemLauncher], profile: Path, **traits) -> Ba
 
 
 def test_sge_walltime_kill_is_reported_as_a_timeout(sge_bed, env, tmp_path, monkeypatch):
-    """h_rt: Grid Engine kills the job within seconds of its limit, and qacct says why."""
+    """h_rt: Grid Engine kills the job within seconds of its limit, and qacct says why; the job
+    ended, it did not fail."""
     _in_this_process(monkeypatch, {**env, **sge_bed.env()})
     engines = _job_launcher(SGEEngineSetLauncher, tmp_path / "profile", poll_interval=0.2, walltime="0:0:3",
                             batch_template="{header}\nsleep 600\n")
@@ -135,8 +137,9 @@ def test_sge_walltime_kill_is_reported_as_a_timeout(sge_bed, env, tmp_path, monk
     try:
         wait_for(lambda: engines.poll() is not None, 90, "Grid Engine to enforce h_rt")
         ((code, _, lines),) = engines.exited()
-        assert code == 137  # SIGKILL
-        assert re.match(r"SGE job \d+: finished \(qmaster enforced h_rt", lines[0]), lines
+        assert code == 0  # killed (137) at its walltime: an end foreseen, not a failure
+        assert re.match(r"SGE job \d+: finished \(qmaster enforced h_rt.*\): it reached its walltime \(0:0:3\); "
+                        "ended, not failed$", lines[0]), lines
         assert engines.job_states()[engines.job_ids[0]].state.value == "timeout"
     finally:
         engines.stop()
@@ -213,3 +216,39 @@ def test_ipythons_pbs_walkthrough(slurm_bed, env, tmp_path, monkeypatch):
     assert stopped.returncode == 0, stopped.stderr
     wait_for(lambda: slurm_bed.jobs() == [], 60, "the queue to be empty")
     wait_for(lambda: not running_with(environ["CLUSTER_LAUNCHER_DIR"]), 30, "the jobs' processes to end")
+
+
+@pytest.mark.timeout(300)
+def test_slurm_engines_drain_before_their_walltime_and_the_job_ends_rather_than_fails(slurm_bed, env, monkeypatch):
+    """--time=00:01:00 and --signal=B:USR1@20: the engine learns its deadline from the job
+    script, drains (at SIGUSR1, or Engine.drain_margin seconds before the deadline, whichever
+    comes first: Slurm 22.05 looks at time limits only every 30 s) and exits 0 before Slurm's
+    kill; the job is COMPLETED, and the launcher reports it ended with code 0."""
+    environ = {**env, **slurm_bed.env()}
+    _in_this_process(monkeypatch, environ)
+    config = Config()
+    config.Cluster.engine_launcher_class = "Slurm"
+    config.SlurmLauncher.poll_interval = 0.5
+    config.SlurmEngineSetLauncher.walltime = "00:01:00"
+    config.SlurmEngineSetLauncher.walltime_signal = 20
+    config.Engine.drain_margin = 15
+    cluster = Cluster(n=1, config=config)
+    with cluster as client:
+        (engines,) = cluster.engine_sets
+        (job_id,) = engines.job_ids
+        script = Path(engines.job_script).read_text()
+        assert "#SBATCH --time=00:01:00\n#SBATCH --signal=B:USR1@20\n" in script, script
+        assert "\nexec srun " in script, script  # srun is the batch shell: B:USR1 reaches it, it forwards it
+        (engine_id,) = client.ids
+        left = client.queue_status()[engine_id]["deadline"] - time.time()
+        assert 0 < left <= 61, left
+        assert client[engine_id].apply_sync(lambda: 6 * 7) == 42
+        wait_for(lambda: engines.poll() is not None, 150, f"Slurm job {job_id} to end")
+        ((code, output, lines),) = engines.exited()
+        # COMPLETED, not TIMEOUT: the engine left before the kill.
+        assert (code, lines[0]) == (0, f"Slurm job {job_id}: COMPLETED"), lines
+        wait_for(lambda: not client.ids, 30, "the drained engine to leave client.ids")
+        said = Path(output).read_text()
+        assert re.search(r"draining: (SIGUSR1|\d+ s before the job's walltime)", said), said
+        assert "Traceback" not in said, said
+    assert slurm_bed.jobs() == []

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from cluster_launcher.launcher import (
     EvalFormatter,
     JobState,
     JobStatus,
+    walltime_seconds,
 )
 from cluster_launcher.protocol.connection import ENGINE_CONNECTION_ENV, connection_file, write_private_json
 
@@ -165,6 +169,7 @@ def test_default_template_is_header_prologue_command_with_the_connection_exporte
         "#TOY -t 00:30:00",
         "#TOY -A abc",
         f"export {ENGINE_CONNECTION_ENV}='{connection}'",
+        "export CLUSTER_LAUNCHER_ENGINE_DEADLINE=$(( $(date +%s) + 1800 ))",  # computed when the job starts
         "module load python",
         f"{sys.executable} -m cluster_launcher engine --profile-dir={toy / 'profile'} --cluster-id=c1 "
         "'--x=a b' --Engine.log_to_file=False",
@@ -303,10 +308,11 @@ def test_states_as_the_scheduler_tells_them(toy):
     assert launcher.poll() is None and launcher.running_engines() == 1
     assert launcher.status_line() == "Toy job 100 R"
     _set_state(toy, "100", "TIMEOUT DUE TO TIME LIMIT")
-    assert launcher.poll() == 1
+    assert launcher.poll() == 0  # it reached its walltime: it ended, it did not fail
     ((code, output, lines),) = launcher.exited()
-    assert code == 1 and output == launcher.output_path("100")
-    assert lines[0] == "Toy job 100: TIMEOUT (DUE TO TIME LIMIT)"
+    assert code == 0 and output == launcher.output_path("100")
+    assert lines[0] == "Toy job 100: TIMEOUT (DUE TO TIME LIMIT): it reached its walltime (the queue default); " \
+        "ended, not failed"
     (toy / "jobs").write_text("")  # the scheduler forgot it: its end, as seen, stays
     assert launcher.job_states()["100"].state is JobState.TIMEOUT
 
@@ -503,3 +509,40 @@ def test_a_scheduler_busy_every_time_fails_after_the_retries(toy, monkeypatch):
                                            r"ToyEngineSetLauncher.submit_retries\)$"):
         launcher.start(1)
     assert slept == [1, 2] and launcher.job_ids == []
+
+
+# --- walltime ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "bare_unit", "seconds"), [
+    ("", 1, None), ("01:00:00", 1, 3600), ("10:30", 1, 630), ("90", 1, 90), ("90", 60, 5400),
+    ("2-0", 60, 2 * 86400), ("1-12", 60, 86400 + 12 * 3600), ("1-00:30", 60, 86400 + 1800),
+    ("1-00:00:05", 60, 86405), (" 0:0:3 ", 1, 3),
+])
+def test_walltime_forms_in_seconds(text, bare_unit, seconds):
+    assert walltime_seconds(text, bare_unit=bare_unit) == seconds
+
+
+@pytest.mark.parametrize("text", ["1h", "1:2:3:4", "-5", "1-", "a:b", "1.5"])
+def test_a_walltime_of_no_known_form_is_a_one_line_config_error_naming_the_option(text):
+    with pytest.raises(ConfigError, match=rf"^SlurmEngineSetLauncher\.walltime = '{re.escape(text)}': expected "
+                       r"HH:MM:SS, MM:SS, a number, or \(Slurm\) D-HH, D-HH:MM, D-HH:MM:SS$"):
+        walltime_seconds(text, "SlurmEngineSetLauncher")
+
+
+def test_only_the_engines_job_exports_its_deadline_computed_when_it_starts(toy):
+    engines = _engines(toy, walltime="1:00:00")
+    assert "\nexport CLUSTER_LAUNCHER_ENGINE_DEADLINE=$(( $(date +%s) + 3600 ))\n" in engines.job_script_text(1)
+    assert "DEADLINE" not in _engines(toy).job_script_text(1)  # no walltime: no deadline
+    controller = ToyControllerLauncher(profile_dir=str(toy / "profile"), cluster_id="c1", walltime="1:00:00")
+    assert "DEADLINE" not in controller.job_script_text(1)
+    with pytest.raises(ConfigError, match=r"^ToyEngineSetLauncher\.walltime = 'soon'"):
+        _engines(toy, walltime="soon").check(1)
+
+
+def test_the_exported_deadline_is_the_shells_clock_plus_the_walltime(toy, tmp_path):
+    script = _engines(toy, walltime="10:00", batch_template="{header}\necho $CLUSTER_LAUNCHER_ENGINE_DEADLINE\n"
+                      ).job_script_text(1)
+    before = time.time()
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, timeout=30)
+    assert before + 600 - 1 <= int(done.stdout) <= time.time() + 600

@@ -361,3 +361,128 @@ def test_many_tasks_all_complete_and_leave_nothing_behind(engines):
             done += 1
     assert done == 200 and not queue.tasks and queue.unassigned() == 0
     assert all(e.lb_load == 0 and not e.in_flight for e in queue.engines.values())
+
+
+# --- walltime: draining engines, expected runtimes, idle time ----------------------
+
+
+class Clock:
+    """The queue's epoch clock, moved by hand."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def walltime_queue(*deadlines: float | None, hwm: int = 0) -> tuple[TaskQueue, Clock]:
+    clock = Clock()
+    queue: TaskQueue = TaskQueue(LeastLoaded(), hwm=hwm, clock=clock)
+    for i, deadline in enumerate(deadlines):
+        queue.add_engine(Engine(id=i, uuid=f"uuid-{i}", deadline=deadline))
+    queue.take_actions()
+    return queue, clock
+
+
+def test_a_draining_engine_gets_no_new_task():
+    queue, _ = walltime_queue(None, None)
+    assert queue.drain(0) is queue.engines[0]
+    for name in "abc":
+        queue.submit(Task(msg_id=name), now=0)
+    assert dispatched(queue.take_actions()) == [("a", 1), ("b", 1), ("c", 1)]
+
+
+def test_tasks_wait_while_every_engine_drains_and_go_to_the_next_one_that_registers():
+    queue, _ = walltime_queue(None)
+    queue.drain(0)
+    queue.submit(Task(msg_id="a"), now=0)
+    assert queue.take_actions() == [] and queue.unassigned() == 1
+    queue.add_engine(Engine(id=1, uuid="uuid-1"))
+    assert dispatched(queue.take_actions()) == [("a", 1)]
+
+
+def test_handed_back_tasks_go_to_another_engine_first_not_failed_and_not_counted_as_retries():
+    queue, _ = walltime_queue(None, hwm=3)
+    for name in "abc":
+        queue.submit(Task(msg_id=name, retries=0), now=0)
+    assert dispatched(queue.take_actions()) == [("a", 0), ("b", 0), ("c", 0)]
+    queue.submit(Task(msg_id="d"), now=0)  # waits: engine 0 is full
+    queue.add_engine(Engine(id=1, uuid="uuid-1", domain="shm-a"))
+    assert dispatched(queue.take_actions()) == [("d", 1)]
+    # Engine 0 runs "a" and hands back "b" and "c", which it has not started.
+    queue.drain(0, ["b", "c"])
+    actions = queue.take_actions()
+    assert dispatched(actions) == [("b", 1), ("c", 1)]  # in their order, before anything newer
+    assert failures(actions) == [] and not any(isinstance(a, Requeue) for a in actions)
+    assert queue.pending("b").retries == 0 and not queue.pending("b").blacklist
+    assert list(queue.engines[0].in_flight) == ["a"] and queue.engines[0].lb_load == 1
+    # The running task still ends as usual.
+    assert finish(queue, "a") == []
+    assert queue.engines[0].in_flight == {}
+
+
+def test_a_hand_back_of_tasks_the_engine_no_longer_holds_changes_nothing():
+    queue, _ = walltime_queue(None, None)
+    queue.submit(Task(msg_id="a"), now=0)
+    assert dispatched(queue.take_actions()) == [("a", 0)]
+    finish(queue, "a")
+    queue.drain(0, ["a", "never-seen"])
+    assert queue.take_actions() == [] and queue.engines[0].lb_load == 0
+    assert queue.drain(7, ["a"]) is None  # not registered
+
+
+def test_a_direct_task_handed_back_or_sent_to_a_draining_engine_fails_naming_why():
+    queue, _ = walltime_queue(None)
+    queue.submit(Task(msg_id="m", queue="mux", targets=[0]), now=0)
+    assert dispatched(queue.take_actions()) == [("m", 0)]
+    queue.drain(0, ["m"])
+    ((task, kind, ename, evalue),) = [(a.task.msg_id, a.kind, a.ename, a.evalue) for a in queue.take_actions()]
+    assert (task, kind, ename) == ("m", "engine", "EngineError") and "drained" in evalue
+    queue.submit(Task(msg_id="n", queue="mux", targets=[0]), now=0)
+    assert failures(queue.take_actions()) == [("n", "EngineError")]
+
+
+def test_a_task_goes_only_to_an_engine_whose_deadline_leaves_it_its_expected_runtime():
+    # Engine 0 ends in 100 s, engine 1 in 1000 s, engine 2 has no known end.
+    queue, clock = walltime_queue(1100.0, 2000.0, None)
+    queue.submit(Task(msg_id="short", expected_runtime=50), now=0)
+    queue.submit(Task(msg_id="long", expected_runtime=500), now=0)
+    queue.submit(Task(msg_id="longer", expected_runtime=5000), now=0)
+    queue.submit(Task(msg_id="unsaid"), now=0)
+    assert dispatched(queue.take_actions()) == [("short", 0), ("long", 1), ("longer", 2), ("unsaid", 0)]
+    clock.now = 1960.0  # 40 s left on engine 1: 50 s no longer fit there
+    queue.submit(Task(msg_id="late", expected_runtime=50, targets=[1]), now=0)
+    assert queue.take_actions() == [] and queue.unassigned() == 1
+
+
+def test_a_task_no_engine_has_time_for_waits_for_one_and_its_timeout_fails_it():
+    queue, _ = walltime_queue(1100.0)
+    queue.submit(Task(msg_id="a", expected_runtime=500, timeout=30), now=0)
+    assert queue.take_actions() == [] and queue.unassigned() == 1
+    queue.expire(now=31)
+    assert failures(queue.take_actions()) == [("a", "TaskTimeout")]
+    queue.submit(Task(msg_id="b", expected_runtime=500), now=0)
+    queue.add_engine(Engine(id=1, uuid="uuid-1", deadline=5000.0))
+    assert dispatched(queue.take_actions()) == [("b", 1)]
+
+
+def test_idle_since_is_when_the_engine_last_had_nothing_in_flight():
+    queue, clock = walltime_queue(None)
+    assert queue.engines[0].idle_since == 1000.0  # since it registered
+    clock.now = 1010.0
+    queue.submit(Task(msg_id="a"), now=0)
+    queue.submit(Task(msg_id="b"), now=0)
+    queue.take_actions()
+    assert queue.engines[0].idle_since is None
+    clock.now = 1020.0
+    finish(queue, "a")
+    assert queue.engines[0].idle_since is None  # "b" is still there
+    clock.now = 1030.0
+    finish(queue, "b")
+    assert queue.engines[0].idle_since == 1030.0
+    queue.submit(Task(msg_id="c"), now=0)
+    queue.take_actions()
+    clock.now = 1040.0
+    queue.drain(0, ["c"])  # handed back, and nowhere to go: the engine is idle, the task waits
+    assert queue.engines[0].idle_since == 1040.0 and queue.unassigned() == 1

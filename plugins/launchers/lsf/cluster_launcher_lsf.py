@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from traitlets import List, Unicode
 
 from cluster_launcher import hookimpl
-from cluster_launcher.launcher import BatchSystemLauncher, ControllerLauncher, EngineSetLauncher, JobState, JobStatus
+from cluster_launcher.launcher import (
+    BatchSystemLauncher,
+    ControllerLauncher,
+    EngineSetLauncher,
+    JobState,
+    JobStatus,
+    walltime_seconds,
+)
 
 # bjobs' STAT, by what it means here (EXIT is refined by the job's exit reason).
 STATES = {
@@ -35,6 +42,7 @@ class LSFLauncher(BatchSystemLauncher):
     directive = "#BSUB"
     queue_directive = "#BSUB -q {queue}"
     walltime_directive = "#BSUB -W {walltime}"
+    walltime_bare_unit = 60  # bsub -W 90: 90 minutes
     name_directives = ("#BSUB -J {job_name}", "#BSUB -o {output}")
     output_pattern = "{job_name}-%J.out"
     submit_on_stdin = True
@@ -50,6 +58,13 @@ class LSFLauncher(BatchSystemLauncher):
     status_command = List(Unicode(), ["bjobs", "-noheader", "-o", f"{BJOBS_FIELDS} delimiter='{DELIMITER}'"],
                           help="The LSF status command (the job ids are added).").tag(config=True)
     job_id_regexp = Unicode(r"Job <(\d+)> is submitted", help="The job id in bsub's output.").tag(config=True)
+
+    def walltime_limit(self) -> int | None:
+        # bsub -W is [hour:]minute: "1:30" is 90 minutes, where Slurm and PBS read 90 seconds.
+        fields = self.walltime.strip().split(":")
+        if len(fields) == 2 and all(field.isdigit() for field in fields):
+            return int(fields[0]) * 3600 + int(fields[1]) * 60
+        return walltime_seconds(self.walltime, type(self).__name__, self.walltime_bare_unit)
 
     def parse_states(self, output: str, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         statuses: dict[str, JobStatus] = {}

@@ -60,6 +60,9 @@ class SlurmLauncher(BatchSystemLauncher):
     directive = "#SBATCH"
     queue_directive = "#SBATCH --partition={queue}"
     walltime_directive = "#SBATCH --time={walltime}"
+    walltime_bare_unit = 60  # --time=90: 90 minutes
+    # B: the batch shell only, not every step's tasks (which srun forwards it to in the engines' job).
+    walltime_signal_directive = "#SBATCH --signal=B:USR1@{seconds}"
     name_directives = ("#SBATCH --job-name={job_name}", "#SBATCH --output={output}")
     output_pattern = "{job_name}-%j.out"
     # squeue, asked about a job it has purged: "slurm_load_jobs error: Invalid job id specified", code 1.
@@ -111,7 +114,8 @@ class SlurmEngineSetLauncher(SlurmLauncher, EngineSetLauncher):
 
     engines_directives = ("#SBATCH --array=1-{n}{throttle}", "#SBATCH --ntasks=1")
     output_pattern = "{job_name}-%A_%a.out"
-    # The engine is the job's shell: a signal for the batch shell (--signal=B:...) reaches it.
+    # exec: the engine is the batch shell of its array task, so the SIGUSR1 sent ahead of the walltime
+    # (--signal=B:) reaches it, and it drains.
     default_template = "#!/bin/sh\n{header}\n{prologue}exec {command}\n"
 
 

@@ -96,7 +96,7 @@ class WindowsHPCLauncher(BatchSystemLauncher):
             "MinCores": "1", "MaxCores": str(tasks), "RunUntilCanceled": "false", "IsExclusive": "false",
             "JobType": "Batch", "Priority": "Normal", "Project": "cluster-launcher", "xmlns": NAMESPACE,
             **({"JobTemplate": self.queue} if self.queue else {}),
-            **({"RuntimeSeconds": str(_seconds(self.walltime))} if self.walltime else {}),
+            **({"RuntimeSeconds": str(self.walltime_limit())} if self.walltime else {}),
             **dict(extra.split("=", 1) for extra in self.job_extra_directives if "=" in extra),
         })
         ET.SubElement(job, "Dependencies")
@@ -127,18 +127,6 @@ class WindowsHPCLauncher(BatchSystemLauncher):
     def output_location(self) -> str:
         return os.path.join(self.profile_dir or ".", self.task_output(0))
 
-
-
-def _seconds(walltime: str) -> int:
-    """'01:30:00' (or '90:00', '5400') in seconds."""
-    try:
-        parts = [int(part) for part in walltime.split(":")]
-    except ValueError:
-        raise ConfigError(f"WindowsHPCLauncher.walltime = {walltime!r}: expected [[hours:]minutes:]seconds") from None
-    seconds = 0
-    for part in parts:
-        seconds = seconds * 60 + part
-    return seconds
 
 
 class WindowsHPCControllerLauncher(WindowsHPCLauncher, ControllerLauncher):

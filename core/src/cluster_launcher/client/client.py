@@ -170,7 +170,8 @@ class Client:
     # --- sending -----------------------------------------------------------------
 
     def _submit(self, buffers: list, queue: str, targets: Sequence[int] | None, *, after: list | None = None,
-                follow: list | None = None, timeout: float | None = None, retries: int = 0) -> list[TaskState]:
+                follow: list | None = None, timeout: float | None = None, retries: int = 0,
+                expected_runtime: float | None = None) -> list[TaskState]:
         """Send one ``apply`` per entry of ``targets`` (mux) or one task; the
         tasks are registered before the messages leave, so no reply is missed."""
         copy = all(len(b) < _ZERO_COPY_BYTES for b in buffers)
@@ -179,7 +180,8 @@ class Client:
         # ``domain`` and ``pid`` tell the engine whether, and for whom, it may
         # reply through shared memory.
         base: dict[str, Any] = {"type": "apply", "session": session.session_id, "queue": queue, "after": after or [],
-                "follow": follow or [], "timeout": timeout, "retries": retries, "hostname": session.hostname,
+                "follow": follow or [], "timeout": timeout, "retries": retries, "expected_runtime": expected_runtime,
+                "hostname": session.hostname,
                 "domain": session.domain, "pid": os.getpid(), "submitted": submitted.isoformat()}
         per_message = [[t] for t in targets or ()] if queue == "mux" else [
             list(targets) if targets is not None else None]

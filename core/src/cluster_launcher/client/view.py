@@ -92,7 +92,7 @@ class View:
 
     def set_flags(self, **flags: Any) -> None:
         """Set flags (``block``, and for load-balanced views ``retries``,
-        ``after``, ``follow``, ``timeout``, ``targets``)."""
+        ``after``, ``follow``, ``timeout``, ``expected_runtime``, ``targets``)."""
         for name, value in flags.items():
             if name not in self._flag_names:
                 raise KeyError(f"{type(self).__name__}.set_flags: unknown flag {name!r} "
@@ -351,10 +351,12 @@ class LoadBalancedView(View):
     Flags: ``retries`` (times a task whose engine died is rerun elsewhere),
     ``after`` / ``follow`` (msg ids or AsyncResults that must finish first /
     whose engine must run this task), ``timeout`` (seconds the task may wait
-    for its dependencies), ``targets`` (the engines allowed; None: any).
+    for its dependencies), ``expected_runtime`` (seconds the task expects to
+    run: it goes only to an engine whose batch job's walltime leaves it that
+    long; None: any engine), ``targets`` (the engines allowed; None: any).
     """
 
-    _flag_names = ("block", "retries", "after", "follow", "timeout", "targets")
+    _flag_names = ("block", "retries", "after", "follow", "timeout", "expected_runtime", "targets")
 
     def __init__(self, client: Client, targets: Any = None):
         super().__init__(client, targets)
@@ -362,6 +364,7 @@ class LoadBalancedView(View):
         self.after: Any = None
         self.follow: Any = None
         self.timeout: float | None = None
+        self.expected_runtime: float | None = None
 
     def __repr__(self) -> str:
         return f"<LoadBalancedView targets={self.targets!r}>"
@@ -369,13 +372,14 @@ class LoadBalancedView(View):
     def _task_options(self) -> dict[str, Any]:
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"LoadBalancedView.retries: a count >= 0, not {self.retries!r}")
-        if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or isinstance(self.timeout, bool)
-                                         or not math.isfinite(self.timeout) or self.timeout < 0):
-            raise ValueError("LoadBalancedView.timeout: a finite number of seconds >= 0, or None; "
-                             f"not {self.timeout!r}")
+        for name in ("timeout", "expected_runtime"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                      or not math.isfinite(value) or value < 0):
+                raise ValueError(f"LoadBalancedView.{name}: a finite number of seconds >= 0, or None; not {value!r}")
         targets = None if self.targets is None else self.client._resolve_targets(self.targets)
         return {"targets": targets, "after": msg_ids_of(self.after), "follow": msg_ids_of(self.follow),
-                "timeout": self.timeout, "retries": self.retries}
+                "timeout": self.timeout, "retries": self.retries, "expected_runtime": self.expected_runtime}
 
     def _send_task(self, buffers: list) -> list:
         options = self._task_options()

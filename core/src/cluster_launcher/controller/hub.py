@@ -104,7 +104,7 @@ class Controller(ProcessLogging):
             "hub_history": self.client_hub_history}
         self.engine_handlers: dict[str, Callable[[Message], None]] = {
             "register": self.engine_register, "unregister": self.engine_unregister,
-            "apply_reply": self.engine_apply_reply, "stream": self.engine_stream}
+            "apply_reply": self.engine_apply_reply, "stream": self.engine_stream, "drain": self.engine_drain}
         self.heartbeat_handlers: dict[str, Callable[[Message], None]] = {
             "heartbeat": self.heartbeat_echoed, "ping": self.heartbeat_ping}
         # What the task queue decides, carried out here on the sockets and the DB.
@@ -386,6 +386,7 @@ class Controller(ProcessLogging):
                     queue=queue, targets=header.get("targets"), retries=int(header.get("retries") or 0),
                     after=list(header.get("after") or []), follow=list(header.get("follow") or []),
                     timeout=float(header["timeout"]) if header.get("timeout") else None,
+                    expected_runtime=float(header["expected_runtime"]) if header.get("expected_runtime") else None,
                     owner=str(header.get("session", "")),
                     shm_domain=str(header.get("domain") or "") if "bulk" in header else None)
         # Everything that can fail comes before the task is stored, so a
@@ -414,7 +415,8 @@ class Controller(ProcessLogging):
 
     def client_queue_status(self, msg: Message) -> None:
         targets = msg.header.get("targets")
-        status = {str(e.id): {"queue": len(e.in_flight), "completed": e.completed, "tasks": e.lb_load}
+        status = {str(e.id): {"queue": len(e.in_flight), "completed": e.completed, "tasks": e.lb_load,
+                              "deadline": e.deadline, "draining": e.draining, "idle_since": e.idle_since}
                   for e in self.engines.values() if targets is None or e.id in targets}
         self.send_client(self.reply_to(msg), "queue_status_reply", {
             "parent": msg.header["id"], "status": "ok", "engines": status,
@@ -559,13 +561,15 @@ class Controller(ProcessLogging):
         header = msg.header
         engine = EngineState(id=self.next_engine_id, ident=ident, uuid=str(header.get("uuid", "")),
                              hostname=str(header.get("hostname", "")), pid=header.get("pid", 0),
-                             domain=header.get("domain"), mpi=_mpi_rank(header.get("mpi")))
+                             domain=header.get("domain"), mpi=_mpi_rank(header.get("mpi")),
+                             deadline=_deadline(header.get("deadline")), draining=header.get("draining") is True)
         self.next_engine_id += 1
         self.by_ident[ident] = engine.id
         self.send_engine(engine, "register_reply", {
             "parent": header["id"], "status": "ok", "engine_id": engine.id,
             "heartbeat_period": self.heartbeat_period, "heartbeat_timeout": self.heartbeat_timeout})
-        log.info("engine %d registered (%s, pid %s)", engine.id, engine.hostname, engine.pid)
+        ends = f", its job ends at {_local_time(engine.deadline)}" if engine.deadline else ""
+        log.info("engine %d registered (%s, pid %s%s)", engine.id, engine.hostname, engine.pid, ends)
         for client in list(self.clients):
             self.send_client(client, "registration", {"engine_id": engine.id, **engine.info()})
         _call_hook("cluster_launcher_engine_registered", engine_id=engine.id, info=engine.info())
@@ -575,7 +579,22 @@ class Controller(ProcessLogging):
     def engine_unregister(self, msg: Message) -> None:
         engine = self.engine_of(msg.idents[0])
         if engine is not None:
-            self.unregister(engine, "shutdown")
+            self.unregister(engine, "drained" if engine.draining else "shutdown")
+
+    def engine_drain(self, msg: Message) -> None:
+        """The engine is leaving on time (its job's walltime, a signal): it
+        gets no new task, and the tasks it hands back unstarted (``msg_ids``)
+        go to other engines.  The reply tells it that every task sent to it
+        before is in its hands, so it can hand those back and go."""
+        engine = self.engine_of(msg.idents[0])
+        if engine is None:
+            return
+        handed_back = _id_list(msg.header, "msg_ids", str) or []
+        log.info("engine %d drains (%s): no new task goes to it; %d task(s) it had not started handed back to "
+                 "the queue", engine.id, str(msg.header.get("reason") or "no reason given")[:200], len(handed_back))
+        self.queue.drain(engine.id, handed_back)
+        self.carry_out()
+        self.send_engine(engine, "drain_reply", {"parent": msg.header["id"], "status": "ok"})
 
     def engine_apply_reply(self, msg: Message) -> None:
         header = msg.header
@@ -644,6 +663,12 @@ class Controller(ProcessLogging):
         engine = self.engine_of(ident.removesuffix(b"-hb"))
         if engine is not None:
             engine.last_seen = time.monotonic()
+            if msg.header.get("draining") is True and not engine.draining:
+                # Its walltime is near, or it was signalled, while it runs a task: no new task for
+                # it from now on; what it holds it hands back in its own drain message.
+                log.info("engine %d is draining (its heartbeat says so): no new task goes to it", engine.id)
+                self.queue.drain(engine.id)
+                self.carry_out()
         header = {"type": "pong", "id": new_id(), "parent": msg.header["id"], "registered": engine is not None}
         self.route(self.heartbeat_socket, ident, self.session.pack(header))
 
@@ -759,6 +784,17 @@ class EngineState(taskqueue.Engine):
                 "mpi": self.mpi}
 
 
+def _deadline(value: Any) -> float | None:
+    """An engine's ``deadline`` field (epoch seconds) if it is a positive finite number, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
+
+
+def _local_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
+
+
 def _mpi_rank(value: Any) -> dict[str, int] | None:
     """An engine's ``mpi`` field if it is ``{'rank': int, 'size': int}``, else None."""
     if isinstance(value, dict) and all(type(value.get(k)) is int for k in ("rank", "size")):
@@ -792,10 +828,11 @@ def _check_apply(header: dict[str, Any]) -> None:
     _id_list(header, "follow", str)
     if not isinstance(header.get("retries") or 0, int) or (header.get("retries") or 0) < 0:
         raise TypeError("apply: field 'retries' must be a non-negative integer")
-    timeout = header.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
-                                or not math.isfinite(timeout) or timeout < 0):
-        raise TypeError("apply: field 'timeout' must be a finite number of seconds >= 0, or null")
+    for name in ("timeout", "expected_runtime"):
+        value = header.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not math.isfinite(value) or value < 0):
+            raise TypeError(f"apply: field {name!r} must be a finite number of seconds >= 0, or null")
 
 
 def _without_bulk(header: dict[str, Any]) -> dict[str, Any]:

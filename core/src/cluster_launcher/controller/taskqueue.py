@@ -1,5 +1,7 @@
 """The controller's task queue, as a state machine with no sockets, no
-database and no clock.
+database and no clock of its own: the times it compares come with the
+events, or (for engines' walltimes, epoch seconds) from the ``clock`` it is
+given.
 
 The hub (:mod:`.hub`) feeds it events — a task submitted, an engine
 registered or gone, a task back from its engine, an abort, time passing —
@@ -16,6 +18,12 @@ and carries out the actions it emits, in order, from :meth:`TaskQueue.take_actio
 :class:`ForwardAbort`
     these tasks are on that engine: ask it to drop the ones it has not started.
 
+An engine whose job nears its walltime *drains* (:meth:`TaskQueue.drain`):
+it gets no new task, and the tasks it hands back unstarted wait for another
+engine, neither failed nor counted as a retry.  A task that declares its
+``expected_runtime`` goes only to an engine whose deadline (if it has one)
+leaves it that long.
+
 A task's own result is delivered by the hub (it holds the frames); it then
 tells the queue with :meth:`TaskQueue.complete`, which releases the tasks
 waiting on it.  What the queue decides — which engine a load-balanced task
@@ -28,6 +36,7 @@ core/tests/test_taskqueue.py.
 from __future__ import annotations
 
 import heapq
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,6 +59,8 @@ class Task:
     after: list[str] = field(default_factory=list)  # msg_ids to finish first
     follow: list[str] = field(default_factory=list)  # msg_ids to finish first, on the engine it runs on
     timeout: float | None = None  # seconds it may wait for dependencies and an engine
+    # Seconds the task expects to run: it goes only to an engine whose deadline leaves it that long.
+    expected_runtime: float | None = None
     owner: str = ""  # the submitting client's session: what a client's abort-everything means
     # The task's buffers are in shared-memory files only engines of this memory
     # domain can read (cluster_launcher.protocol.bulk.domain); None: no such files.
@@ -74,6 +85,9 @@ class Engine:
     in_flight: dict[str, Task] = field(default_factory=dict)
     lb_load: int = 0  # load-balanced tasks in flight (what the scheduler and hwm see)
     completed: int = 0
+    deadline: float | None = None  # epoch seconds its job's walltime ends it; None: no known end
+    draining: bool = False  # leaving (its walltime, a signal): it gets no new task
+    idle_since: float | None = None  # epoch seconds since it has had no task in flight; None while it has one
 
 
 @dataclass
@@ -118,8 +132,11 @@ class TaskQueue(Generic[TaskT, EngineT]):
     """Pending tasks, registered engines and what finished recently."""
 
     def __init__(self, scheduler: Scheduler, hwm: int = 0, memory: int = 10_000,
-                 recorded_outcome: RecordedOutcome = _never_seen):
+                 recorded_outcome: RecordedOutcome = _never_seen, clock: Callable[[], float] = time.time):
         self.scheduler = scheduler
+        # Epoch seconds, as engines' deadlines are (a batch job's end is a time of day, not a
+        # monotonic one); tests give their own.
+        self.clock = clock
         self.hwm = hwm  # most load-balanced tasks in flight on one engine (0: no limit)
         self.memory = memory  # finished tasks remembered for dependencies
         self.recorded_outcome = recorded_outcome  # older ones: asked of the task database
@@ -165,7 +182,39 @@ class TaskQueue(Generic[TaskT, EngineT]):
 
     def add_engine(self, engine: EngineT) -> None:
         self.engines[engine.id] = engine
+        if not engine.in_flight:
+            engine.idle_since = self.clock()
         self.schedule()
+
+    def drain(self, engine_id: int, handed_back: Iterable[str] = ()) -> EngineT | None:
+        """The engine is leaving (its job's walltime is near, or it was told
+        to): it gets no new task, and the tasks of ``handed_back`` it holds
+        unstarted go back to the queue's head for another engine; neither a
+        failure nor a retry, since they never ran.  A DirectView task named
+        that engine and no other: it fails.  Called again, it takes back the
+        tasks sent before the engine's first word reached the controller."""
+        engine = self.engines.get(engine_id)
+        if engine is None:
+            return None
+        engine.draining = True
+        for msg_id in reversed(list(dict.fromkeys(handed_back))):  # reversed: each goes to the head
+            task = engine.in_flight.pop(msg_id, None)
+            if task is None:
+                continue  # finished, aborted, or never this engine's
+            if task.queue == "task":
+                engine.lb_load -= 1
+                # Its frames are untouched (the engine never read them, shared-memory files
+                # included), so the hub sends them again as they are: no Requeue.
+                task.engine_id = None
+                self.ready.appendleft(cast(TaskT, task))
+            else:
+                self._fail(cast(TaskT, task), "engine", "EngineError",
+                           f"engine {engine.id} ({engine.hostname}, pid {engine.pid}) left before running this "
+                           "task (it drained: its job's walltime was near)", engine_id=engine.id)
+        if not engine.in_flight and engine.idle_since is None:
+            engine.idle_since = self.clock()
+        self.schedule()
+        return engine
 
     def remove_engine(self, engine_id: int, reason: str) -> EngineT | None:
         """The engine left (``reason``: 'shutdown', 'heartbeat', ...): its
@@ -196,6 +245,9 @@ class TaskQueue(Generic[TaskT, EngineT]):
             engine = self.engines.get(task.targets[0] if task.targets else -1)
             if engine is None:
                 self._fail(task, "engine", "EngineError", f"no engine with id {task.targets} is registered")
+            elif engine.draining:
+                self._fail(task, "engine", "EngineError", f"engine {engine.id} is draining (its job's walltime "
+                           "is near) and takes no new task")
             else:
                 self._assign(task, engine)
             return
@@ -233,6 +285,8 @@ class TaskQueue(Generic[TaskT, EngineT]):
         engine.completed += 1
         if task.queue == "task":
             engine.lb_load -= 1
+        if not engine.in_flight:
+            engine.idle_since = self.clock()
         return task
 
     def retry(self, task: TaskT, failed_on: int) -> bool:
@@ -334,6 +388,12 @@ class TaskQueue(Generic[TaskT, EngineT]):
                               "or shared-memory buffers rule them all out)")
                 return None
             engines = [e for e in engines if e.id in allowed]
+        # Not a reason to fail the task, but to wait: another engine may come (or, for a
+        # task on its targets only, the draining one leaves and the task fails then).
+        engines = [e for e in engines if not e.draining]
+        if task.expected_runtime:
+            finish = self.clock() + task.expected_runtime
+            engines = [e for e in engines if e.deadline is None or e.deadline > finish]
         if self.hwm:
             return [e for e in engines if e.lb_load < self.hwm]
         return list(engines)
@@ -341,6 +401,7 @@ class TaskQueue(Generic[TaskT, EngineT]):
     def _assign(self, task: TaskT, engine: EngineT) -> None:
         task.engine_id = engine.id
         engine.in_flight[task.msg_id] = task
+        engine.idle_since = None
         if task.queue == "task":
             engine.lb_load += 1
             self.engines.move_to_end(engine.id)  # most recently used last

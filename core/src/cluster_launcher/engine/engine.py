@@ -7,13 +7,22 @@ GIL for minutes never looks like a dead engine.  A Python heartbeat thread
 checks the other way: if the controller stops answering for
 ``Engine.timeout`` seconds the engine exits (a task still running is
 interrupted first).
+
+An engine of a batch job knows when the job's walltime ends it
+(``Engine.deadline``).  ``drain_margin`` seconds before (minus a random
+part of ``lifetime_stagger``), or at SIGUSR1, which batch systems send
+ahead of the walltime, it drains: the controller gives it no new task, it
+hands back those it has not started, finishes the one running, unregisters
+and exits with code 0, so the job ends as a job that finished.
 """
 
 from __future__ import annotations
 
 import _thread
 import logging
+import math
 import os
+import random
 import socket as _socket
 import sys
 import threading
@@ -39,6 +48,25 @@ if TYPE_CHECKING:
     from ..protocol.ssh import SSHConnection
 
 log = logging.getLogger("cluster_launcher")
+
+# Where a batch job script puts the epoch second its walltime ends the job (launcher/batch.py).
+DEADLINE_ENV = "CLUSTER_LAUNCHER_ENGINE_DEADLINE"
+# Where newer Slurm (23.02+) says the same of the job it runs.
+SLURM_DEADLINE_ENV = "SLURM_JOB_END_TIME"
+
+
+def deadline_from_environment(environ: Any = os.environ) -> float:
+    """The epoch second the job running this engine ends, from the job
+    script's export, else from Slurm's; 0 when neither says (or says nonsense:
+    an engine without a deadline is better than one that does not start)."""
+    for name in (DEADLINE_ENV, SLURM_DEADLINE_ENV):
+        try:
+            value = float(environ.get(name, ""))
+        except ValueError:
+            continue
+        if math.isfinite(value) and value > 0:
+            return value
+    return 0.0
 
 
 # Where MPI launchers tell a process its rank and the job's size, by implementation.
@@ -84,6 +112,19 @@ class Engine(ProcessLogging):
                               "import Engine.mpi makes, to initialize MPI your own way (IPython's "
                               "c.MPI.init_script); it must leave MPI initialized.").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
+    deadline = Float(help="When this engine's batch job ends (epoch seconds; 0: no known end).  Default: "
+                     f"${DEADLINE_ENV}, which the job scripts of batch launchers with a walltime export, else "
+                     f"${SLURM_DEADLINE_ENV} (newer Slurm).").tag(config=True)
+    drain_margin = Float(30.0, min=0.0, help="Seconds before Engine.deadline at which the engine drains: it takes "
+                         "no new task, hands back those it has not started, finishes the one running and "
+                         "exits.").tag(config=True)
+    lifetime_stagger = Float(0.0, min=0.0, help="Up to this many seconds more (a random amount, each engine its "
+                             "own) the engine drains before its deadline, so the engines of one job do not all "
+                             "leave at once.").tag(config=True)
+
+    @default("deadline")
+    def _deadline_default(self) -> float:
+        return deadline_from_environment()
 
     @default("log_to_file")
     def _log_to_file_default(self) -> bool:
@@ -103,6 +144,13 @@ class Engine(ProcessLogging):
         self.pending: deque[Message] = deque()
         self.aborted: set[str] = set()
         self.stopping = False
+        # Draining (see the module's docstring).  The signal handler only sets drain_signalled:
+        # the loop acts on it between tasks.
+        self.drain_signalled = False
+        self.drain_reason = ""  # why it drains; "" while it does not
+        self.drain_acknowledged = False  # the controller's drain_reply came: every task sent is here
+        self.drain_sent_at = 0.0  # monotonic
+        self.stagger = random.uniform(0.0, self.lifetime_stagger) if self.lifetime_stagger else 0.0
         self.controller_lost = threading.Event()
         self.needs_registration = threading.Event()
         self.registered_at = 0.0  # monotonic time of the last completed registration
@@ -111,7 +159,8 @@ class Engine(ProcessLogging):
         # What the controller may send on the task socket, by message type (the
         # protocol's index, docs/internals/protocol.md); anything else is ignored.
         self.handlers: dict[str, Callable[[Message], None]] = {
-            "apply": self.pending.append, "abort": self.on_abort, "shutdown": self.on_shutdown}
+            "apply": self.pending.append, "abort": self.on_abort, "shutdown": self.on_shutdown,
+            "drain_reply": self.on_drain_reply}
 
     # --- set-up -------------------------------------------------------
 
@@ -214,7 +263,8 @@ class Engine(ProcessLogging):
     def register(self) -> None:
         self.session.send(self.socket, "register", {"uuid": self.uuid, "hostname": _socket.gethostname(),
                                                     "pid": os.getpid(), "domain": self.session.domain,
-                                                    "mpi": self.mpi_rank})
+                                                    "mpi": self.mpi_rank, "deadline": self.deadline or None,
+                                                    "draining": bool(self.drain_reason)})
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if not self.socket.poll(100):
@@ -283,7 +333,11 @@ class Engine(ProcessLogging):
         sent_at: dict[str, float] = {}  # ping id -> when it was sent
         try:
             while not self.stopping:
-                sent_at[session.send(sock, "ping", {"engine_id": self.engine_id})["id"]] = time.monotonic()
+                # "draining" from here too: the main thread tells the controller only between tasks,
+                # and until then the controller would go on sending it tasks it must hand back.
+                draining = bool(self.drain_reason or self.drain_due())
+                sent_at[session.send(sock, "ping", {"engine_id": self.engine_id, "draining": draining}
+                                     )["id"]] = time.monotonic()
                 deadline = time.monotonic() + self.heartbeat_period
                 # Poll at least once even when the deadline has passed: after a
                 # task held the GIL for long, the answers are waiting here.
@@ -320,8 +374,18 @@ class Engine(ProcessLogging):
                 # A restarted controller (--reuse) does not know us yet.
                 self.needs_registration.clear()
                 self.register()
-            self.drain(timeout_ms=100 if not self.pending else 0)
-            if self.pending:
+                if self.drain_reason:  # nor that we drain, nor what it had sent us
+                    self.drain_acknowledged = False
+                    self.send_drain()
+            self.receive(timeout_ms=100 if not self.pending else 0)
+            if not self.drain_reason:
+                self.drain_reason = self.drain_due()
+                if self.drain_reason:
+                    log.info("draining: %s", self.drain_reason)
+                    self.send_drain()
+            elif self.leave_after_drain():
+                return
+            if self.pending and not self.drain_reason:
                 msg = self.pending.popleft()
                 if msg.header["id"] in self.aborted:
                     self.aborted.discard(msg.header["id"])
@@ -329,7 +393,57 @@ class Engine(ProcessLogging):
                 else:
                     self.apply(msg)
 
-    def drain(self, timeout_ms: int) -> None:
+    # --- draining before the walltime ------------------------------------
+
+    def drain_at(self) -> float:
+        """The epoch second at which the engine drains (inf: never by the clock)."""
+        if not self.deadline:
+            return math.inf
+        return self.deadline - self.drain_margin - self.stagger
+
+    def drain_due(self) -> str:
+        """Why the engine should drain now ("" if it should not)."""
+        if self.drain_signalled:
+            return "SIGUSR1"
+        now = time.time()
+        if now >= self.drain_at():
+            return f"{max(0.0, self.deadline - now):.0f} s before the job's walltime"
+        return ""
+
+    def send_drain(self) -> None:
+        """Tell the controller the engine drains, handing back the tasks it
+        holds unstarted (those aborted meanwhile are answered as aborted)."""
+        handed_back = []
+        while self.pending:
+            msg = self.pending.popleft()
+            if msg.header["id"] in self.aborted:
+                self.aborted.discard(msg.header["id"])
+                self.reply_aborted(msg)
+            else:
+                # Its shared-memory files stay: the controller sends the same frames on.
+                handed_back.append(msg.header["id"])
+        self.session.send(self.socket, "drain", {"reason": self.drain_reason, "msg_ids": handed_back})
+        self.drain_sent_at = time.monotonic()
+
+    def on_drain_reply(self, msg: Message) -> None:
+        self.drain_acknowledged = True
+
+    def leave_after_drain(self) -> bool:
+        """While draining, between tasks: hand back what arrived; True when
+        the engine may go: the controller answered (so every task it sent us
+        is handed back), or it did not within ``timeout`` seconds."""
+        if self.pending:
+            self.send_drain()
+            return False
+        if self.drain_acknowledged:
+            return True
+        if time.monotonic() - self.drain_sent_at > self.timeout:
+            log.warning("the controller did not answer the engine's drain within %gs (Engine.timeout): leaving "
+                        "anyway", self.timeout)
+            return True
+        return False
+
+    def receive(self, timeout_ms: int) -> None:
         """Take every waiting message: control messages act now, tasks queue."""
         if not self.socket.poll(timeout_ms):
             return
@@ -424,7 +538,8 @@ class Engine(ProcessLogging):
         if hasattr(self, "socket"):
             if not self.controller_lost.is_set():
                 try:
-                    self.session.send(self.socket, "unregister", {"reason": "shutdown"})
+                    self.session.send(self.socket, "unregister",
+                                      {"reason": "drained" if self.drain_reason else "shutdown"})
                 except zmq.ZMQError:
                     pass
             self.socket.close(linger=1000 if not self.controller_lost.is_set() else 0)
@@ -467,7 +582,13 @@ def main(config: Config, profile_dir: str) -> int:
         engine.stopping = True
         raise KeyboardInterrupt
 
+    def drain_now(signum: int, frame: Any) -> None:
+        # Only a flag: the loop drains between tasks, and a running task goes on.
+        engine.drain_signalled = True
+
     signal.signal(signal.SIGTERM, stop)
+    if hasattr(signal, "SIGUSR1"):  # batch systems send it ahead of the walltime (Slurm --signal=B:USR1@N)
+        signal.signal(signal.SIGUSR1, drain_now)
     try:
         engine.setup()
         engine.run()

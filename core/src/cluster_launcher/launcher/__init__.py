@@ -11,7 +11,7 @@ launchers build on; :mod:`.batch` the base of batch-system launchers
 
 from .allocation import Allocation
 from .base import ControllerLauncher, EngineSetLauncher, Launcher, config_args, python_cmd
-from .batch import BatchSystemLauncher, EvalFormatter, JobState, JobStatus
+from .batch import BatchSystemLauncher, EvalFormatter, JobState, JobStatus, walltime_seconds
 from .process import (
     LocalProcessLauncher,
     WrappedEngineSetLauncher,
@@ -24,4 +24,4 @@ from .process import (
 __all__ = ["Allocation", "BatchSystemLauncher", "ControllerLauncher", "EngineSetLauncher", "EvalFormatter", "JobState",
            "JobStatus", "Launcher", "LocalProcessLauncher", "WrappedEngineSetLauncher",
            "WrapperLauncher", "config_args", "pid_alive", "process_start_token",
-           "python_cmd", "tail"]
+           "python_cmd", "tail", "walltime_seconds"]

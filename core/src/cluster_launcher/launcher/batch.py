@@ -28,6 +28,13 @@ connection file, as IPython's did.
 
 The job ids are the launcher's state: a later ``stop`` or ``list`` from
 another process asks the scheduler about them and cancels them.
+
+With a ``walltime``, the engines' job script exports the moment the job
+will end (:data:`DEADLINE_ENV`, computed by the script as it starts), so
+the engines drain and leave before the scheduler kills them; a system that
+can signal a job ahead of its walltime says how with
+``walltime_signal_directive``.  A job that ends at its walltime anyway
+ended, it did not fail: code 0, and its report says so.
 """
 
 from __future__ import annotations
@@ -56,6 +63,41 @@ from .process import tail
 # What a dry run shows where the engines' connection information goes: the controller that
 # writes it does not run.
 CONNECTION_PLACEHOLDER = "<controller-engine.json of the running controller>"
+# The epoch second the engines' job ends, exported by its script (Engine.deadline reads it).
+DEADLINE_ENV = "CLUSTER_LAUNCHER_ENGINE_DEADLINE"
+
+_WALLTIME = re.compile(r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+                       r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$")
+
+
+def walltime_seconds(text: str, owner: str = "BatchSystemLauncher", bare_unit: int = 1) -> int | None:
+    """A ``walltime`` in seconds (None for ""): Slurm's "MM:SS", "HH:MM:SS",
+    "D-HH", "D-HH:MM", "D-HH:MM:SS", PBS's and Grid Engine's "HH:MM:SS" and
+    "MM:SS"; a bare number is ``bare_unit`` seconds each (seconds for PBS and
+    Grid Engine, minutes for Slurm).  A ConfigError naming ``<owner>.walltime``
+    otherwise."""
+    text = text.strip()
+    if not text:
+        return None
+    match = _WALLTIME.match(text)
+    if match is None:
+        raise ConfigError(f"{owner}.walltime = {text!r}: expected HH:MM:SS, MM:SS, a number, or (Slurm) D-HH, "
+                          "D-HH:MM, D-HH:MM:SS")
+    parts = {k: int(v) for k, v in match.groupdict().items() if v is not None}
+    if "days" in parts:
+        return parts["days"] * 86400 + parts["dh"] * 3600 + parts.get("dm", 0) * 60 + parts.get("ds", 0)
+    fields = [parts[k] for k in ("a", "b", "c") if k in parts]
+    if len(fields) == 1:
+        return fields[0] * bare_unit
+    seconds = 0
+    for field_ in fields:
+        seconds = seconds * 60 + field_
+    return seconds
+
+
+class ShellValue(str):
+    """A value :meth:`BatchSystemLauncher.embed_exports` writes as it is (the
+    shell expands it when the job starts), not quoted."""
 
 
 class JobState(enum.Enum):
@@ -134,14 +176,22 @@ class EvalFormatter(string.Formatter):
         return super().format_field(value, format_spec)
 
 
+def _reached_walltime(status: JobStatus) -> bool:
+    """Whether the job ended at its walltime, and nothing of it failed or was
+    cancelled: an end foreseen (its engines drain before it), not a crash,
+    and nothing to start again."""
+    return JobState.TIMEOUT in status.states and not {JobState.FAILED, JobState.CANCELLED} & set(status.states)
+
+
 def _exit_code(states: dict[str, JobStatus]) -> int | None:
     """:meth:`Launcher.poll`'s answer for jobs in ``states``: None while one
     is queued or running, else the highest exit code told (1 for a job that
-    failed without one)."""
+    failed without one); a job that reached its walltime counts as 0."""
     if any(status.active for status in states.values()):
         return None
-    codes = [status.exit_code for status in states.values() if status.exit_code is not None]
-    failed = any(s.state in (JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT) for s in states.values())
+    ended = [s for s in states.values() if not _reached_walltime(s)]
+    codes = [status.exit_code for status in ended if status.exit_code is not None]
+    failed = any(s.state in (JobState.FAILED, JobState.CANCELLED) for s in ended)
     return max(codes, default=1 if failed else 0)
 
 
@@ -226,6 +276,12 @@ class BatchSystemLauncher(Launcher):
     queue_directive: ClassVar[str] = ""
     # The directive for `walltime`, when set.
     walltime_directive: ClassVar[str] = ""
+    # Seconds a walltime given as a bare number means: 1 (PBS, Grid Engine), 60 (Slurm's minutes).
+    walltime_bare_unit: ClassVar[int] = 1
+    # The directive that makes the system send the engines' job SIGUSR1 {seconds} seconds before its
+    # walltime (Slurm's "#SBATCH --signal=B:USR1@{seconds}"), when a walltime is set; the engines then
+    # drain.  "": the engines go by the deadline their job script exports only.
+    walltime_signal_directive: ClassVar[str] = ""
     # The directives that make an engine job run {n} engines (an array, or {n} tasks), and those of
     # the controller's job.
     engines_directives: ClassVar[tuple[str, ...]] = ()
@@ -281,7 +337,11 @@ class BatchSystemLauncher(Launcher):
     queue = Unicode("", help="The queue (partition) to submit to; the default template names it, and a "
                     "template of yours can use {queue}.").tag(config=True)
     walltime = Unicode("", help="The job's time limit in the system's own form (Slurm and PBS '01:00:00'); "
-                       "empty: the queue's default.").tag(config=True)
+                       "empty: the queue's default.  Engines know it: they drain and leave before it "
+                       "(Engine.drain_margin).").tag(config=True)
+    walltime_signal = Integer(60, min=0, help="Seconds before the walltime at which the system signals the "
+                              "engines' job (SIGUSR1) to drain, where it can (Slurm's --signal); 0: no "
+                              "signal.").tag(config=True)
     job_name = Unicode("", help="The job's name (default: cluster-launcher-<role>-<cluster id>).").tag(config=True)
     job_extra_directives = List(Unicode(), help="More lines for the default template's header, each a "
                                 "directive without its prefix, e.g. ['--account=abc123'] for "
@@ -393,6 +453,8 @@ class BatchSystemLauncher(Launcher):
             lines.append(self.queue_directive)
         if self.walltime and self.walltime_directive:
             lines.append(self.walltime_directive)
+        if self.walltime and self.walltime_signal_directive and self.walltime_signal and self.role == "engines":
+            lines.append(self.walltime_signal_directive.format(seconds=self.walltime_signal))
         lines += [f"{self.directive} {extra}" for extra in self.job_extra_directives]
         return "\n".join(lines)
 
@@ -434,7 +496,16 @@ class BatchSystemLauncher(Launcher):
         exports = dict(self.environment)
         if connection is not None:
             exports[ENGINE_CONNECTION_ENV] = connection
+        walltime = self.walltime_limit()
+        if walltime is not None and self.role == "engines" and self.script_suffix == ".sh":
+            # When the job starts, not when it is submitted: it may wait in the queue for days.
+            exports[DEADLINE_ENV] = ShellValue(f"$(( $(date +%s) + {walltime} ))")
         return self.embed_exports(script, exports) if exports else script
+
+    def walltime_limit(self) -> int | None:
+        """``walltime`` in seconds (None when unset); a plugin whose system
+        writes it otherwise (LSF's "HH:MM") reads it here."""
+        return walltime_seconds(self.walltime, type(self).__name__, self.walltime_bare_unit)
 
     def engine_connection(self, dry_run: bool) -> str | None:
         """The engines' connection information to put in the job, as JSON text
@@ -459,7 +530,8 @@ class BatchSystemLauncher(Launcher):
         at = 0
         while at < len(lines) and (lines[at].startswith("#") or not lines[at].strip()):
             at += 1
-        added = [f"export {name}={shlex.quote(value)}" for name, value in exports.items()]
+        added = [f"export {name}={value if isinstance(value, ShellValue) else shlex.quote(value)}"
+                 for name, value in exports.items()]
         return "\n".join([*lines[:at], *added, *lines[at:]])
 
     def job_script_path(self) -> str:
@@ -767,6 +839,9 @@ class BatchSystemLauncher(Launcher):
             code = status.exit_code if status.exit_code is not None else \
                 (0 if status.state in (JobState.DONE, JobState.GONE) else 1)
             said = f"{self.system} job {job_id}: {status.describe()}"
+            if _reached_walltime(status):
+                code, said = 0, f"{said}: it reached its walltime ({self.walltime or 'the queue default'}); ended, " \
+                    "not failed"
             output = self.output_path(job_id)
             reports.append((code, output, [said, *tail(output)]))
         return reports
