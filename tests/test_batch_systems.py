@@ -238,7 +238,7 @@ def test_slurm_engines_drain_before_their_walltime_and_the_job_ends_rather_than_
         (job_id,) = engines.job_ids
         script = Path(engines.job_script).read_text()
         assert "#SBATCH --time=00:01:00\n#SBATCH --signal=B:USR1@20\n" in script, script
-        assert "\nexec srun " in script, script  # srun is the batch shell: B:USR1 reaches it, it forwards it
+        assert f"\nexec {sys.executable} -m cluster_launcher engine " in script, script  # the engine is the batch shell
         (engine_id,) = client.ids
         left = client.queue_status()[engine_id]["deadline"] - time.time()
         assert 0 < left <= 61, left

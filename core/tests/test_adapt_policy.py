@@ -107,3 +107,33 @@ def test_the_queue_cap_holds_back_new_requests():
 def test_bounds_that_cannot_work_are_refused(minimum, maximum):
     with pytest.raises(ValueError, match=r"^adaptive scaling needs 0 <= minimum <= maximum and maximum >= 1"):
         AdaptivePolicy(minimum, maximum)
+
+
+class _Client:
+    """What Adaptive.observe asks of a client: queue_status()."""
+
+    def __init__(self, status: dict):
+        self.status = status
+
+    def queue_status(self) -> dict:
+        return dict(self.status)
+
+
+class _Cluster:
+    engine_sets: list = []
+
+
+def test_an_engine_near_its_deadline_counts_as_leaving_so_its_replacement_is_asked_for_early():
+    import time
+
+    from cluster_launcher.cluster.adapt import Adaptive
+
+    now = time.time()
+    status = {0: {"queue": 0, "tasks": 0, "deadline": now + 300, "draining": False, "idle_since": now - 10},
+              1: {"queue": 1, "tasks": 1, "deadline": now + 7200, "draining": False, "idle_since": None},
+              "unassigned": 0}
+    adapter = Adaptive(_Cluster(), AdaptivePolicy(2, 2), replace_lead=600)  # type: ignore[arg-type]
+    seen = adapter.observe(_Client(status))  # type: ignore[arg-type]
+    assert [(e.engine_id, e.draining, e.busy) for e in seen.engines] == [(0, True, False), (1, False, True)]
+    assert adapter.policy.decide(seen).start == 1  # engine 0 leaves within 10 minutes: its replacement now
+    assert not Adaptive(_Cluster(), AdaptivePolicy(2, 2)).observe(_Client(status)).engines[0].draining  # type: ignore[arg-type]

@@ -47,7 +47,7 @@ class EngineLoad:
     engine_id: int
     busy: bool  # a task runs (or waits) on it
     idle_for: float = 0.0  # seconds since it last had a task (0 while busy)
-    draining: bool = False  # leaving by itself (its job's walltime): neither counted nor retired
+    draining: bool = False  # leaving by itself (near its job's walltime): neither counted nor retired
     tasks: int = 0  # load-balanced tasks sent to it and not finished
 
     @property
@@ -134,10 +134,13 @@ class Adaptive:
     foreground ``cluster-launcher start --adapt`` calls :meth:`step` from its
     own loop."""
 
-    def __init__(self, cluster: Cluster, policy: AdaptivePolicy, interval: float = 5.0):
+    def __init__(self, cluster: Cluster, policy: AdaptivePolicy, interval: float = 5.0, replace_lead: float = 0.0):
         self.cluster = cluster
         self.policy = policy
         self.interval = interval
+        # Seconds before an engine's deadline (its job's walltime) from which it counts as leaving, so that
+        # its replacement is asked for while it still works: the new job waits in the queue meanwhile.
+        self.replace_lead = replace_lead
         self.steps = 0
         self.last: Decision | None = None
         self.last_at = 0.0
@@ -161,8 +164,11 @@ class Adaptive:
                 self._idle_seen.pop(engine_id, None)
             elif not isinstance(idle_since, (int, float)):
                 idle_since = self._idle_seen.setdefault(engine_id, now)
-            engines.append(EngineLoad(engine_id, busy, 0.0 if busy else max(0.0, now - idle_since),
-                                      bool(load.get("draining")), int(load.get("tasks") or 0)))
+            deadline = load.get("deadline")
+            leaving = bool(load.get("draining")) or (
+                isinstance(deadline, (int, float)) and self.replace_lead > 0 and deadline - now < self.replace_lead)
+            engines.append(EngineLoad(engine_id, busy, 0.0 if busy else max(0.0, now - idle_since), leaving,
+                                      int(load.get("tasks") or 0)))
         self._idle_seen = {engine_id: seen for engine_id, seen in self._idle_seen.items() if engine_id in status}
         active = sum(engine_set.active_engines() for engine_set in self.cluster.engine_sets)
         queued = sum(engine_set.queued_jobs() for engine_set in self.cluster.engine_sets)

@@ -92,6 +92,11 @@ class Cluster(LoggingConfigurable):
     adapt_interval = Float(5.0, min=0.0, help="Seconds between two decisions of adaptive scaling.").tag(config=True)
     adapt_idle_timeout = Float(60.0, min=0.0, help="Seconds an engine must have been idle before adaptive scaling "
                                "shuts it down.").tag(config=True)
+    engine_replace_lead = Float(0.0, min=0.0, help="Seconds before an engine's deadline (its batch job's "
+                                "walltime) from which adaptive scaling counts it as leaving and asks for its "
+                                "replacement, so the new job queues while the old one still works (0: once it "
+                                "drains).  `--adapt --min=N --max=N` keeps N engines across walltimes.").tag(
+        config=True)
     adapt_scale_in_wait = Integer(3, min=1, help="Decisions in a row with more engines than needed before adaptive "
                                   "scaling gives any back (so load that comes and goes does not make engines "
                                   "come and go).").tag(config=True)
@@ -407,7 +412,7 @@ class Cluster(LoggingConfigurable):
                 scale_in_wait=self.adapt_scale_in_wait, max_queued_jobs=getattr(engines, "max_queued_jobs", 0))
         except ValueError as exc:
             raise ClusterError(f"Cluster.adapt: {exc}") from None
-        return Adaptive(self, policy, self.adapt_interval if interval is None else interval)
+        return Adaptive(self, policy, self.adapt_interval if interval is None else interval, self.engine_replace_lead)
 
     def forget_ended_engine_sets(self) -> None:
         """Drop from the record the engine sets of which nothing runs or waits
