@@ -252,3 +252,32 @@ def test_slurm_engines_drain_before_their_walltime_and_the_job_ends_rather_than_
         assert re.search(r"draining: (SIGUSR1|\d+ s before the job's walltime)", said), said
         assert "Traceback" not in said, said
     assert slurm_bed.jobs() == []
+
+
+@pytest.mark.timeout(240)
+def test_grid_engine_signals_its_engines_at_the_soft_limit_and_they_drain_before_h_rt(sge_bed, env, monkeypatch):
+    """walltime 0:1:0 with walltime_signal=45: s_rt=0:0:15 makes Grid Engine send SIGUSR1 some 45 s
+    before h_rt's kill (and before the deadline the script exports, less drain_margin): the engine,
+    the job's shell, drains on that signal, and the job ends with exit status 0."""
+    environ = {**env, **sge_bed.env()}
+    _in_this_process(monkeypatch, environ)
+    config = Config()
+    config.Cluster.engine_launcher_class = "SGE"
+    config.SGELauncher.poll_interval = 0.5
+    config.SGEEngineSetLauncher.walltime = "0:1:0"
+    config.SGEEngineSetLauncher.walltime_signal = 45
+    config.Engine.drain_margin = 5
+    cluster = Cluster(n=1, config=config)
+    with cluster as client:
+        (engines,) = cluster.engine_sets
+        script = Path(engines.job_script).read_text()
+        assert "#$ -l h_rt=0:1:0\n#$ -l s_rt=0:00:15\n" in script, script
+        assert client[:].apply_sync(lambda: 6 * 7) == [42]
+        wait_for(lambda: engines.poll() is not None, 120, "the Grid Engine job to end")
+        ((code, output, lines),) = engines.exited()
+        assert code == 0 and lines[0].startswith(f"SGE job {engines.job_ids[0]}: finished"), lines
+        said = Path(output).read_text()
+        assert "draining: SIGUSR1" in said, said
+        assert "Traceback" not in said, said
+        wait_for(lambda: not client.ids, 30, "the drained engine to leave client.ids")
+    assert sge_bed.jobs() == []

@@ -171,7 +171,7 @@ def test_default_template_is_header_prologue_command_with_the_connection_exporte
         f"export {ENGINE_CONNECTION_ENV}='{connection}'",
         "export CLUSTER_LAUNCHER_ENGINE_DEADLINE=$(( $(date +%s) + 1800 ))",  # computed when the job starts
         "module load python",
-        f"{sys.executable} -m cluster_launcher engine --profile-dir={toy / 'profile'} --cluster-id=c1 "
+        f"exec {sys.executable} -m cluster_launcher engine --profile-dir={toy / 'profile'} --cluster-id=c1 "
         "'--x=a b' --Engine.log_to_file=False",
     ]
 
@@ -546,3 +546,19 @@ def test_the_exported_deadline_is_the_shells_clock_plus_the_walltime(toy, tmp_pa
     before = time.time()
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, timeout=30)
     assert before + 600 - 1 <= int(done.stdout) <= time.time() + 600
+
+
+@pytest.mark.parametrize("walltime, signal, expected", [
+    ("01:00:00", 60, "#TOY -warn 60 1 0:59:00"),
+    ("00:10:00", 90, "#TOY -warn 90 2 0:08:30"),  # minutes rounded up: warned no later than asked
+    ("00:00:30", 60, None),  # a walltime shorter than the warning: no signal (it would come at start)
+    ("01:00:00", 0, None),
+])
+def test_the_walltime_signal_directive_gets_seconds_minutes_and_the_soft_limit(toy, walltime, signal, expected):
+    class Warned(ToyEngineSetLauncher):
+        walltime_signal_directive = "#TOY -warn {seconds} {minutes} {soft_limit}"
+
+    script = Warned(profile_dir=str(toy / "profile"), cluster_id="c1", walltime=walltime,
+                    walltime_signal=signal).job_script_text(2)
+    warn = [line for line in script.splitlines() if line.startswith("#TOY -warn")]
+    assert warn == ([expected] if expected else [])

@@ -42,6 +42,8 @@ class LSFLauncher(BatchSystemLauncher):
     directive = "#BSUB"
     queue_directive = "#BSUB -q {queue}"
     walltime_directive = "#BSUB -W {walltime}"
+    # The warning action: SIGUSR1, walltime_signal seconds (in minutes) before the run limit.
+    walltime_signal_directive = "#BSUB -wa USR1 -wt {minutes}"
     walltime_bare_unit = 60  # bsub -W 90: 90 minutes
     name_directives = ("#BSUB -J {job_name}", "#BSUB -o {output}")
     output_pattern = "{job_name}-%J.out"

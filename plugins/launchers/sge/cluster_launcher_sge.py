@@ -52,6 +52,8 @@ class SGELauncher(BatchSystemLauncher):
     directive = "#$"
     queue_directive = "#$ -q {queue}"
     walltime_directive = "#$ -l h_rt={walltime}"
+    # The soft limit: Grid Engine sends SIGUSR1 when it passes, walltime_signal seconds before h_rt's kill.
+    walltime_signal_directive = "#$ -l s_rt={soft_limit}"
     name_directives = ("#$ -N {job_name}", "#$ -o {output}", "#$ -j y", "#$ -S /bin/sh", "#$ -V")
     output_pattern = "{job_name}-$JOB_ID.out"
     # An execution host spools each job's script world-readable (execd's job_scripts/<id>, 0755): the

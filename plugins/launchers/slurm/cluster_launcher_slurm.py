@@ -114,9 +114,6 @@ class SlurmEngineSetLauncher(SlurmLauncher, EngineSetLauncher):
 
     engines_directives = ("#SBATCH --array=1-{n}{throttle}", "#SBATCH --ntasks=1")
     output_pattern = "{job_name}-%A_%a.out"
-    # exec: the engine is the batch shell of its array task, so the SIGUSR1 sent ahead of the walltime
-    # (--signal=B:) reaches it, and it drains.
-    default_template = "#!/bin/sh\n{header}\n{prologue}exec {command}\n"
 
 
 @hookimpl

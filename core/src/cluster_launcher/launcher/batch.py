@@ -278,9 +278,11 @@ class BatchSystemLauncher(Launcher):
     walltime_directive: ClassVar[str] = ""
     # Seconds a walltime given as a bare number means: 1 (PBS, Grid Engine), 60 (Slurm's minutes).
     walltime_bare_unit: ClassVar[int] = 1
-    # The directive that makes the system send the engines' job SIGUSR1 {seconds} seconds before its
-    # walltime (Slurm's "#SBATCH --signal=B:USR1@{seconds}"), when a walltime is set; the engines then
-    # drain.  "": the engines go by the deadline their job script exports only.
+    # The directive that makes the system send the engines' job SIGUSR1 `walltime_signal` seconds before
+    # its walltime, when a walltime is set; the engines then drain.  Its keys: {seconds}, {minutes} (rounded
+    # up), {soft_limit} (the walltime less those seconds, H:MM:SS).  Slurm "#SBATCH --signal=B:USR1@{seconds}",
+    # Grid Engine "#$ -l s_rt={soft_limit}", LSF "#BSUB -wa USR1 -wt {minutes}".  "": the engines go by
+    # the deadline their job script exports only.
     walltime_signal_directive: ClassVar[str] = ""
     # The directives that make an engine job run {n} engines (an array, or {n} tasks), and those of
     # the controller's job.
@@ -292,7 +294,9 @@ class BatchSystemLauncher(Launcher):
     submit_on_stdin: ClassVar[bool] = False
     # The default templates: header, prologue (its lines end with a newline) and command, the
     # dask-jobqueue way.
-    default_template: ClassVar[str] = "#!/bin/sh\n{header}\n{prologue}{command}\n"
+    # The command is exec'd: the engine (or controller) is the job's shell, so a signal the system sends the
+    # job ahead of its walltime reaches it (a plain shell would die of SIGUSR1 and end the job).
+    default_template: ClassVar[str] = "#!/bin/sh\n{header}\n{prologue}exec {command}\n"
     script_suffix: ClassVar[str] = ".sh"
     # How the job's output file is named; {job_name} and the system's own job id/task escapes.
     output_pattern: ClassVar[str] = "{job_name}.out"
@@ -453,8 +457,13 @@ class BatchSystemLauncher(Launcher):
             lines.append(self.queue_directive)
         if self.walltime and self.walltime_directive:
             lines.append(self.walltime_directive)
-        if self.walltime and self.walltime_signal_directive and self.walltime_signal and self.role == "engines":
-            lines.append(self.walltime_signal_directive.format(seconds=self.walltime_signal))
+        limit = self.walltime_limit()
+        # (Not for a walltime shorter than the warning: the signal would come as the job starts.)
+        if limit and self.walltime_signal_directive and 0 < self.walltime_signal < limit and self.role == "engines":
+            ahead, soft = self.walltime_signal, limit - self.walltime_signal
+            lines.append(self.walltime_signal_directive.format(
+                seconds=ahead, minutes=max(1, -(-ahead // 60)),
+                soft_limit=f"{soft // 3600}:{soft % 3600 // 60:02d}:{soft % 60:02d}"))
         lines += [f"{self.directive} {extra}" for extra in self.job_extra_directives]
         return "\n".join(lines)
 
