@@ -193,6 +193,12 @@ def _adapt_step(cluster: Cluster) -> None:
     except (ClusterLauncherError, OSError) as exc:  # a busy scheduler, a slow controller: the next step tries again
         _say(f"adapt: {exc}")
         return
+    except _Signalled:
+        raise  # Ctrl-C during a decision: _supervise stops the cluster
+    except Exception as exc:  # a bug of ours must not take the running cluster down: said, then tried again
+        _say(f"adapt: unexpected {type(exc).__name__}: {exc}")
+        cluster.log.debug("adapt step failed", exc_info=True)
+        return
     if decision.acts:
         _say(f"adapt: {decision.reason}")
 
