@@ -4,13 +4,16 @@
     uv run python benchmarks/run.py --quick      # smoke run, tiny sizes
     uv run python benchmarks/run.py --only latency --only bandwidth
     uv run python benchmarks/run.py --ours-only --quick
+    uv run python benchmarks/run.py --only scheduler_load --only slurm_start   # on the Slurm test bed
 
 Our side runs with this interpreter; ipyparallel (latest from PyPI, with numpy)
 runs the same workloads (workloads.py) in a virtual environment created once
 under benchmarks/.venvs/.  Each side runs in its own subprocess with its own
 temporary home, so neither sees the other's profiles.  Prints a table (ours,
 theirs, ratio, target, pass/fail) and writes the JSON to
-benchmarks/results/latest.json.
+benchmarks/results/latest.json.  The Slurm workloads (batch_at_scale.py) run on a
+single-node Slurm test bed started for the run, and are skipped, with a line
+saying why, where it cannot start.
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ THEIR_PACKAGES = ["ipyparallel", "numpy", "psutil"]
 SIDE_TIMEOUT = {"full": 1800, "quick": 240}  # seconds one side may take before it is killed
 
 sys.path.insert(0, str(HERE))
+import batch_at_scale  # noqa: E402
 from workloads import FULL, QUICK, WORKLOAD_NAMES, Sizes  # noqa: E402
+
+SLURM_WORKLOAD_NAMES = list(batch_at_scale.WORKLOADS)
+ALL_WORKLOAD_NAMES = WORKLOAD_NAMES + SLURM_WORKLOAD_NAMES
 
 # --- the ipyparallel environment --------------------------------------------------------
 
@@ -116,6 +123,17 @@ def run_zmq_baseline(sizes: Sizes) -> dict[str, float]:
     return json.loads(completed.stdout)
 
 
+def our_version() -> str:
+    import cluster_launcher
+    return cluster_launcher.__version__
+
+
+def their_version(python: Path) -> str:
+    done = subprocess.run([str(python), "-c", "import ipyparallel; print(ipyparallel.__version__)"],
+                          capture_output=True, text=True, timeout=120)
+    return done.stdout.strip() or "?"
+
+
 # --- the table ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -180,6 +198,23 @@ def rows_for(sizes: Sizes) -> list[Row]:
             lambda ours, theirs, base: ours <= 1.2 * base["ours_mem_half_mb"]),
     ]
     rows += database_rows(sizes)
+    rows += slurm_rows(batch_at_scale.QUICK if sizes is QUICK else batch_at_scale.FULL)
+    return rows
+
+
+def slurm_rows(sizes: batch_at_scale.SlurmSizes) -> list[Row]:
+    """The rows of the Slurm workloads (batch_at_scale.py): counts and times, lower is better."""
+    steady = 60 / 5  # one squeue per poll_interval (5 s), whatever the number of engines
+
+    def at_most_steady(ours: float, theirs: float | None, _: dict) -> bool:
+        return ours <= steady
+
+    rows = []
+    for workload, label, key, unit in batch_at_scale.row_specs(sizes):
+        if "running_per_min" in key:
+            rows.append(Row(workload, label, key, unit, False, f"ours <= {steady:g}/min", at_most_steady))
+        else:
+            rows.append(Row(workload, label, key, unit, False))
     return rows
 
 
@@ -253,7 +288,7 @@ def build_table(sizes: Sizes, ours: dict, theirs: dict | None, baseline: dict[st
     return table
 
 
-def render(table: list[dict[str, Any]], ours: dict, theirs: dict | None) -> str:
+def render(table: list[dict[str, Any]], ours: dict, theirs: dict | None, notes: list[str] = ()) -> str:
     headers = ["workload", "unit", "ours", "theirs", "ratio", "target", "result"]
     lines = [[entry["label"], entry["unit"], format_number(entry["ours"]),
               format_number(entry["theirs"]),
@@ -272,6 +307,7 @@ def render(table: list[dict[str, Any]], ours: dict, theirs: dict | None) -> str:
         if report:
             for workload, error in report.get("errors", {}).items():
                 out.append(f"{report['side']} {workload}: {error}")
+    out += [f"note: {note}" for note in notes]
     return "\n".join(out)
 
 
@@ -283,9 +319,9 @@ def machine_description() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (smoke run)")
-    parser.add_argument("--only", action="append", default=[], choices=WORKLOAD_NAMES,
+    parser.add_argument("--only", action="append", default=[], choices=ALL_WORKLOAD_NAMES,
                         metavar="NAME", help=f"run only this workload (repeatable): "
-                        f"{', '.join(WORKLOAD_NAMES)}")
+                        f"{', '.join(ALL_WORKLOAD_NAMES)}")
     parser.add_argument("--ours-only", action="store_true", help="skip ipyparallel")
     parser.add_argument("--refresh-venv", action="store_true",
                         help="recreate the cached ipyparallel environment (latest release)")
@@ -293,19 +329,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
 
+    plain = [name for name in args.only if name in WORKLOAD_NAMES]
+    slurm = [name for name in args.only if name in SLURM_WORKLOAD_NAMES] if args.only else SLURM_WORKLOAD_NAMES
+    their_python = None if args.ours_only else ensure_their_environment(args.refresh_venv)
+    run_plain = not args.only or bool(plain)
     theirs = None
-    if not args.ours_only:
-        theirs = run_side("theirs", ensure_their_environment(args.refresh_venv), args.quick, args.only)
-    ours = run_side("ours", sys.executable, args.quick, args.only)
+    if their_python is not None:
+        theirs = run_side("theirs", their_python, args.quick, plain) if run_plain else \
+            {"side": "theirs", "metrics": {}, "errors": {}, "version": their_version(their_python)}
+    ours = run_side("ours", sys.executable, args.quick, plain) if run_plain else \
+        {"side": "ours", "metrics": {}, "errors": {}}
+    if ours.get("version", "?") == "?":
+        ours["version"] = our_version()
+    notes: list[str] = []
+    slurm_ours: dict[str, Any] = {}
+    if slurm:
+        slurm_ours, slurm_theirs, notes = batch_at_scale.run_slurm(slurm, args.quick, their_python)
+        for report, found in ((ours, slurm_ours), (theirs, slurm_theirs)):
+            if report is not None and found is not None:
+                report["metrics"].update(found["metrics"])
+                report["errors"].update(found["errors"])
     baseline = run_zmq_baseline(sizes) if not args.only or "bandwidth" in args.only else {}
 
     table = build_table(sizes, ours, theirs, baseline, args.only)
-    print(render(table, ours, theirs))
+    if slurm and slurm_ours.get("skipped"):  # the line saying why is in the notes
+        table = [entry for entry in table if entry["workload"] not in slurm]
+    print(render(table, ours, theirs, notes))
     print(f"ours: cluster-launcher {ours.get('version', '?')}; theirs: "
           + (f"ipyparallel {theirs.get('version', '?')}" if theirs else "not run"))
 
     result = {"machine": machine_description(), "quick": args.quick, "table": table,
-              "ours": ours, "theirs": theirs, "zmq_baseline": baseline}
+              "ours": ours, "theirs": theirs, "zmq_baseline": baseline, "notes": notes}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

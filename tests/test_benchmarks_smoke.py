@@ -13,13 +13,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "benchmarks" / "run.py"
+# Every workload but the Slurm ones (test_quick_slurm_scheduler_load): the quick run stays well within its timeout.
+PLAIN_WORKLOADS = [f"--only={name}" for name in
+                   ("start", "throughput", "latency", "bandwidth", "map", "memory", "databases")]
 
 
 @pytest.mark.timeout(90)
 def test_quick_run_of_our_side_prints_the_table(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     completed = subprocess.run(
-        [sys.executable, str(RUN), "--ours-only", "--quick", "--json", str(results)],
+        [sys.executable, str(RUN), "--ours-only", "--quick", "--json", str(results), *PLAIN_WORKLOADS],
         capture_output=True, text=True, timeout=80, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout
@@ -44,3 +47,27 @@ def test_unknown_workload_is_refused_in_one_line(tmp_path: Path) -> None:
                                capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert completed.returncode == 2
     assert "--only" in completed.stderr and "nosuch" in completed.stderr
+
+
+@pytest.mark.timeout(90)
+def test_quick_slurm_scheduler_load_counts_the_commands(tmp_path: Path) -> None:
+    """On the single-node Slurm bed: 4 held engines as one array, then one job each; the counting
+    wrappers saw the submissions, the polls and the stop."""
+    from cluster_launcher.testing.batchbeds import why_unavailable
+
+    why = why_unavailable("slurm")
+    if why:
+        pytest.skip(why)
+    results = tmp_path / "results.json"
+    completed = subprocess.run(
+        [sys.executable, str(RUN), "--ours-only", "--quick", "--only", "scheduler_load", "--json", str(results)],
+        capture_output=True, text=True, timeout=80, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Slurm cmds/min running, 4 engines, arrays" in completed.stdout, completed.stdout
+    report = json.loads(results.read_text())
+    assert report["ours"]["errors"] == {}, report["ours"]["errors"]
+    metrics = report["ours"]["metrics"]
+    assert metrics["load_arrays_submits"] == 1 and metrics["load_per_engine_submits"] == 4, metrics
+    for variant in ("arrays", "per_engine"):
+        assert metrics[f"load_{variant}_waiting_squeue"] >= 1, metrics
+        assert metrics[f"load_{variant}_stop_scancel"] == 1, metrics

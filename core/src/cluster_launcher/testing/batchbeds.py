@@ -429,7 +429,7 @@ class _Bed:
 
 class SlurmBed(_Bed):
     """Slurm 22.05 on this host: its own munged (key, socket, PID file and log in the directory),
-    slurmctld and slurmd as children, one node of :data:`SLOTS` CPUs in partition ``debug``, every
+    slurmctld and slurmd as children, one node of :data:`SLOTS` CPUs (``slots``) in partition ``debug``, every
     file in the directory (``slurm.conf``, ``state/``, ``spool/``, ``log/``).  Jobs run as root.
 
     Commands: Slurm's (``sbatch``, ``squeue``, ``scancel``, ``sinfo``...) with :meth:`env`
@@ -443,8 +443,12 @@ class SlurmBed(_Bed):
     partition = "debug"
     min_job_age = 300
 
-    def __init__(self, directory: str | os.PathLike[str], start_timeout: float = 60.0, stop_timeout: float = 20.0):
+    def __init__(self, directory: str | os.PathLike[str], start_timeout: float = 60.0, stop_timeout: float = 20.0,
+                 slots: int = SLOTS):
+        """``slots``: the CPUs its node declares (default :data:`SLOTS`); a benchmark that starts 16
+        one-core engines at once declares 16."""
         super().__init__(directory, start_timeout, stop_timeout)
+        self.slots = slots
         self.conf = self.directory / "slurm.conf"
         self.munge_socket = self.directory / "munge" / "munge.socket"
 
@@ -544,7 +548,7 @@ KillWait=2
 MinJobAge={self.min_job_age}
 InactiveLimit=0
 Waittime=0
-NodeName={self.host} CPUs={SLOTS} RealMemory={memory} State=UNKNOWN
+NodeName={self.host} CPUs={self.slots} RealMemory={memory} State=UNKNOWN
 PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
