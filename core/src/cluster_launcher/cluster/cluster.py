@@ -479,8 +479,9 @@ class Cluster(LoggingConfigurable):
         worker.start()
         deadline = time.monotonic() + CLIENT_SHUTDOWN_TIMEOUT
         worker.join(CLIENT_SHUTDOWN_TIMEOUT)
-        launchers = [launcher for launcher in [*self.engine_sets, self.controller] if launcher]
-        for launcher in launchers:
+        # Engine sets of which nothing runs (batch jobs still queued) have nothing to wait for: stop deletes them.
+        launchers: list[Launcher] = [engines for engines in self.engine_sets if engines.running_engines()]
+        for launcher in [*launchers, *([self.controller] if self.controller else [])]:
             launcher.wait(max(0.0, deadline - time.monotonic()))
 
     @staticmethod
