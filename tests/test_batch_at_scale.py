@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cluster_launcher_slurm import SlurmEngineSetLauncher
 from traitlets.config import Config
 
 from cluster_launcher import Cluster
@@ -36,6 +37,10 @@ def slurm(slurm_bed, env, tmp_path, monkeypatch):
     for name in ("CLUSTER_LAUNCHER_DIR", "PATH", "SLURM_CONF"):
         monkeypatch.setenv(name, environ[name])
     yield slurm_bed, calls
+    try:  # a cancelled job stays listed (COMPLETING) while its processes are taken down
+        wait_for(lambda: not slurm_bed.jobs(), 30, "the Slurm queue to be empty")
+    except AssertionError:
+        pass  # said below, with the jobs left
     left = slurm_bed.jobs()
     if left:
         slurm_bed.cancel_all()
@@ -134,3 +139,16 @@ def _wait_for_gate(path: str) -> str:
         time.sleep(0.05)
     return os.environ.get("SLURM_ARRAY_TASK_ID", "")
 
+
+def test_a_job_of_ours_is_found_by_name_after_a_submit_that_timed_out(slurm):
+    """What a launcher does before submitting again after sbatch timed out: squeue --name."""
+    bed, _ = slurm
+    job_id = bed.run("sbatch", "--parsable", "--hold", "--job-name=cluster-launcher-engines-adopt",
+                     "--wrap=sleep 600").stdout.strip()
+    try:
+        launcher = SlurmEngineSetLauncher()
+        assert launcher.submitted_jobs_named("cluster-launcher-engines-adopt") == [job_id]
+        assert launcher.submitted_jobs_named("cluster-launcher-engines-other") == []
+    finally:
+        bed.run("scancel", job_id)
+    wait_for(lambda: bed.jobs() == [], 60, "the held job to be cancelled")

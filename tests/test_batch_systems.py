@@ -50,6 +50,12 @@ def system(request, env):
     bed = request.getfixturevalue(fixture)
     environ = {**env, **getattr(bed, env_method)()}
     yield name, bed, environ
+    # A job that ended may still be listed for a moment while its processes are taken down (Slurm's
+    # COMPLETING, which its Torque wrappers' qstat already calls C): a leaked job stays.
+    try:
+        wait_for(lambda: not bed.jobs(), 30, f"the {name} queue to be empty")
+    except AssertionError:
+        pass  # said below, with the jobs left
     left = bed.jobs()
     if left:
         bed.cancel_all()  # so one failure does not fail the tests after it

@@ -562,3 +562,21 @@ def test_the_walltime_signal_directive_gets_seconds_minutes_and_the_soft_limit(t
                     walltime_signal=signal).job_script_text(2)
     warn = [line for line in script.splitlines() if line.startswith("#TOY -warn")]
     assert warn == ([expected] if expected else [])
+
+
+def test_a_submission_that_timed_out_after_the_scheduler_took_it_is_adopted_not_submitted_again(toy, monkeypatch):
+    """The submit command queues the job, then hangs past command_timeout: the job found by name is the one."""
+    monkeypatch.setattr("cluster_launcher.launcher.batch._pause", lambda seconds: None)
+    hangs = _script(toy / "bin" / "toyhang", """
+import subprocess, time
+subprocess.run(["toysub", *sys.argv[1:]], stdout=subprocess.DEVNULL)
+time.sleep(30)""")
+
+    class Named(ToyEngineSetLauncher):
+        def submitted_jobs_named(self, job_name: str) -> list[str]:
+            return [line.split()[0] for line in (toy / "jobs").read_text().splitlines()]
+
+    launcher = Named(profile_dir=str(toy / "profile"), cluster_id="c1", submit_command=[hangs], command_timeout=1,
+                     submit_interval=0)
+    launcher.start(1)
+    assert launcher.job_ids == ["100"] and (toy / "jobs").read_text() == "100 Q\n"  # one job, not two

@@ -95,7 +95,8 @@ class SlurmLauncher(BatchSystemLauncher):
         return statuses
 
     def submitted_jobs_named(self, job_name: str) -> list[str]:
-        done = self.run_command(["squeue", "--noheader", f"--user={getpass.getuser()}", f"--name={job_name}",
+        squeue = self.status_command[0]  # the site's squeue, where status_command names one
+        done = self.run_command([squeue, "--noheader", f"--user={getpass.getuser()}", f"--name={job_name}",
                                  "--format=%F"], check=False)
         return list(dict.fromkeys(done.stdout.split())) if done.returncode == 0 else []
 
