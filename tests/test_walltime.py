@@ -69,9 +69,10 @@ def _check_drained(cluster: LocalCluster, client: Client, doomed: Process, doome
 
 
 def test_an_engine_drains_before_its_deadline_and_exits_cleanly(cluster, make_gate, tmp_path):
-    # The job ends in 40 s and the engine drains 32 s before: in 8 s, long after the tasks are on it.
-    deadline = time.time() + 40
-    doomed = Process("engine", cluster.profile_dir, "--Engine.drain_margin=32",
+    # The job ends in 60 s and the engine drains 40 s before: in 20 s, long after the tasks are on it (an
+    # engine reads its deadline once, at start: the tasks must be on it before the clock says drain).
+    deadline = time.time() + 60
+    doomed = Process("engine", cluster.profile_dir, "--Engine.drain_margin=40",
                      env={"CLUSTER_LAUNCHER_ENGINE_DEADLINE": f"{deadline:.3f}"})
     cluster.engines.append(doomed)
     with cluster.client(n=1) as client:
