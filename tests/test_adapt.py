@@ -15,17 +15,16 @@ import time
 import pytest
 
 from cluster_launcher import Client, Cluster
-from cluster_launcher.testing.processes import wait_for
+from cluster_launcher.testing.processes import wait_for, wait_for_gate
 
 pytestmark = pytest.mark.timeout(180)
 
 CLI = [sys.executable, "-m", "cluster_launcher"]
 
 
-def _wait_for_gate(path: str) -> int:
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.02)
+def _pid_after_gate(path: str) -> int:
+    """Run on an engine: wait at the gate, then say which engine (its pid) ran it."""
+    wait_for_gate(path, timeout=120)
     return os.getpid()
 
 
@@ -36,7 +35,7 @@ def test_engines_come_with_waiting_tasks_and_go_once_idle(tmp_path, make_gate):
         assert client.ids == [] and cluster.adapter is not None
         gate = make_gate()
         view = client.load_balanced_view()
-        held = [view.apply_async(_wait_for_gate, gate.path) for _ in range(5)]
+        held = [view.apply_async(_pid_after_gate, gate.path) for _ in range(5)]
         # 5 waiting tasks, at most 3 engines: 3 come, and the other 2 tasks wait for them.
         wait_for(lambda: len(client.ids) == 3, 60, "3 engines to be asked for and to register")
         assert client.queue_status()["unassigned"] == 2

@@ -16,7 +16,7 @@ from cluster_launcher_slurm import SlurmEngineSetLauncher
 from traitlets.config import Config
 
 from cluster_launcher import Cluster
-from cluster_launcher.testing.processes import running_with, wait_for
+from cluster_launcher.testing.processes import running_with, wait_for, wait_for_gate
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -110,7 +110,7 @@ def test_adapt_does_not_over_submit_while_the_queue_holds_its_jobs(slurm, make_g
         adapter.stop()  # its thread: this test takes each decision itself
         view = client.load_balanced_view()
         gate = make_gate()
-        held = view.map_async(_wait_for_gate, [gate.path] * 4)
+        held = view.map_async(_task_id_after_gate, [gate.path] * 4)
         wait_for(lambda: client.queue_status()["unassigned"] == 4, 30, "the 4 tasks to wait in the controller")
         first = adapter.step()
         assert first.start == 4, first.reason
@@ -132,11 +132,9 @@ def test_adapt_does_not_over_submit_while_the_queue_holds_its_jobs(slurm, make_g
     assert any("--jobs=" in call for call in _squeue_calls(calls))
 
 
-def _wait_for_gate(path: str) -> str:
-    import time
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.05)
+def _task_id_after_gate(path: str) -> str:
+    """Run on an engine: wait at the gate, then say which array task ran it."""
+    wait_for_gate(path, timeout=120)
     return os.environ.get("SLURM_ARRAY_TASK_ID", "")
 
 

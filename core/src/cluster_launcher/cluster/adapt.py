@@ -141,12 +141,10 @@ class Adaptive:
         # Seconds before an engine's deadline (its job's walltime) from which it counts as leaving, so that
         # its replacement is asked for while it still works: the new job waits in the queue meanwhile.
         self.replace_lead = replace_lead
-        self.steps = 0
         self.last: Decision | None = None
         self.last_at = 0.0
         self.acted: deque[Decision] = deque(maxlen=100)  # the latest decisions that started or stopped engines
         self._client: Client | None = None
-        self._idle_seen: dict[int, float] = {}  # engine id -> when it was first seen idle (older controllers)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -159,17 +157,12 @@ class Adaptive:
         engines = []
         for engine_id, load in sorted(status.items()):
             busy = bool(load.get("queue") or load.get("tasks"))
-            idle_since = load.get("idle_since")
-            if busy:
-                self._idle_seen.pop(engine_id, None)
-            elif not isinstance(idle_since, (int, float)):
-                idle_since = self._idle_seen.setdefault(engine_id, now)
+            idle_since = load.get("idle_since")  # None while it has a task
             deadline = load.get("deadline")
             leaving = bool(load.get("draining")) or (
                 isinstance(deadline, (int, float)) and self.replace_lead > 0 and deadline - now < self.replace_lead)
-            engines.append(EngineLoad(engine_id, busy, 0.0 if busy else max(0.0, now - idle_since), leaving,
-                                      int(load.get("tasks") or 0)))
-        self._idle_seen = {engine_id: seen for engine_id, seen in self._idle_seen.items() if engine_id in status}
+            idle_for = max(0.0, now - idle_since) if isinstance(idle_since, (int, float)) and not busy else 0.0
+            engines.append(EngineLoad(engine_id, busy, idle_for, leaving, int(load.get("tasks") or 0)))
         active = sum(engine_set.active_engines() for engine_set in self.cluster.engine_sets)
         queued = sum(engine_set.queued_jobs() for engine_set in self.cluster.engine_sets)
         return Observation(tuple(engines), waiting, max(0, active - len(engines)), queued)
@@ -197,7 +190,6 @@ class Adaptive:
         if decision.acts or self.last is None or decision.reason != self.last.reason:
             self.last, self.last_at = decision, time.time()
             self.cluster.save_state()
-        self.steps += 1
         return decision
 
     def to_dict(self) -> dict[str, Any]:

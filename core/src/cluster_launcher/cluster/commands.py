@@ -75,19 +75,19 @@ def start_main(config: Config, profile_dir: str) -> int:
         allocation = cluster.use_allocation()
     except ClusterLauncherError as exc:
         return _fail("start", exc)
-    # c.Cluster.n, else the allocation's slots, else one engine per CPU (Cluster() has made a configured
-    # None its own default)
-    given = cluster.n is not None and ("n" in (config.get("Cluster") or {}) or allocation is not None)
-    configured_n = cluster.n if given else None
+    # c.Cluster.n (Cluster() has made a configured None its own default), else: with --adapt its minimum (the
+    # rest come with the load), else the allocation's slots (use_allocation set them), else one engine per CPU.
+    chosen = cluster.n if "n" in (config.get("Cluster") or {}) else None
     if cluster.adaptive:
         if cluster.daemonize:
             return _fail("start", ClusterError(
                 "--adapt needs the start command to stay (it makes the scaling decisions): run it without "
                 "--daemonize, in the background of your shell or batch job, or use Cluster.adapt() in Python"))
-        # Adaptive: start with the minimum (or -n); the rest come with the load.
-        n = cluster.n if "n" in (config.get("Cluster") or {}) and cluster.n is not None else cluster.adapt_minimum
+        n = chosen if chosen is not None else cluster.adapt_minimum
     else:
-        n = configured_n if configured_n is not None else (os.cpu_count() or 1)
+        if chosen is None and allocation is not None:
+            chosen = cluster.n
+        n = chosen if chosen is not None else (os.cpu_count() or 1)
     cluster.n = n
     cluster.report = cluster.warn = _say
     if allocation is not None:

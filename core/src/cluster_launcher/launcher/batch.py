@@ -239,7 +239,6 @@ class _SharedStatus:
         self.lock = threading.Lock()
         self.followed: dict[str, int] = {}  # job id -> how many launchers follow it
         self.answer = _StatusAnswer()
-        self.commands = 0  # status commands run: what tests and benchmarks count
 
     @classmethod
     def of(cls, launcher: BatchSystemLauncher) -> _SharedStatus:
@@ -771,7 +770,6 @@ class BatchSystemLauncher(Launcher):
                 except ClusterError as exc:
                     answer.error = str(exc)
                 shared.answer = answer
-                shared.commands += 1
         if answer.output is None:
             raise ClusterError(answer.error)
         return self.parse_states(answer.output, self.job_ids)
