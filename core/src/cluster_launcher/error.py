@@ -107,8 +107,11 @@ class TaskAborted(RemoteError):
     """The task was aborted before it ran."""
 
 
-class TaskTimeout(RemoteError):
-    """The task's dependencies or its own ``timeout`` ran out before it ran."""
+class TaskTimeout(RemoteError, TimeoutError):
+    """The task ran out of time: it waited longer than its ``timeout`` for its
+    dependencies or an engine, or it ran longer than its ``time_limit``.  A
+    ``TimeoutError``, as ``AsyncResult.get(timeout)`` raises when the wait
+    runs out (there the task goes on; here it is over)."""
 
 
 class DependencyError(RemoteError):

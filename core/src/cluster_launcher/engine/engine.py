@@ -69,6 +69,11 @@ def deadline_from_environment(environ: Any = os.environ) -> float:
     return 0.0
 
 
+# The exit code of an engine that killed itself because its task ignored an interrupt (abort, time_limit)
+# for Engine.interrupt_grace seconds: what whoever restarts engines reports as such.
+EXIT_TASK_IGNORED_INTERRUPT = 3
+
+
 # Where MPI launchers tell a process its rank and the job's size, by implementation.
 MPI_ENVIRONMENT = (("PMI_RANK", "PMI_SIZE"),  # MPICH (Hydra), Intel MPI
                    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),  # Open MPI
