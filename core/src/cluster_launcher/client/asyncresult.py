@@ -406,7 +406,8 @@ class AsyncResult:
     # --- control -------------------------------------------------------------
 
     def abort(self) -> None:
-        """Abort the tasks that have not started yet; they raise TaskAborted."""
+        """Abort the tasks not finished yet: queued ones are dropped, running
+        ones interrupted (KeyboardInterrupt on the engine); they raise TaskAborted."""
         pending = [t.msg_id for t in self._tasks if not t.done]
         if pending:
             self._client.abort(pending)

@@ -171,7 +171,7 @@ class Client:
 
     def _submit(self, buffers: list, queue: str, targets: Sequence[int] | None, *, after: list | None = None,
                 follow: list | None = None, timeout: float | None = None, retries: int = 0,
-                expected_runtime: float | None = None) -> list[TaskState]:
+                expected_runtime: float | None = None, time_limit: float | None = None) -> list[TaskState]:
         """Send one ``apply`` per entry of ``targets`` (mux) or one task; the
         tasks are registered before the messages leave, so no reply is missed."""
         copy = all(len(b) < _ZERO_COPY_BYTES for b in buffers)
@@ -181,7 +181,7 @@ class Client:
         # reply through shared memory.
         base: dict[str, Any] = {"type": "apply", "session": session.session_id, "queue": queue, "after": after or [],
                 "follow": follow or [], "timeout": timeout, "retries": retries, "expected_runtime": expected_runtime,
-                "hostname": session.hostname,
+                "time_limit": time_limit, "hostname": session.hostname,
                 "domain": session.domain, "pid": os.getpid(), "submitted": submitted.isoformat()}
         per_message = [[t] for t in targets or ()] if queue == "mux" else [
             list(targets) if targets is not None else None]
@@ -421,9 +421,11 @@ class Client:
         return status
 
     def abort(self, jobs: Any = None, targets: Any = None, block: bool = True) -> list[str]:
-        """Abort queued tasks (``jobs``: msg ids or AsyncResults; None: every
-        queued task of ``targets``).  Their results raise TaskAborted.  Returns
-        the ids the controller aborted."""
+        """Abort tasks (``jobs``: msg ids or AsyncResults; None: every pending
+        task of this client on ``targets``): queued ones are dropped, running
+        ones interrupted (docs/stopping-tasks.md).  Their results raise
+        TaskAborted.  Returns the ids the controller aborted or forwarded to
+        their engine."""
         resolved = None if targets is None else self._resolve_targets(targets)
         fields = {"msg_ids": msg_ids_of(jobs) if jobs is not None else None, "targets": resolved}
         if not block:

@@ -68,6 +68,15 @@ def partition(length: int, parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def checked_seconds(value: Any, flag: str) -> float | None:
+    """A flag that is a number of seconds: ``value`` if it is None or a finite
+    number >= 0; else a one-line ValueError naming ``flag``."""
+    if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                              or not math.isfinite(value) or value < 0):
+        raise ValueError(f"{flag}: a finite number of seconds >= 0, or None; not {value!r}")
+    return value
+
+
 def _as_sequences(seqs: Sequence[Any]) -> tuple[list[Any], int]:
     if not seqs:
         raise TypeError("map() needs at least one sequence")
@@ -81,22 +90,28 @@ def _as_sequences(seqs: Sequence[Any]) -> tuple[list[Any], int]:
 class View:
     """What both views share: flags, blocking, map."""
 
-    _flag_names: tuple[str, ...] = ("block",)
+    _flag_names: tuple[str, ...] = ("block", "time_limit")
 
     def __init__(self, client: Client, targets: Any):
         self.client = client
         self.targets = targets
         self.block = False
+        # Seconds each task may run before its engine interrupts it (TaskTimeout); None: no limit.
+        self.time_limit: float | None = None
 
     # --- flags -----------------------------------------------------------------
 
     def set_flags(self, **flags: Any) -> None:
-        """Set flags (``block``, and for load-balanced views ``retries``,
-        ``after``, ``follow``, ``timeout``, ``expected_runtime``, ``targets``)."""
+        """Set flags (``block``, ``time_limit``, and for load-balanced views
+        ``retries``, ``after``, ``follow``, ``timeout``, ``expected_runtime``,
+        ``targets``)."""
         for name, value in flags.items():
             if name not in self._flag_names:
                 raise KeyError(f"{type(self).__name__}.set_flags: unknown flag {name!r} "
                                f"(flags: {', '.join(self._flag_names)})")
+            if name == "time_limit":
+                checked_seconds(value, f"{type(self).__name__}.time_limit")
+        for name, value in flags.items():
             setattr(self, name, value)
 
     @contextlib.contextmanager
@@ -130,14 +145,21 @@ class View:
 
     def map(self, f: Callable, *sequences: Any, block: bool | None = None, **flags: Any) -> Any:
         """``f`` over the items of ``sequences`` in parallel (as builtin ``map``);
-        an AsyncMapResult, or the list of results if blocking."""
-        return self._map(f, sequences, self.block if block is None else block, **flags)
+        an AsyncMapResult, or the list of results if blocking.  The view's flags
+        (``time_limit=...``) may be given for this call."""
+        return self._map_with_flags(f, sequences, self.block if block is None else block, flags)
 
     def map_async(self, f: Callable, *sequences: Any, **flags: Any) -> AsyncMapResult:
-        return self._map(f, sequences, False, **flags)
+        return self._map_with_flags(f, sequences, False, flags)
 
     def map_sync(self, f: Callable, *sequences: Any, **flags: Any) -> list:
-        return self._map(f, sequences, True, **flags)
+        return self._map_with_flags(f, sequences, True, flags)
+
+    def _map_with_flags(self, f: Callable, sequences: tuple, block: bool, options: dict[str, Any]) -> Any:
+        """``_map`` with the view's flags among ``options`` set for this call only."""
+        flags = {name: options.pop(name) for name in list(options) if name in self._flag_names and name != "block"}
+        with self.temp_flags(**flags):
+            return self._map(f, sequences, block, **options)
 
     def _map(self, f: Callable, sequences: tuple, block: bool, **flags: Any) -> Any:
         raise NotImplementedError
@@ -147,7 +169,7 @@ class View:
         return iter(self.map_async(f, *sequences, **flags))
 
     def abort(self, jobs: Any = None) -> list[str]:
-        """Abort queued tasks (see :meth:`Client.abort`)."""
+        """Abort tasks, queued or running (see :meth:`Client.abort`)."""
         return self.client.abort(jobs, targets=self.targets if isinstance(self, DirectView) else None)
 
     def wait(self, jobs: Any = None, timeout: float = -1) -> bool:
@@ -218,8 +240,13 @@ class DirectView(View):
     def _single(self, targets: Any = None) -> bool:
         return isinstance(self.targets if targets is None else targets, int)
 
+    def _submit(self, buffers: list, engine_ids: list[int]) -> list[TaskState]:
+        """One task per engine of ``engine_ids``, with this view's ``time_limit``."""
+        time_limit = checked_seconds(self.time_limit, "DirectView.time_limit")
+        return self.client._submit(buffers, "mux", engine_ids, time_limit=time_limit)
+
     def _apply(self, f: Callable, args: tuple, kwargs: dict, block: bool, targets: Any = None) -> Any:
-        tasks = self.client._submit(pack_apply(*with_references(f, args, kwargs)), "mux", self._engine_ids(targets))
+        tasks = self._submit(pack_apply(*with_references(f, args, kwargs)), self._engine_ids(targets))
         ar = AsyncResult(self.client, tasks, fname=getattr(f, "__name__", ""), single=self._single(targets))
         return ar.get() if block else ar
 
@@ -231,7 +258,7 @@ class DirectView(View):
         tasks = []
         for engine_id, (start, stop) in zip(engine_ids, partition(length, len(engine_ids)), strict=False):
             chunks = [s[start:stop] for s in seqs]
-            tasks += self.client._submit(pack_apply(remote.map_chunk, (f, *chunks), {}), "mux", [engine_id])
+            tasks += self._submit(pack_apply(remote.map_chunk, (f, *chunks), {}), [engine_id])
         ar = AsyncMapResult(self.client, tasks, fname=getattr(f, "__name__", ""), item_count=length)
         return ar.get() if block else ar
 
@@ -279,7 +306,7 @@ class DirectView(View):
             part = seq[start:stop]
             if flatten and stop - start == 1:
                 part = part[0]
-            tasks += self.client._submit(pack_apply(remote.push, ({name: part},), {}), "mux", [engine_id])
+            tasks += self._submit(pack_apply(remote.push, ({name: part},), {}), [engine_id])
         ar = AsyncResult(self.client, tasks, fname="scatter")
         if block:
             ar.get()
@@ -289,7 +316,7 @@ class DirectView(View):
         """``name`` from each engine, joined into one sequence (the inverse of scatter)."""
         block = self.block if block is None else block
         engine_ids = self._engine_ids(targets)
-        tasks = self.client._submit(pack_apply(remote.pull, (name,), {}), "mux", engine_ids)
+        tasks = self._submit(pack_apply(remote.pull, (name,), {}), engine_ids)
         ar = AsyncMapResult(self.client, tasks, fname="gather", joiner=_join_gathered)
         return ar.get() if block else ar
 
@@ -353,10 +380,12 @@ class LoadBalancedView(View):
     whose engine must run this task), ``timeout`` (seconds the task may wait
     for its dependencies), ``expected_runtime`` (seconds the task expects to
     run: it goes only to an engine whose batch job's walltime leaves it that
-    long; None: any engine), ``targets`` (the engines allowed; None: any).
+    long; None: any engine), ``targets`` (the engines allowed; None: any),
+    ``time_limit`` (seconds the task may run before its engine interrupts it
+    and it fails with TaskTimeout; None: no limit).
     """
 
-    _flag_names = ("block", "retries", "after", "follow", "timeout", "expected_runtime", "targets")
+    _flag_names = ("block", "retries", "after", "follow", "timeout", "expected_runtime", "targets", "time_limit")
 
     def __init__(self, client: Client, targets: Any = None):
         super().__init__(client, targets)
@@ -372,14 +401,12 @@ class LoadBalancedView(View):
     def _task_options(self) -> dict[str, Any]:
         if not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"LoadBalancedView.retries: a count >= 0, not {self.retries!r}")
-        for name in ("timeout", "expected_runtime"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                      or not math.isfinite(value) or value < 0):
-                raise ValueError(f"LoadBalancedView.{name}: a finite number of seconds >= 0, or None; not {value!r}")
+        for name in ("timeout", "expected_runtime", "time_limit"):
+            checked_seconds(getattr(self, name), f"LoadBalancedView.{name}")
         targets = None if self.targets is None else self.client._resolve_targets(self.targets)
         return {"targets": targets, "after": msg_ids_of(self.after), "follow": msg_ids_of(self.follow),
-                "timeout": self.timeout, "retries": self.retries, "expected_runtime": self.expected_runtime}
+                "timeout": self.timeout, "retries": self.retries, "expected_runtime": self.expected_runtime,
+                "time_limit": self.time_limit}
 
     def _send_task(self, buffers: list) -> list:
         options = self._task_options()
@@ -410,9 +437,10 @@ class LoadBalancedView(View):
             ordered: bool = True, **flags: Any) -> Any:
         """``f`` over the items of ``sequences``, ``chunksize`` items per task;
         with ``ordered=False`` the result iterates in completion order.  Any
-        other keyword argument is a TypeError."""
-        return self._map(f, sequences, self.block if block is None else block, chunksize=chunksize,
-                         ordered=ordered, **flags)
+        keyword argument that is one of the view's flags (``time_limit=...``) is
+        set for this call; any other is a TypeError."""
+        return self._map_with_flags(f, sequences, self.block if block is None else block,
+                                    {"chunksize": chunksize, "ordered": ordered, **flags})
 
     def imap(self, f: Callable, *sequences: Any, ordered: bool = True,
              max_outstanding: int | str = "auto") -> Iterator[Any]:
@@ -489,8 +517,8 @@ class ParallelFunction(RemoteFunction):
                 buffers = pack_apply(self.func, tuple(s[start:stop] for s in seqs), {})
                 if engine_id is None and isinstance(view, LoadBalancedView):
                     tasks += view._send_task(buffers)
-                elif engine_id is not None:
-                    tasks += view.client._submit(buffers, "mux", [engine_id])
+                elif engine_id is not None and isinstance(view, DirectView):
+                    tasks += view._submit(buffers, [engine_id])
             ar = AsyncMapResult(view.client, tasks, fname=getattr(self.func, "__name__", ""),
                                 joiner=_join_gathered)
             return ar.get() if block else ar

@@ -106,7 +106,8 @@ class Controller(ProcessLogging):
             "register": self.engine_register, "unregister": self.engine_unregister,
             "apply_reply": self.engine_apply_reply, "stream": self.engine_stream, "drain": self.engine_drain}
         self.heartbeat_handlers: dict[str, Callable[[Message], None]] = {
-            "heartbeat": self.heartbeat_echoed, "ping": self.heartbeat_ping}
+            "heartbeat": self.heartbeat_echoed, "ping": self.heartbeat_ping,
+            "interrupt_ignored": self.heartbeat_interrupt_ignored}
         # What the task queue decides, carried out here on the sockets and the DB.
         self.action_handlers: dict[type, Callable[[Any], None]] = {
             Dispatch: self.do_dispatch, Requeue: self.do_requeue, Fail: self.do_fail,
@@ -607,7 +608,9 @@ class Controller(ProcessLogging):
                         f"engine {engine.id}" if engine else "an unregistered engine")
             discard_bulk(header)
             return
-        if header.get("status") == "error" and self.queue.retry(task, failed_on=engine.id):
+        # A task that ran past its time_limit would do so on any engine: it is not retried.
+        interrupted = (header.get("error") or {}).get("kind") in ("aborted", "timeout")
+        if header.get("status") == "error" and not interrupted and self.queue.retry(task, failed_on=engine.id):
             discard_bulk(header)
             self.carry_out()
             return
@@ -672,6 +675,32 @@ class Controller(ProcessLogging):
         header = {"type": "pong", "id": new_id(), "parent": msg.header["id"], "registered": engine is not None}
         self.route(self.heartbeat_socket, ident, self.session.pack(header))
 
+    def heartbeat_interrupt_ignored(self, msg: Message) -> None:
+        """The engine's watchdog (routing id + ``-int``): its task went on for
+        ``Engine.interrupt_grace`` seconds after its interrupt, and the engine
+        exits.  The task fails now, the engine is unregistered."""
+        ident = msg.idents[0]
+        engine = self.engine_of(ident.removesuffix(b"-int")) if ident.endswith(b"-int") else None
+        if engine is None:
+            return
+        header = msg.header
+        timed_out = header.get("cause") == "timeout"
+        limit, grace = _seconds(header.get("time_limit")), _seconds(header.get("interrupt_grace"))
+        why = f"ran longer than its time_limit of {limit:g}s" if timed_out and limit is not None else (
+            "ran longer than its time_limit" if timed_out else "was aborted")
+        grace_text = f" for {grace:g}s" if grace is not None else ""
+        evalue = (f"the task {why} and ignored its interrupt{grace_text} (Engine.interrupt_grace): engine "
+                  f"{engine.id} ({engine.hostname}, pid {engine.pid}) was killed")
+        task = self.queue.returned(str(header.get("parent")), engine.id)
+        log.warning("engine %d: task %s %s and ignored its interrupt%s (Engine.interrupt_grace): the engine "
+                    "kills itself", engine.id, header.get("parent"), why, grace_text)
+        if task is not None:
+            self.queue.fail(task, "timeout" if timed_out else "aborted", "TaskTimeout" if timed_out else
+                            "TaskAborted", evalue, engine_id=engine.id)
+        self.unregister(engine, "killed: its task ignored an interrupt")
+        self.route(self.heartbeat_socket, ident, self.session.pack(
+            {"type": "interrupt_ignored_reply", "id": new_id(), "parent": header["id"], "status": "ok"}))
+
     def send_heartbeats(self) -> None:
         for engine in self.engines.values():
             header = {"type": "heartbeat", "id": new_id(), "engine_id": engine.id}
@@ -719,7 +748,12 @@ class Controller(ProcessLogging):
         self.deliver(task, header, [], self.session.pack(header))
 
     def do_forward_abort(self, action: ForwardAbort) -> None:
-        self.send_engine(cast(EngineState, action.engine), "abort", {"msg_ids": action.msg_ids})
+        engine = cast(EngineState, action.engine)
+        # The engine's main thread drops those it has not started; its watchdog
+        # thread interrupts the one it runs (docs/stopping-tasks.md).
+        self.send_engine(engine, "abort", {"msg_ids": action.msg_ids})
+        self.route(self.heartbeat_socket, engine.ident + b"-int", self.session.pack(
+            {"type": "interrupt", "id": new_id(), "msg_ids": action.msg_ids}))
 
     def deliver(self, task: Task, header: dict[str, Any], buffers: list, frames: list) -> None:
         """Record a finished task's reply, then, once the record is stored
@@ -791,6 +825,13 @@ def _deadline(value: Any) -> float | None:
     return None
 
 
+def _seconds(value: Any) -> float | None:
+    """A number of seconds from a peer's header if it is a finite number >= 0, else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None
+
+
 def _local_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
 
@@ -828,7 +869,7 @@ def _check_apply(header: dict[str, Any]) -> None:
     _id_list(header, "follow", str)
     if not isinstance(header.get("retries") or 0, int) or (header.get("retries") or 0) < 0:
         raise TypeError("apply: field 'retries' must be a non-negative integer")
-    for name in ("timeout", "expected_runtime"):
+    for name in ("timeout", "expected_runtime", "time_limit"):
         value = header.get(name)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
                                   or not math.isfinite(value) or value < 0):

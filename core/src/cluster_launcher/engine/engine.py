@@ -43,6 +43,7 @@ from ..protocol.remote import user_namespace
 from ..protocol.serialize import serialize, unpack_apply
 from ..protocol.session import Message, Session, discard_bulk, new_id, utcnow
 from .streams import StreamSender, TaskStream
+from .watchdog import Interrupt, TaskWatchdog, time_limit_of
 
 if TYPE_CHECKING:
     from ..protocol.ssh import SSHConnection
@@ -123,6 +124,10 @@ class Engine(ProcessLogging):
     drain_margin = Float(30.0, min=0.0, help="Seconds before Engine.deadline at which the engine drains: it takes "
                          "no new task, hands back those it has not started, finishes the one running and "
                          "exits.").tag(config=True)
+    interrupt_grace = Float(5.0, min=0.0, help="Seconds a task may go on after its interrupt (an abort, or its "
+                            "time_limit running out) before the engine kills itself (exit code "
+                            f"{EXIT_TASK_IGNORED_INTERRUPT}) and the controller fails the task; see "
+                            "docs/stopping-tasks.md.").tag(config=True)
     lifetime_stagger = Float(0.0, min=0.0, help="Up to this many seconds more (a random amount, each engine its "
                              "own) the engine drains before its deadline, so the engines of one job do not all "
                              "leave at once.").tag(config=True)
@@ -157,6 +162,8 @@ class Engine(ProcessLogging):
         self.drain_sent_at = 0.0  # monotonic
         self.stagger = random.uniform(0.0, self.lifetime_stagger) if self.lifetime_stagger else 0.0
         self.controller_lost = threading.Event()
+        self.sigint_ignored = False  # SIGINT was ignored when the engine started (a shell's background job)
+        self.watchdog: TaskWatchdog | None = None
         self.needs_registration = threading.Event()
         self.registered_at = 0.0  # monotonic time of the last completed registration
         self.ssh_connection: SSHConnection | None = None
@@ -220,6 +227,9 @@ class Engine(ProcessLogging):
         self.echo = threading.Thread(target=self._echo_heartbeats, args=(self._echo_socket(),),
                                      name="heartbeat-echo", daemon=True)
         self.echo.start()
+        self.watchdog = TaskWatchdog(self.context, self.ident, info, self.controller_url("heartbeat_port"),
+                                     self.interrupt_grace, EXIT_TASK_IGNORED_INTERRUPT)
+        self.watchdog.start()
         self.register()
         self.heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.heartbeat.start()
@@ -469,6 +479,18 @@ class Engine(ProcessLogging):
         """Abort these tasks if they have not started (they are answered as aborted)."""
         self.aborted.update(msg_id for msg_id in msg.header.get("msg_ids") or [] if isinstance(msg_id, str))
 
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT: the watchdog's interrupt of the running task raises KeyboardInterrupt there
+        (one that arrives after its task ended is dropped, never hitting the engine's own code);
+        any other SIGINT does what Python's default does (a Ctrl-C stops the running task, or the
+        idle engine), unless SIGINT was ignored when the engine started."""
+        ours = self.watchdog.take_signal() if self.watchdog is not None else None
+        if ours is False:
+            return
+        if ours is None and self.sigint_ignored and not (self.stopping or self.controller_lost.is_set()):
+            return
+        raise KeyboardInterrupt
+
     def on_shutdown(self, msg: Message) -> None:
         self.stopping = True
 
@@ -487,22 +509,35 @@ class Engine(ProcessLogging):
         self.streams.watch(out, err)
         saved = sys.stdout, sys.stderr
         started = utcnow()
-        error = None
+        failure: BaseException | None = None
+        interrupt: Interrupt | None = None
         buffers: list = []
+        watchdog = self.watchdog
+        assert watchdog is not None  # set up before any task arrives
+        # The watchdog's interrupt raises one KeyboardInterrupt, anywhere from task_started until
+        # task_finished: the outer handler catches one that lands after the task's own end.
         try:
-            sys.stdout, sys.stderr = out, err
-            f, args, kwargs = unpack_apply(self.session.resolve_bulk(msg), user_namespace())
-            result = f(*args, **kwargs)
-            buffers = serialize(result)
-        except KeyboardInterrupt:
-            error = {"ename": "KeyboardInterrupt", "evalue": "the engine was interrupted",
-                     "traceback": traceback.format_exc(), "engine_id": self.engine_id, "kind": "remote"}
-        except BaseException as exc:  # a task's failure, whatever it is, is the client's to see
-            error = self.remote_error(exc)
+            try:
+                sys.stdout, sys.stderr = out, err
+                watchdog.task_started(parent, time_limit_of(msg.header))
+                f, args, kwargs = unpack_apply(self.session.resolve_bulk(msg), user_namespace())
+                result = f(*args, **kwargs)
+                buffers = serialize(result)
+            except BaseException as exc:  # a task's failure, whatever it is, is the client's to see
+                failure = exc
+            finally:
+                interrupt = watchdog.task_finished()
+        except KeyboardInterrupt as exc:
+            failure = exc
+            interrupt = watchdog.task_finished()
         finally:
             sys.stdout, sys.stderr = saved
             self.streams.watch()
-        header = {"type": "apply_reply", "id": new_id(), "parent": parent, "status": "error" if error else "ok",
+        error = self.task_error(failure, interrupt)
+        if error is not None:
+            buffers = []
+        status = "ok" if error is None else "aborted" if error["kind"] == "aborted" else "error"
+        header = {"type": "apply_reply", "id": new_id(), "parent": parent, "status": status,
                   "engine_id": self.engine_id, "engine_uuid": self.uuid, "submitted": msg.header.get("submitted"),
                   "started": started, "completed": utcnow(), "stdout": out.getvalue(), "stderr": err.getvalue(),
                   "error": error}
@@ -520,6 +555,22 @@ class Engine(ProcessLogging):
                 f"(Controller.max_message_size = {self.max_message_size}); return less, or raise that limit")))
             frames = self.session.pack(header)
         self.socket.send_multipart(frames, copy=False)
+
+    def task_error(self, failure: BaseException | None, interrupt: Interrupt | None) -> dict[str, Any] | None:
+        """The error a task ended with (None: it succeeded).  A task the watchdog interrupted
+        ends aborted or timed out even if it caught the KeyboardInterrupt and returned."""
+        if interrupt is not None:
+            tb = _user_traceback(failure) if isinstance(failure, KeyboardInterrupt) else ""
+            if interrupt.cause == "timeout":
+                return {"ename": "TaskTimeout", "evalue": f"the task ran longer than its time_limit of "
+                        f"{interrupt.time_limit:g}s: interrupted", "traceback": tb, "engine_id": self.engine_id,
+                        "kind": "timeout"}
+            return {"ename": "TaskAborted", "evalue": "the task was aborted: interrupted while running",
+                    "traceback": tb, "engine_id": self.engine_id, "kind": "aborted"}
+        if isinstance(failure, KeyboardInterrupt):
+            return {"ename": "KeyboardInterrupt", "evalue": "the engine was interrupted",
+                    "traceback": _user_traceback(failure), "engine_id": self.engine_id, "kind": "remote"}
+        return None if failure is None else self.remote_error(failure)
 
     def remote_error(self, exc: BaseException) -> dict[str, Any]:
         """The error of a failed task as the client sees it.  Never raises:
@@ -552,6 +603,8 @@ class Engine(ProcessLogging):
                 self.streams.close()
             if hasattr(self, "heartbeat"):
                 self.heartbeat.join(timeout=2 * self.heartbeat_period + 1)
+            if self.watchdog is not None:
+                self.watchdog.stop()
             self.context.term()
         if self.ssh_connection is not None:  # after term(): the unregister above leaves through it
             self.ssh_connection.close()
@@ -592,6 +645,10 @@ def main(config: Config, profile_dir: str) -> int:
         engine.drain_signalled = True
 
     signal.signal(signal.SIGTERM, stop)
+    # Installed whatever SIGINT's disposition was: the watchdog's interrupts must reach the task
+    # even in an engine started as a shell's background job, which inherits SIGINT ignored.
+    engine.sigint_ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    signal.signal(signal.SIGINT, engine.on_sigint)
     if hasattr(signal, "SIGUSR1"):  # batch systems send it ahead of the walltime (Slurm --signal=B:USR1@N)
         signal.signal(signal.SIGUSR1, drain_now)
     try:
