@@ -375,8 +375,9 @@ def test_abort_without_arguments_aborts_only_the_callers_tasks(cluster, tmp_path
         wait_for(lambda: mine.queue_status()["unassigned"] == 2, 20, "both tasks to queue")
         aborted = mine.abort()
         assert their_task.msg_ids[0] not in aborted and my_task.msg_ids[0] in aborted
-        open(release, "w").close()
-        blocker.get(timeout=20)
+        assert blocker.msg_ids[0] in aborted  # mine too, and running: interrupted (docs/stopping-tasks.md)
+        with pytest.raises(TaskAborted, match="interrupted while running"):
+            blocker.get(timeout=20)
         assert their_task.get(timeout=20) == "theirs"
         with pytest.raises(TaskAborted):
             my_task.get(timeout=20)
