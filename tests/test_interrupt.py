@@ -14,7 +14,7 @@ import pytest
 
 from cluster_launcher.client.asyncresult import AsyncResult
 from cluster_launcher.engine.engine import EXIT_TASK_IGNORED_INTERRUPT
-from cluster_launcher.error import CompositeError, RemoteError, TaskAborted, TaskTimeout
+from cluster_launcher.error import CompositeError, EngineError, RemoteError, TaskAborted, TaskTimeout
 from cluster_launcher.protocol.serialize import pack_apply
 from cluster_launcher.testing.processes import LocalCluster, wait_for
 
@@ -57,6 +57,11 @@ def _ignore_interrupts(started: str, seconds: float) -> str:
         except KeyboardInterrupt:
             pass
     return "ignored"
+
+
+def _hold_the_gil() -> int:
+    """Run on an engine: minutes in one C call that never lets go of the GIL."""
+    return sum(range(10**12))
 
 
 def _engine_pid(client, engine_id: int) -> int:
@@ -218,7 +223,18 @@ def test_a_task_that_ignores_its_interrupt_gets_its_engine_killed(tmp_path: Path
 
             wait_for(lambda: client.ids == [2], 20, "the killed engines to be unregistered")
             assert client.load_balanced_view().apply_sync(lambda: "still served") == "still served"
-        log = cluster.controller.output() if cluster.controller else ""
-        assert log.count("unregistered (killed: its task ignored an interrupt)") == 2, log
+            log = cluster.controller.output() if cluster.controller else ""
+            assert log.count("unregistered (killed: its task ignored an interrupt)") == 2, log
+
+            # A task that holds the GIL past its time_limit: neither the KeyboardInterrupt nor the watchdog
+            # thread can run; faulthandler's C thread ends the engine BACKSTOP_DELAY after limit + grace.
+            dview = client[2]
+            dview.set_flags(time_limit=1)
+            held = dview.apply(_hold_the_gil)
+            with pytest.raises(EngineError, match="engine 2 .* died or left \\(heartbeat\\)"):
+                held.get(timeout=60)
+            engine = processes[pids[2]]
+            assert engine.wait(20) == 1
+            assert "Timeout (0:00:12)!" in engine.output() and "_hold_the_gil" in engine.output()
     finally:
         cluster.stop()

@@ -12,12 +12,16 @@ raises KeyboardInterrupt in the task, and in the task only.
 A task still running ``Engine.interrupt_grace`` seconds after its interrupt
 (it caught the KeyboardInterrupt and went on) gets its engine killed: the
 watchdog tells the controller (``interrupt_ignored``), waits a moment for the
-answer, and ends the process with ``EXIT_TASK_IGNORED_INTERRUPT``.  A task that
-holds the GIL in C code keeps this thread from running too: for it,
-faulthandler's own C thread, armed at the interrupt, ends the process
-:data:`BACKSTOP_DELAY` seconds after the grace (exit code 1, every thread's
-stack in the engine's log); the controller then sees the engine's heartbeat
-stop.
+answer, and ends the process with ``EXIT_TASK_IGNORED_INTERRUPT``.
+
+A task that holds the GIL in C code keeps this thread from running too (and
+the KeyboardInterrupt from being raised).  For it, faulthandler's own C
+thread, which needs no GIL, is the backstop: armed when a task with a
+``time_limit`` starts (and again at an interrupt), it ends the process
+:data:`BACKSTOP_DELAY` seconds after the time limit and the grace (exit code
+1, every thread's stack in the engine's log); the controller then sees the
+engine's heartbeat stop.  An abort cannot be read while a task holds the GIL
+throughout: it takes effect when the task lets go.
 """
 
 from __future__ import annotations
@@ -123,6 +127,8 @@ class TaskWatchdog:
         with self.lock:
             self.running = RunningTask(msg_id, time.monotonic(), time_limit)
             self.interrupt = None
+            if time_limit is not None:
+                self._arm_backstop(time_limit + self.grace + BACKSTOP_DELAY)
         if time_limit is not None:
             self.wake_sender.send(b"")
 
@@ -221,12 +227,13 @@ class TaskWatchdog:
         log.info("interrupting task %s: %s", task.msg_id, "aborted by a client" if cause == "aborted"
                  else f"it ran longer than its time_limit of {task.time_limit:g}s")
         self.interrupt = Interrupt(task.msg_id, cause, task.time_limit, time.monotonic())
-        self._arm_backstop()
+        self._arm_backstop(self.grace + BACKSTOP_DELAY)
         self.signal_target = task.msg_id
         self.signals_sent += 1
         signal.pthread_kill(self.main_thread, signal.SIGINT)
 
-    def _arm_backstop(self) -> None:
+    def _arm_backstop(self, seconds: float) -> None:
+        """End the process in ``seconds`` unless the task finishes first (see the module's docstring)."""
         stderr = sys.__stderr__
         try:
             fd = stderr.fileno() if stderr is not None else -1
@@ -234,7 +241,7 @@ class TaskWatchdog:
             fd = -1
         if fd < 0:
             return
-        faulthandler.dump_traceback_later(self.grace + BACKSTOP_DELAY, exit=True, file=fd)
+        faulthandler.dump_traceback_later(seconds, exit=True, file=fd)
         self.backstop_armed = True
 
     def _kill(self, interrupt: Interrupt) -> None:
