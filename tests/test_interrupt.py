@@ -47,16 +47,24 @@ def _sleep(seconds: float, started: str | None = None) -> str:
     return "slept"
 
 
+def _count_and_sleep(runs: str, seconds: float) -> None:
+    """Run on an engine: add a line to the file ``runs``, then sleep."""
+    with open(runs, "a") as f:
+        f.write("ran\n")
+    time.sleep(seconds)
+
+
 def _ignore_interrupts(started: str, seconds: float) -> str:
     """Run on an engine: a task that catches KeyboardInterrupt and goes on (bounded)."""
     open(started, "w").close()
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            time.sleep(0.05)
+    while True:
+        try:  # around the whole loop: the interrupt may land anywhere in it
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+            return "ignored"
         except KeyboardInterrupt:
             pass
-    return "ignored"
 
 
 def _hold_the_gil() -> int:
@@ -107,7 +115,7 @@ def test_client_abort_and_view_abort_interrupt_running_tasks(client, tmp_path: P
     assert dview.apply_sync(lambda: "next") == "next"
 
 
-def test_time_limit_fails_the_task_with_task_timeout_and_the_engine_goes_on(client):
+def test_time_limit_fails_the_task_with_task_timeout_and_the_engine_goes_on(client, tmp_path: Path):
     lview = client.load_balanced_view()
     pids = set(client[:].apply_sync(os.getpid))
     lview.set_flags(time_limit=1)
@@ -116,6 +124,12 @@ def test_time_limit_fails_the_task_with_task_timeout_and_the_engine_goes_on(clie
         ar.get(timeout=20)
     assert isinstance(caught.value, TimeoutError)
     assert lview.apply_sync(_sleep, 0) == "slept"  # well within the limit
+    # Not retried (it would run as long on another engine), whatever its retries say.
+    runs = tmp_path / "runs"
+    with lview.temp_flags(retries=1):
+        with pytest.raises(TaskTimeout):
+            lview.apply_sync(_count_and_sleep, str(runs), 60)
+    assert runs.read_text() == "ran\n"
     lview.set_flags(time_limit=None)
 
     with lview.temp_flags(time_limit=1):

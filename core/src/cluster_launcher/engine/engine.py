@@ -476,8 +476,11 @@ class Engine(ProcessLogging):
                 handler(msg)
 
     def on_abort(self, msg: Message) -> None:
-        """Abort these tasks if they have not started (they are answered as aborted)."""
-        self.aborted.update(msg_id for msg_id in msg.header.get("msg_ids") or [] if isinstance(msg_id, str))
+        """Abort these tasks if they have not started (they are answered as aborted).  The others
+        have started (the abort comes after the task on this socket): the watchdog interrupts the one
+        running."""
+        queued = {task.header["id"] for task in self.pending}
+        self.aborted.update(msg_id for msg_id in msg.header.get("msg_ids") or [] if msg_id in queued)
 
     def on_sigint(self, signum: int, frame: Any) -> None:
         """SIGINT: the watchdog's interrupt of the running task raises KeyboardInterrupt there

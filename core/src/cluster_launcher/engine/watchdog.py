@@ -49,6 +49,9 @@ log = logging.getLogger("cluster_launcher")
 BACKSTOP_DELAY = 10.0
 # Seconds the watchdog waits for the controller to acknowledge interrupt_ignored before the engine exits.
 ACKNOWLEDGE_WAIT = 2.0
+# How many aborted task ids the watchdog remembers for tasks not running (yet): an abort that reaches it
+# just before its task starts still interrupts that task.
+REMEMBERED_ABORTS = 1000
 
 
 @dataclass
@@ -104,6 +107,7 @@ class TaskWatchdog:
         self.lock = threading.Lock()
         self.running: RunningTask | None = None
         self.interrupt: Interrupt | None = None
+        self.aborted: dict[str, None] = {}  # ids of tasks aborted, oldest first (an ordered set)
         # Read by the SIGINT handler, which must not take the lock (it runs in the main thread,
         # which may hold it): the task the signal on its way is for, and how many are on their way.
         self.signal_target: str | None = None
@@ -129,7 +133,9 @@ class TaskWatchdog:
             self.interrupt = None
             if time_limit is not None:
                 self._arm_backstop(time_limit + self.grace + BACKSTOP_DELAY)
-        if time_limit is not None:
+            # Its abort came to the watchdog before the task started (the main thread had not read it yet).
+            aborted = msg_id in self.aborted
+        if time_limit is not None or aborted:
             self.wake_sender.send(b"")
 
     def task_finished(self) -> Interrupt | None:
@@ -190,8 +196,11 @@ class TaskWatchdog:
             msg_ids = msg.header.get("msg_ids")
             if isinstance(msg_ids, list):
                 with self.lock:
-                    if self.running is not None and self.running.msg_id in msg_ids:
-                        self._interrupt("aborted")
+                    for msg_id in msg_ids:
+                        if isinstance(msg_id, str):
+                            self.aborted[msg_id] = None
+                    while len(self.aborted) > REMEMBERED_ABORTS:
+                        del self.aborted[next(iter(self.aborted))]
 
     def _next_deadline(self) -> float | None:
         """When the watchdog must next look (monotonic), None when nothing is due."""
@@ -210,7 +219,10 @@ class TaskWatchdog:
             if running is None:
                 return
             if self.interrupt is None:
-                if running.time_limit is not None and now >= running.started + running.time_limit:
+                if running.msg_id in self.aborted:
+                    del self.aborted[running.msg_id]
+                    self._interrupt("aborted")
+                elif running.time_limit is not None and now >= running.started + running.time_limit:
                     self._interrupt("timeout")
                 return
             if self.interrupt.msg_id == running.msg_id and now >= self.interrupt.at + self.grace:
