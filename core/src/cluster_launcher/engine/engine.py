@@ -6,7 +6,9 @@ one socket, in a thread that never takes the GIL), so a task holding the
 GIL for minutes never looks like a dead engine.  A Python heartbeat thread
 checks the other way: if the controller stops answering for
 ``Engine.timeout`` seconds the engine exits (a task still running is
-interrupted first).
+interrupted first).  A task watchdog thread (:mod:`.watchdog`) interrupts the
+running task when a client aborts it or its ``time_limit`` runs out, and ends
+the engine when the task ignores that for ``Engine.interrupt_grace`` seconds.
 
 An engine of a batch job knows when the job's walltime ends it
 (``Engine.deadline``).  ``drain_margin`` seconds before (minus a random
@@ -563,7 +565,7 @@ class Engine(ProcessLogging):
         """The error a task ended with (None: it succeeded).  A task the watchdog interrupted
         ends aborted or timed out even if it caught the KeyboardInterrupt and returned."""
         if interrupt is not None:
-            tb = _user_traceback(failure) if isinstance(failure, KeyboardInterrupt) else ""
+            tb = _user_traceback(failure) if failure is not None else ""
             if interrupt.cause == "timeout":
                 return {"ename": "TaskTimeout", "evalue": f"the task ran longer than its time_limit of "
                         f"{interrupt.time_limit:g}s: interrupted", "traceback": tb, "engine_id": self.engine_id,
