@@ -93,6 +93,8 @@ class TaskWatchdog:
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, ident + b"-int")
         self.socket.setsockopt(zmq.LINGER, 0)
+        # Never blocks the engine's exit: a controller that cannot be told is not waited for.
+        self.socket.setsockopt(zmq.SNDTIMEO, int(ACKNOWLEDGE_WAIT * 1000))
         connection.secure(self.socket, info)
         self.socket.connect(url)
         # The main thread wakes the watchdog (a task started: its time limit counts from now) through
