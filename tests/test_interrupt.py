@@ -6,10 +6,12 @@ engine killed.  Real controller and engine processes throughout."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cloudpickle
 import pytest
 
 from cluster_launcher.client.asyncresult import AsyncResult
@@ -19,6 +21,9 @@ from cluster_launcher.protocol.serialize import pack_apply
 from cluster_launcher.testing.processes import LocalCluster, wait_for
 
 pytestmark = pytest.mark.timeout(120)
+
+# Tasks defined here travel by value: engines cannot import this module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 FAST_HEARTBEAT = ("--Controller.heartbeat_period=0.2", "--Controller.heartbeat_timeout=5")
 
