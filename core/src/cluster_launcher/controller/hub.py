@@ -276,8 +276,9 @@ class Controller(ProcessLogging):
                 self.send_heartbeats()
                 self.deliver_held()
                 self.roster.save()
+                # Without a trusted record, which engines to expect is unknown: the whole window.
                 if self.recovering_until is not None and (
-                        time.monotonic() >= self.recovering_until or not self.roster.reserved):
+                        time.monotonic() >= self.recovering_until or self.roster.loaded and not self.roster.reserved):
                     self.end_recovery()
                 next_check = time.monotonic() + self.heartbeat_period
             if time.monotonic() >= next_sweep:

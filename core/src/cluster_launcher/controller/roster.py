@@ -38,6 +38,7 @@ class EngineRoster:
         self.reserved: dict[int, str] = {}
         self.next_id = 0
         self.dirty = False
+        self.loaded = False  # a trusted record was read: ``reserved`` is every engine it expects back
 
     # --- ids ---------------------------------------------------------------
 
@@ -91,6 +92,7 @@ class EngineRoster:
             return
         self.reserved = engines
         self.next_id = max([next_id, *(i + 1 for i in engines)])
+        self.loaded = True
         if engines:
             log.info("expecting %d engine(s) of the previous controller back with their ids (%s)", len(engines),
                      self.path)
