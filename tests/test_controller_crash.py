@@ -10,9 +10,12 @@ import signal
 from collections.abc import Iterator
 
 import pytest
+import zmq
 
 from cluster_launcher import Client
 from cluster_launcher.error import EngineError, TaskLost
+from cluster_launcher.protocol import connection
+from cluster_launcher.protocol.session import Session
 from cluster_launcher.testing.processes import LocalCluster, wait_for, wait_for_gate
 
 FAST_HEARTBEAT = ("--Controller.heartbeat_period=0.2", "--Controller.heartbeat_timeout=2")
@@ -121,6 +124,74 @@ def test_with_sqlite_a_queued_task_is_resubmitted_and_one_on_an_engine_that_stay
         assert queued.engine_id == 0
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("db", ["dict", "sqlite"])
+def test_a_task_that_finishes_while_no_controller_runs_reaches_its_client(cluster, make_gate, tmp_path, db):
+    cluster.start_controller(f"--db={db}")
+    cluster.start_engines(1, PATIENT_ENGINES)
+    client = cluster.client(1)
+    try:
+        gate, started, finished = make_gate(), str(tmp_path / "started"), str(tmp_path / "finished")
+        ar = client[0].apply_async(_wait_then_mark, started, gate.path, finished)
+        wait_for(lambda: os.path.exists(started), 20, "the task to start")
+        assert cluster.controller is not None
+        cluster.controller.stop(signal.SIGKILL)
+        gate.open()
+        wait_for(lambda: os.path.exists(finished), 20, "the task to finish with no controller")
+        cluster.start_controller(f"--db={db}")
+        assert ar.get(timeout=15) == "finished alone"
+        assert client[0].apply_sync(lambda: "next") == "next"
+    finally:
+        client.close()
+
+
+def test_a_registration_from_the_heartbeat_socket_waits_for_the_task_socket_and_a_repeat_changes_nothing(cluster):
+    """What an engine's heartbeat thread does after a restart, spoken by hand."""
+    cluster.start_controller()
+    info = connection.read_connection_file(connection.connection_file(cluster.profile_dir, "engine"), "engine")
+    session = Session(key=info["key"])
+    context = zmq.Context()
+    heartbeat, tasks = context.socket(zmq.DEALER), context.socket(zmq.DEALER)
+    try:
+        heartbeat.setsockopt(zmq.IDENTITY, b"by-hand-hb")
+        tasks.setsockopt(zmq.IDENTITY, b"by-hand")
+        heartbeat.connect(connection.url(info, "heartbeat_port"))
+        fields = {"uuid": "f" * 32, "hostname": "here", "pid": os.getpid(), "domain": None, "mpi": None,
+                  "deadline": None, "draining": False, "engine_id": 7,
+                  "held": [{"started": True, "header": {"type": "apply", "id": "e" * 32, "session": "s" * 32,
+                                                        "queue": "task", "targets": None, "after": [], "follow": [],
+                                                        "timeout": None, "retries": 0}}]}
+
+        def registered() -> dict | None:
+            session.send(heartbeat, "register", fields)
+            if not heartbeat.poll(1000):
+                return None
+            return session.recv(heartbeat).header
+
+        # Not before its task socket is connected: a task sent there now would be lost.
+        assert registered() is None
+        tasks.connect(connection.url(info, "engine_port"))
+        reply = wait_for(registered, 20, "the registration to be accepted")
+        assert isinstance(reply, dict) and reply["engine_id"] == 7  # the id it asked for: nobody's
+        assert session.recv(tasks).type == "reconnected"  # what the controller checked the task socket with
+        again = wait_for(registered, 10, "the repeated registration's answer")
+        assert isinstance(again, dict) and again["engine_id"] == 7
+        assert engines_by_id(cluster.profile_dir) == {7: "f" * 32}
+        with Client(profile_dir=cluster.profile_dir, timeout=10) as probe:
+            assert probe.queue_status(7)["queue"] == 1  # the task it holds is still in flight there
+        session.send(tasks, "unregister", {"reason": "shutdown"})
+        wait_for(lambda: engines_by_id(cluster.profile_dir) == {}, 10, "the engine to leave")
+    finally:
+        heartbeat.close(0)
+        tasks.close(0)
+        context.term()
+
+
+def _wait_then_mark(started: str, gate: str, finished: str) -> str:
+    wait_for_gate(gate, started=started)
+    open(finished, "w").close()  # the reply leaves right after: into the engine's queue for the controller
+    return "finished alone"
 
 
 def _started_then_wait(started: str, gate: str) -> str:

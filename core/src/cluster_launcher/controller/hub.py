@@ -690,11 +690,16 @@ class Controller(ProcessLogging):
                     raise
                 log.debug("registration of %r waits for its task socket to connect", ident[:8])
                 return
-        old = self.engine_of(ident)
-        if old is not None:
-            self.unregister(old, "re-registered")
         header = msg.header
         uuid = str(header.get("uuid", ""))
+        old = self.engine_of(ident)
+        if old is not None and old.uuid == uuid and reply_socket is not self.engine_socket:
+            # Its heartbeat thread sent its registration again before our answer reached it (a busy
+            # controller): the same answer again, and its tasks stay where they are.
+            self.route(reply_socket, reply_ident, self.session.pack(self.register_reply(old, header)))
+            return
+        if old is not None:
+            self.unregister(old, "re-registered")
         engine_id = self.roster.choose_id(header.get("engine_id"), uuid, set(self.engines))
         engine = EngineState(id=engine_id, ident=ident, uuid=uuid,
                              hostname=str(header.get("hostname", "")), pid=header.get("pid", 0),
@@ -702,10 +707,7 @@ class Controller(ProcessLogging):
                              deadline=_deadline(header.get("deadline")), draining=header.get("draining") is True)
         self.roster.add(engine.id, uuid)
         self.by_ident[ident] = engine.id
-        reply = {"type": "register_reply", "id": new_id(), "parent": header["id"], "status": "ok",
-                 "engine_id": engine.id, "heartbeat_period": self.heartbeat_period,
-                 "heartbeat_timeout": self.heartbeat_timeout}
-        self.route(reply_socket, reply_ident, self.session.pack(reply))
+        self.route(reply_socket, reply_ident, self.session.pack(self.register_reply(engine, header)))
         ends = f", its job ends at {_local_time(engine.deadline)}" if engine.deadline else ""
         log.info("engine %d registered (%s, pid %s%s)", engine.id, engine.hostname, engine.pid, ends)
         for client in list(self.clients):
@@ -717,6 +719,11 @@ class Controller(ProcessLogging):
         for msg_id in [m for m in engine.in_flight if m in self.early_replies]:
             # It finished while there was no controller, and said so before registering again.
             self.engine_apply_reply(self.early_replies.pop(msg_id))
+
+    def register_reply(self, engine: EngineState, header: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "register_reply", "id": new_id(), "parent": header["id"], "status": "ok",
+                "engine_id": engine.id, "heartbeat_period": self.heartbeat_period,
+                "heartbeat_timeout": self.heartbeat_timeout}
 
     def adopt(self, engine: EngineState, held: Any) -> None:
         """The tasks an engine holds as it registers again with this
