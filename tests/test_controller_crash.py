@@ -156,6 +156,7 @@ def test_a_registration_from_the_heartbeat_socket_waits_for_the_task_socket_and_
     try:
         heartbeat.setsockopt(zmq.IDENTITY, b"by-hand-hb")
         tasks.setsockopt(zmq.IDENTITY, b"by-hand")
+        tasks.setsockopt(zmq.RCVTIMEO, 10_000)  # a message that never comes fails the test (zmq.Again)
         heartbeat.connect(connection.url(info, "heartbeat_port"))
         fields = {"uuid": "f" * 32, "hostname": "here", "pid": os.getpid(), "domain": None, "mpi": None,
                   "deadline": None, "draining": False, "engine_id": 7,
@@ -180,6 +181,13 @@ def test_a_registration_from_the_heartbeat_socket_waits_for_the_task_socket_and_
         assert engines_by_id(cluster.profile_dir) == {7: "f" * 32}
         with Client(profile_dir=cluster.profile_dir, timeout=10) as probe:
             assert probe.queue_status(7)["queue"] == 1  # the task it holds is still in flight there
+            # Handed back by a draining engine, it cannot go elsewhere (the controller never had its
+            # message): it fails, rather than waiting in the queue as an empty message.
+            session.send(tasks, "drain", {"reason": "test", "msg_ids": ["e" * 32]})
+            # (after the probes of the repeated registrations)
+            assert next(t for t in (session.recv(tasks).type for _ in range(10)) if t != "reconnected") == "drain_reply"
+            status = probe.queue_status()
+            assert (status[7]["queue"], status["unassigned"]) == (0, 0)
         session.send(tasks, "unregister", {"reason": "shutdown"})
         wait_for(lambda: engines_by_id(cluster.profile_dir) == {}, 10, "the engine to leave")
     finally:

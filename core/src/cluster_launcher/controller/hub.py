@@ -771,6 +771,16 @@ class Controller(ProcessLogging):
         if engine is None:
             return
         handed_back = _id_list(msg.header, "msg_ids", str) or []
+        for msg_id in list(handed_back):
+            task = self.queue.pending(msg_id)
+            if task is None or task.frames or task.engine_id != engine.id:
+                continue
+            # Taken over from the engine after a restart (adopt): this controller never had its message.
+            self.queue.returned(msg_id, engine.id)
+            handed_back.remove(msg_id)
+            self.queue.fail(task, "engine", "EngineError", f"engine {engine.id} handed this task back (it drains), "
+                            "and the controller, restarted since it was sent, does not have its message to send "
+                            "elsewhere: submit it again", engine_id=engine.id)
         log.info("engine %d drains (%s): no new task goes to it; %d task(s) it had not started handed back to "
                  "the queue", engine.id, str(msg.header.get("reason") or "no reason given")[:200], len(handed_back))
         self.queue.drain(engine.id, handed_back)
