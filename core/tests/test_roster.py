@@ -36,11 +36,17 @@ def test_a_returning_engine_gets_its_id_and_a_new_one_gets_an_id_above_every_res
     assert roster.choose_id(0, UUID_A, in_use={4, 6}) == 0
     roster.add(0, UUID_A)
     assert roster.reserved == {}
-    # An id not reserved for anyone is given back if it is free, never if it is in use.
-    assert roster.choose_id(2, UUID_C, in_use={0, 4, 6}) == 2
-    assert roster.choose_id(0, UUID_C, in_use={0, 4, 6}) == 7
-    assert roster.choose_id(-1, UUID_C, in_use=set()) == 7
-    assert roster.choose_id(True, UUID_C, in_use=set()) == 7
+    # Below the record's next id and reserved for nobody: an engine the previous controller had
+    # declared dead; its id stays retired.
+    assert roster.choose_id(2, UUID_C, in_use={0, 4, 6}) == 7
+    # Above it: an engine that registered after the record was written gets its id back, once.
+    assert roster.choose_id(9, UUID_C, in_use={0, 4, 6}) == 9
+    roster.add(9, UUID_C)
+    roster.remove(9)  # declared dead by this controller: it comes back as a new engine
+    assert roster.choose_id(9, UUID_C, in_use={0, 4, 6}) == 10
+    assert roster.choose_id(0, UUID_C, in_use={0, 4, 6}) == 10
+    assert roster.choose_id(-1, UUID_C, in_use=set()) == 10
+    assert roster.choose_id(True, UUID_C, in_use=set()) == 10
 
 
 def test_the_record_is_private_written_only_when_changed_and_lists_the_engines(tmp_path):

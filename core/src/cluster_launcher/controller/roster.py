@@ -39,18 +39,28 @@ class EngineRoster:
         self.next_id = 0
         self.dirty = False
         self.loaded = False  # a trusted record was read: ``reserved`` is every engine it expects back
+        # Ids below it were given by the previous controller (its record's next id): retired unless reserved.
+        self.previous_next_id = 0
+        self.given: set[int] = set()  # by this controller: an engine it declared dead comes back as a new one
 
     # --- ids ---------------------------------------------------------------
 
     def choose_id(self, asked: object, uuid: str, in_use: set[int]) -> int:
         """The id for an engine registering as ``uuid`` that asks for
-        ``asked`` (the id it had, or None): that id, unless another engine
-        has it or it is reserved for another uuid; else the next new id."""
-        if type(asked) is int and asked >= 0 and asked not in in_use and self.reserved.get(asked, uuid) == uuid:
+        ``asked`` (the id it had, or None): that id if it is reserved for
+        that uuid, or if no controller of the record gave it yet (an engine
+        that registered after the record was last written); else the next
+        new id, as for an engine this controller declared dead."""
+        if type(asked) is not int or asked < 0 or asked in in_use:
+            return self.next_id
+        if asked in self.reserved:
+            return asked if self.reserved[asked] == uuid else self.next_id
+        if asked >= self.previous_next_id and asked not in self.given:
             return asked
         return self.next_id
 
     def add(self, engine_id: int, uuid: str) -> None:
+        self.given.add(engine_id)
         if _UUID.fullmatch(uuid):  # an engine of another make may call itself anything: not kept, not reserved
             self.engines[engine_id] = uuid
         if self.reserved.get(engine_id) == uuid:
@@ -91,7 +101,7 @@ class EngineRoster:
             log.warning("ignored the engine record %s: %s; engines get new ids", self.path, problem)
             return
         self.reserved = engines
-        self.next_id = max([next_id, *(i + 1 for i in engines)])
+        self.next_id = self.previous_next_id = max([next_id, *(i + 1 for i in engines)])
         self.loaded = True
         if engines:
             log.info("expecting %d engine(s) of the previous controller back with their ids (%s)", len(engines),
