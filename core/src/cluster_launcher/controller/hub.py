@@ -700,7 +700,7 @@ class Controller(ProcessLogging):
             return
         if old is not None:
             self.unregister(old, "re-registered")
-        engine_id = self.roster.choose_id(header.get("engine_id"), uuid, set(self.engines))
+        engine_id = self.roster.choose_id(header.get("engine_id"), uuid, self.engines)
         engine = EngineState(id=engine_id, ident=ident, uuid=uuid,
                              hostname=str(header.get("hostname", "")), pid=header.get("pid", 0),
                              domain=header.get("domain"), mpi=_mpi_rank(header.get("mpi")),

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Container
 
 from ..protocol import connection
 
@@ -45,7 +46,7 @@ class EngineRoster:
 
     # --- ids ---------------------------------------------------------------
 
-    def choose_id(self, asked: object, uuid: str, in_use: set[int]) -> int:
+    def choose_id(self, asked: object, uuid: str, in_use: Container[int]) -> int:
         """The id for an engine registering as ``uuid`` that asks for
         ``asked`` (the id it had, or None): that id if it is reserved for
         that uuid, or if no controller of the record gave it yet (an engine
