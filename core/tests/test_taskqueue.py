@@ -486,3 +486,42 @@ def test_idle_since_is_when_the_engine_last_had_nothing_in_flight():
     clock.now = 1040.0
     queue.drain(0, ["c"])  # handed back, and nowhere to go: the engine is idle, the task waits
     assert queue.engines[0].idle_since == 1040.0 and queue.unassigned() == 1
+
+
+# --- a restarted controller adopts the tasks engines hold ----------------------------
+
+
+def test_adopted_tasks_are_in_flight_on_their_engine_and_complete_like_dispatched_ones():
+    queue = make_queue()
+    engine = Engine(id=3, uuid="uuid-3")
+    running, waiting = Task(msg_id="running"), Task(msg_id="waiting", queue="mux", targets=[3])
+    assert queue.adopt(running, engine) and queue.adopt(waiting, engine)
+    queue.add_engine(engine)
+    assert queue.take_actions() == []  # already on the engine: nothing is sent
+    assert (engine.lb_load, set(engine.in_flight), engine.idle_since) == (1, {"running", "waiting"}, None)
+    queue.submit(Task(msg_id="after", after=["running"]), now=0.0)
+    assert dispatched(queue.take_actions()) == []  # waits for the adopted task, as for any pending one
+    assert dispatched(finish(queue, "running")) == [("after", 3)]
+    assert finish(queue, "waiting") == [] and finish(queue, "after") == []
+    assert engine.in_flight == {} and engine.lb_load == 0
+
+
+def test_a_task_already_known_is_never_adopted_twice():
+    queue = make_queue(engines=1)
+    queue.submit(Task(msg_id="t"), now=0.0)
+    queue.take_actions()
+    other = Engine(id=5, uuid="uuid-5")
+    assert not queue.adopt(Task(msg_id="t"), other)
+    finish(queue, "t")
+    assert not queue.adopt(Task(msg_id="t"), other)  # finished: remembered, not run again
+    assert other.in_flight == {} and other.lb_load == 0
+
+
+def test_an_adopted_task_fails_with_its_engine_and_is_not_retried_elsewhere():
+    queue = make_queue(engines=1)
+    engine = Engine(id=7, uuid="uuid-7")
+    assert queue.adopt(Task(msg_id="held", retries=0), engine)
+    queue.add_engine(engine)
+    queue.take_actions()
+    queue.remove_engine(7, "heartbeat")
+    assert failures(queue.take_actions()) == [("held", "EngineError")]

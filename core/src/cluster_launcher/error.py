@@ -103,6 +103,12 @@ class EngineError(RemoteError):
     """The engine running a task died or left before the task finished."""
 
 
+class TaskLost(EngineError):
+    """The controller was restarted (``--reuse``, after a crash) without this
+    task: it was neither on an engine that came back nor kept by a task
+    database that outlives the controller (SQLiteDB keeps queued tasks)."""
+
+
 class TaskAborted(RemoteError):
     """The task was aborted before it ran."""
 

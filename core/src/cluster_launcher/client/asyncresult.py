@@ -28,6 +28,7 @@ _UNSET = object()
 ERROR_KINDS: dict[str, type[errors.RemoteError]] = {
     "remote": errors.RemoteError,
     "engine": errors.EngineError,
+    "lost": errors.TaskLost,
     "aborted": errors.TaskAborted,
     "timeout": errors.TaskTimeout,
     "dependency": errors.DependencyError,

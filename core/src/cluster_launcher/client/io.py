@@ -172,17 +172,24 @@ def _discard_unread(sock: zmq.Socket, session: Session) -> None:
             discard_bulk(msg.header)
 
 
-def _io_loop(sock: zmq.Socket, wake: zmq.Socket, session: Session, dispatcher: Dispatcher) -> None:
-    """The IO thread: read, verify and dispatch replies until woken to stop."""
+def _io_loop(sock: zmq.Socket, wake: zmq.Socket, monitor: zmq.Socket, session: Session, dispatcher: Dispatcher,
+             reconnected: Callable[[], None]) -> None:
+    """The IO thread: read, verify and dispatch replies until woken to stop;
+    ``reconnected()`` each time the reply socket connects again (a controller
+    restarted with --reuse)."""
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     poller.register(wake, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
     try:
         while True:
             events = dict(poller.poll())
             if wake in events:
                 _discard_unread(sock, session)
                 return
+            if monitor in events:
+                monitor.recv_multipart()
+                reconnected()
             for _ in range(_BATCH):
                 try:
                     msg = session.recv(sock, zmq.NOBLOCK)
@@ -197,6 +204,7 @@ def _io_loop(sock: zmq.Socket, wake: zmq.Socket, session: Session, dispatcher: D
     except zmq.ContextTerminated:
         return
     finally:
+        monitor.close(linger=0)
         sock.close(linger=0)
         wake.close(linger=0)
 
@@ -226,15 +234,18 @@ class ClientSockets:
         handshake (so the controller can route replies to it)."""
         for sock in (self.request, self.reply):
             connection.secure(sock, info)
+        # Watched for as long as the client lives: after the first handshake,
+        # each one is a reconnection to a controller restarted with --reuse.
         monitor = self.reply.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         try:
             self.reply.connect(url)
             if not monitor.poll(int(timeout * 1000)):
                 raise TimeoutError(f"no controller answered at {url} within {timeout:g} s; is it running?")
             monitor.recv_multipart()
-        finally:
+        except BaseException:
             self.reply.disable_monitor()
             monitor.close(linger=0)
+            raise
         self.request.connect(url)
         wake_url = f"inproc://wake-{id(self)}"
         wake_recv = self.context.socket(zmq.PAIR)
@@ -242,8 +253,20 @@ class ClientSockets:
         self._wake_send = self.context.socket(zmq.PAIR)
         self._wake_send.connect(wake_url)
         self.thread = threading.Thread(target=_io_loop, name="cluster-launcher-client-io", daemon=True,
-                                       args=(self.reply, wake_recv, self.session, self.dispatcher))
+                                       args=(self.reply, wake_recv, monitor, self.session, self.dispatcher,
+                                             self.resume))
         self.thread.start()
+
+    def resume(self) -> None:
+        """Tell a restarted controller which tasks this client still waits
+        for: it answers each (a result, or TaskLost), so none waits for ever."""
+        header = {"type": "resume", "id": new_id(), "session": self.session.session_id,
+                  "msg_ids": list(self.dispatcher.pending)}
+        log.info("reconnected to the controller: asking about %d task(s) still waited for", len(header["msg_ids"]))
+        try:
+            self.send(self.session.pack(header))
+        except (ClusterLauncherError, zmq.ZMQError):
+            pass
 
     def say_goodbye(self) -> None:
         """Tell the controller this client is leaving (it forgets it at once)."""

@@ -35,6 +35,7 @@ from ..protocol.records import decode_record, encode_record
 from ..protocol.session import Message, Session, discard_bulk, new_id, parse_time, utcnow
 from ..scheduler import TaskScheduler
 from . import taskqueue
+from .roster import EngineRoster
 from .taskqueue import Dispatch, Fail, ForwardAbort, Requeue, TaskQueue
 
 log = logging.getLogger("cluster_launcher")
@@ -85,7 +86,6 @@ class Controller(ProcessLogging):
         super().__init__(**kwargs)
         self.profile_dir = profile_dir
         self.by_ident: dict[bytes, int] = {}  # engine routing id (private) -> engine id
-        self.next_engine_id = 0
         self.clients: set[bytes] = set()  # reply sockets of connected clients; gone ones pruned on send
         # Results for known clients whose reply socket is not attached right
         # now: sent again every heartbeat period, for up to reply_grace seconds.
@@ -93,6 +93,15 @@ class Controller(ProcessLogging):
         self.missing: dict[bytes, float] = {}  # client -> since when its reply socket is not attached
         self.running = False
         self.exit_at: float | None = None  # set by a shutdown request
+        # After a restart with --reuse (see "When the controller crashes" in
+        # docs/controller-and-engines.md): until the previous controller's
+        # engines are back, or heartbeat_timeout has passed, a task nobody
+        # claims may still be on an engine that is coming back.
+        self.recovering_until: float | None = None  # monotonic
+        self.unclaimed: list[tuple[bytes, str]] = []  # (client, msg_id) asked about while recovering
+        # Replies that reached us from an engine before it registered again
+        # (it finished the task while there was no controller), by task.
+        self.early_replies: OrderedDict[str, Message] = OrderedDict()
         # What each socket accepts, by message type: the index of the protocol
         # (docs/internals/protocol.md).  Anything else is logged and ignored.
         self.client_handlers: dict[str, Callable[[Message], None]] = {
@@ -101,13 +110,14 @@ class Controller(ProcessLogging):
             "db_query": self.client_db_query, "get_result": self.client_get_result,
             "purge": self.client_purge, "resubmit": self.client_resubmit,
             "abort": self.client_abort, "shutdown": self.client_shutdown,
-            "hub_history": self.client_hub_history}
+            "hub_history": self.client_hub_history, "resume": self.client_resume}
         self.engine_handlers: dict[str, Callable[[Message], None]] = {
             "register": self.engine_register, "unregister": self.engine_unregister,
             "apply_reply": self.engine_apply_reply, "stream": self.engine_stream, "drain": self.engine_drain}
         self.heartbeat_handlers: dict[str, Callable[[Message], None]] = {
             "heartbeat": self.heartbeat_echoed, "ping": self.heartbeat_ping,
-            "interrupt_ignored": self.heartbeat_interrupt_ignored}
+            "interrupt_ignored": self.heartbeat_interrupt_ignored,
+            "register": self.heartbeat_register}
         # What the task queue decides, carried out here on the sockets and the DB.
         self.action_handlers: dict[type, Callable[[Any], None]] = {
             Dispatch: self.do_dispatch, Requeue: self.do_requeue, Fail: self.do_fail,
@@ -145,12 +155,17 @@ class Controller(ProcessLogging):
         self.pid_file = os.path.join(pid_dir, f"controller{'-' + self.cluster_id if self.cluster_id else ''}.pid")
         with open(self.pid_file, "w") as f:
             f.write(str(os.getpid()))
+        self.roster = EngineRoster(self.pid_file.removesuffix(".pid") + "-engines.json")
+        if self.restarted:
+            self.roster.load()
+            self.recovering_until = time.monotonic() + self.heartbeat_timeout
 
     def _reused_key_and_ports(self) -> tuple[str, dict[str, int], str]:
         """The key, ports and task-DB session to use: new ones, or with
         ``reuse`` those of the existing connection files."""
         ports = {"client_port": self.client_port, "engine_port": self.engine_port,
                  "heartbeat_port": self.heartbeat_port}
+        self.restarted = False  # whether this controller takes over from an earlier one (--reuse)
         if self.reuse:
             client_file = connection.connection_file(self.profile_dir, "client", self.cluster_id)
             engine_file = connection.connection_file(self.profile_dir, "engine", self.cluster_id)
@@ -160,6 +175,7 @@ class Controller(ProcessLogging):
                 ports = {"client_port": client["client_port"], "engine_port": engine["engine_port"],
                          "heartbeat_port": engine["heartbeat_port"]}
                 log.info("reusing key and ports of %s", client_file)
+                self.restarted = True
                 return client["key"], ports, str(engine.get("db_session") or "")
         return connection.new_key(), ports, ""
 
@@ -260,6 +276,11 @@ class Controller(ProcessLogging):
                 self.carry_out()
                 self.send_heartbeats()
                 self.deliver_held()
+                self.roster.save()
+                # Without a trusted record, which engines to expect is unknown: the whole window.
+                if self.recovering_until is not None and (
+                        time.monotonic() >= self.recovering_until or self.roster.loaded and not self.roster.reserved):
+                    self.end_recovery()
                 next_check = time.monotonic() + self.heartbeat_period
             if time.monotonic() >= next_sweep:
                 bulk.sweep()
@@ -270,7 +291,10 @@ class Controller(ProcessLogging):
         for sock in (self.client_socket, self.engine_socket, self.heartbeat_socket):
             sock.close(linger=200)
         self.context.term()
-        if not self.reuse:
+        if self.reuse:
+            self.roster.save()  # for the engines that outlive this controller
+        else:
+            self.roster.discard()
             for role in ("client", "engine", "curve"):
                 _remove(connection.connection_file(self.profile_dir, role, self.cluster_id))
         _remove(self.pid_file)
@@ -382,23 +406,11 @@ class Controller(ProcessLogging):
             # A replay with a fresh signature, or a client bug: never run a task twice.
             log.warning("refused an apply whose id %s is already known", header["id"])
             return
-        queue = header.get("queue", "task")
-        task = Task(msg_id=header["id"], reply_to=self.reply_to(msg), frames=msg.frames, header=header,
-                    queue=queue, targets=header.get("targets"), retries=int(header.get("retries") or 0),
-                    after=list(header.get("after") or []), follow=list(header.get("follow") or []),
-                    timeout=float(header["timeout"]) if header.get("timeout") else None,
-                    expected_runtime=float(header["expected_runtime"]) if header.get("expected_runtime") else None,
-                    owner=str(header.get("session", "")),
-                    shm_domain=str(header.get("domain") or "") if "bulk" in header else None)
+        task = _task(header, self.reply_to(msg), msg.frames)
         # Everything that can fail comes before the task is stored, so a
         # failure leaves no task behind (the error reply goes to the client).
         task.buffers = self.stored_buffers(msg, needed=task.retries > 0)
-        self.db.add_record(task.msg_id, {
-            "msg_id": task.msg_id, "header": _without_bulk(header), "content": {}, "buffers": task.buffers,
-            "submitted": task.submitted, "client_uuid": header.get("session"), "engine_uuid": None,
-            "started": None, "completed": None, "received": None, "resubmitted": None,
-            "queue": "mux" if task.queue == "mux" else "task", "result_header": None,
-            "result_content": None, "result_buffers": None, "stdout": "", "stderr": ""})
+        self.db.add_record(task.msg_id, _new_record(task, header))
         if task.retries == 0 and not self.db.stores_records:
             task.buffers = []  # kept only for a retry or the DB
         self.queue.submit(task, time.monotonic())
@@ -470,10 +482,112 @@ class Controller(ProcessLogging):
                 self.send_client(ident, "apply_reply", _error_header(
                     msg_id, "remote", "KeyError", reason if record is None else f"task {msg_id} has no result"))
                 continue
-            header = {**record["result_header"], "id": new_id()}  # a new message, not a replay
-            if record.get("submitted") and not header.get("submitted"):
-                header["submitted"] = record["submitted"].isoformat()
-            self.route(self.client_socket, ident, self.session.pack(header, record["result_buffers"] or []))
+            self.send_recorded(ident, record)
+
+    def send_recorded(self, ident: bytes, record: dict[str, Any]) -> None:
+        """Send a task's stored result to a client, as a new message."""
+        header = {**record["result_header"], "id": new_id()}  # a new message, not a replay
+        if record.get("submitted") and not header.get("submitted"):
+            header["submitted"] = record["submitted"].isoformat()
+        self.route(self.client_socket, ident, self.session.pack(header, record["result_buffers"] or []), hold=True)
+
+    def end_recovery(self) -> None:
+        """The previous controller's engines are back, or had heartbeat_timeout
+        seconds to come back: settle every task the restart left unclaimed."""
+        self.recovering_until = None
+        gone = dict(self.roster.reserved)
+        if gone:
+            log.warning("%d engine(s) of the previous controller did not come back within %gs "
+                        "(Controller.heartbeat_timeout): %s", len(gone), self.heartbeat_timeout,
+                        ", ".join(str(i) for i in sorted(gone)[:20]))
+            self.roster.reserved = {}  # their ids stay retired: the roster's next id is above them
+            self.roster.dirty = True
+        try:
+            unfinished = self.db.find_records({"completed": {"$exists": False}}) if self.db.stores_records else []
+        except Exception:  # the tasks' clients still get their answer, from answer_unclaimed
+            log.exception("could not read the unfinished tasks of the task database")
+            unfinished = []
+        by_uuid = {uuid: engine_id for engine_id, uuid in gone.items()}
+        for record in unfinished:
+            header = record.get("header")
+            if not isinstance(header, dict) or self.queue.knows(record["msg_id"]):
+                continue
+            try:
+                _check_apply(header)
+            except (ValueError, TypeError) as exc:
+                log.warning("task %s of the task database cannot be resubmitted: %s", record["msg_id"], exc)
+                continue
+            task = _task(header, self.reply_to(Message([], header, [], [])), [])
+            self.clients.add(task.reply_to)  # reconnecting: its results wait for it (reply_grace)
+            early = self.early_replies.pop(task.msg_id, None)
+            if early is not None:  # finished while there was no controller: recorded and sent now
+                try:
+                    buffers = self.stored_buffers(early)
+                except BulkError:
+                    buffers = []
+                self.deliver(task, early.header, buffers, early.frames)
+                self.queue.complete(task, ok=early.header.get("status") == "ok")
+                continue
+            uuid = record.get("engine_uuid")
+            if uuid is None:
+                # Queued in the previous controller: it runs now, under its own msg id.
+                task.buffers = list(record.get("buffers") or [])
+                task.frames = self.session.pack(header, task.buffers)
+                log.info("resubmitted task %s from the task database (queued when the controller stopped)",
+                         task.msg_id)
+                self.queue.submit(task, time.monotonic())
+                continue
+            engine = f"engine {by_uuid[uuid]}" if uuid in by_uuid else f"the engine with uuid {uuid}"
+            came_back = any(e.uuid == uuid for e in self.engines.values())
+            self.queue.fail(task, "engine", "EngineError", f"{engine} was running this task when the controller "
+                            "stopped, and " + ("came back without it (its result was lost with the controller)"
+                                               if came_back else f"did not come back within {self.heartbeat_timeout:g}"
+                                               "s of the restart"))
+        self.carry_out()
+        unclaimed, self.unclaimed = self.unclaimed, []
+        for ident, msg_id in unclaimed:
+            pending = self.queue.pending(msg_id)
+            if pending is not None:
+                pending.waiters.add(ident)
+            else:
+                self.answer_unclaimed(ident, msg_id)
+
+    def client_resume(self, msg: Message) -> None:
+        """A client whose reply socket connected again (to this controller,
+        restarted with --reuse) names the tasks it still waits for: each gets
+        its result when it comes, its stored one, or, once nothing can claim
+        it any more, a TaskLost error.  No answer of its own."""
+        ident = self.reply_to(msg)
+        for msg_id in _id_list(msg.header, "msg_ids", str) or []:
+            task = self.queue.pending(msg_id)
+            if task is not None:
+                task.waiters.add(ident)
+            elif self.recovering_until is not None:
+                self.unclaimed.append((ident, msg_id))  # its engine may still come back with it
+            else:
+                self.answer_unclaimed(ident, msg_id)
+
+    def answer_unclaimed(self, ident: bytes, msg_id: str) -> None:
+        """A task a client waits for that no engine claimed: its result if one
+        reached us or is recorded, else the error saying it was lost."""
+        early = self.early_replies.pop(msg_id, None)
+        if early is not None:
+            self.route(self.client_socket, ident, early.frames, hold=True)
+            return
+        if self.queue.knows(msg_id):
+            return  # finished since the client asked: its result went to it
+        try:
+            record = self.db.get_record(msg_id) if self.db.stores_records else None
+        except KeyError:
+            record = None
+        if record is not None and record.get("result_header"):
+            self.send_recorded(ident, record)
+            return
+        kept = ("" if type(self.db).__name__ not in ("DictDB", "NoDB") else
+                "; a persistent task database (--db=sqlite) would have kept it if it was queued")
+        header = _error_header(msg_id, "lost", "TaskLost", f"the controller restarted and lost task {msg_id}: it "
+                               "was neither on an engine that came back nor in the task database" + kept)
+        self.route(self.client_socket, ident, self.session.pack(header), hold=True)
 
     def client_purge(self, msg: Message) -> None:
         header = msg.header
@@ -555,27 +669,94 @@ class Controller(ProcessLogging):
         return self.engines.get(engine_id) if engine_id is not None else None
 
     def engine_register(self, msg: Message) -> None:
+        self.register_engine(msg.idents[0], msg, self.engine_socket, msg.idents[0])
+
+    def heartbeat_register(self, msg: Message) -> None:
+        """An engine registering again with this controller, restarted with
+        --reuse, from its heartbeat thread (routing id + ``-hb``): its main
+        thread may be busy with a task for a long time."""
         ident = msg.idents[0]
+        if ident.endswith(b"-hb"):
+            self.register_engine(ident.removesuffix(b"-hb"), msg, self.heartbeat_socket, ident)
+
+    def register_engine(self, ident: bytes, msg: Message, reply_socket: zmq.Socket, reply_ident: bytes) -> None:
+        if reply_socket is not self.engine_socket:
+            # Its task socket must be connected again before it can take a task: until it is, the
+            # engine's heartbeat thread sends its registration again.
+            probe = self.session.pack({"type": "reconnected", "id": new_id()})
+            try:
+                self.engine_socket.send_multipart([ident, *probe])
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                log.debug("registration of %r waits for its task socket to connect", ident[:8])
+                return
+        header = msg.header
+        uuid = str(header.get("uuid", ""))
         old = self.engine_of(ident)
+        if old is not None and old.uuid == uuid and reply_socket is not self.engine_socket:
+            # Its heartbeat thread sent its registration again before our answer reached it (a busy
+            # controller): the same answer again, and its tasks stay where they are.
+            self.route(reply_socket, reply_ident, self.session.pack(self.register_reply(old, header)))
+            return
         if old is not None:
             self.unregister(old, "re-registered")
-        header = msg.header
-        engine = EngineState(id=self.next_engine_id, ident=ident, uuid=str(header.get("uuid", "")),
+        engine_id = self.roster.choose_id(header.get("engine_id"), uuid, self.engines)
+        engine = EngineState(id=engine_id, ident=ident, uuid=uuid,
                              hostname=str(header.get("hostname", "")), pid=header.get("pid", 0),
                              domain=header.get("domain"), mpi=_mpi_rank(header.get("mpi")),
                              deadline=_deadline(header.get("deadline")), draining=header.get("draining") is True)
-        self.next_engine_id += 1
+        self.roster.add(engine.id, uuid)
         self.by_ident[ident] = engine.id
-        self.send_engine(engine, "register_reply", {
-            "parent": header["id"], "status": "ok", "engine_id": engine.id,
-            "heartbeat_period": self.heartbeat_period, "heartbeat_timeout": self.heartbeat_timeout})
+        self.route(reply_socket, reply_ident, self.session.pack(self.register_reply(engine, header)))
         ends = f", its job ends at {_local_time(engine.deadline)}" if engine.deadline else ""
         log.info("engine %d registered (%s, pid %s%s)", engine.id, engine.hostname, engine.pid, ends)
         for client in list(self.clients):
             self.send_client(client, "registration", {"engine_id": engine.id, **engine.info()})
         _call_hook("cluster_launcher_engine_registered", engine_id=engine.id, info=engine.info())
+        self.adopt(engine, header.get("held"))
         self.queue.add_engine(engine)
         self.carry_out()
+        for msg_id in [m for m in engine.in_flight if m in self.early_replies]:
+            # It finished while there was no controller, and said so before registering again.
+            self.engine_apply_reply(self.early_replies.pop(msg_id))
+
+    def register_reply(self, engine: EngineState, header: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "register_reply", "id": new_id(), "parent": header["id"], "status": "ok",
+                "engine_id": engine.id, "heartbeat_period": self.heartbeat_period,
+                "heartbeat_timeout": self.heartbeat_timeout}
+
+    def adopt(self, engine: EngineState, held: Any) -> None:
+        """The tasks an engine holds as it registers again with this
+        controller (restarted with --reuse): in flight on it from now on, so
+        that their results reach their clients and are recorded."""
+        if not isinstance(held, list) or not held:
+            return
+        adopted = 0
+        for item in held:
+            header = item.get("header") if isinstance(item, dict) else None
+            try:
+                if not isinstance(header, dict) or not isinstance(header.get("id"), str):
+                    raise ValueError("no header")
+                _check_apply(header)
+            except (ValueError, TypeError) as exc:
+                log.warning("engine %d holds a task the controller cannot take over: %s", engine.id, exc)
+                continue
+            task = _task(header, self.reply_to(Message([], header, [], [])), [])
+            task.retries = 0  # its message stayed on the engine: if the engine dies, it cannot run elsewhere
+            if not self.queue.adopt(task, engine):
+                continue
+            adopted += 1
+            # Its client is reconnecting too: the result waits for it (reply_grace).
+            self.clients.add(task.reply_to)
+            try:
+                self.db.get_record(task.msg_id)
+            except KeyError:  # a task DB that does not outlive the controller: recorded anew
+                self.db.add_record(task.msg_id, _new_record(task, header))
+            self.db.update_record(task.msg_id, {"engine_uuid": engine.uuid})
+        if adopted:
+            log.info("engine %d came back holding %d task(s): their results go to their clients", engine.id,
+                     adopted)
 
     def engine_unregister(self, msg: Message) -> None:
         engine = self.engine_of(msg.idents[0])
@@ -591,6 +772,16 @@ class Controller(ProcessLogging):
         if engine is None:
             return
         handed_back = _id_list(msg.header, "msg_ids", str) or []
+        for msg_id in list(handed_back):
+            task = self.queue.pending(msg_id)
+            if task is None or task.frames or task.engine_id != engine.id:
+                continue
+            # Taken over from the engine after a restart (adopt): this controller never had its message.
+            self.queue.returned(msg_id, engine.id)
+            handed_back.remove(msg_id)
+            self.queue.fail(task, "engine", "EngineError", f"engine {engine.id} handed this task back (it drains), "
+                            "and the controller, restarted since it was sent, does not have its message to send "
+                            "elsewhere: submit it again", engine_id=engine.id)
         log.info("engine %d drains (%s): no new task goes to it; %d task(s) it had not started handed back to "
                  "the queue", engine.id, str(msg.header.get("reason") or "no reason given")[:200], len(handed_back))
         self.queue.drain(engine.id, handed_back)
@@ -601,6 +792,11 @@ class Controller(ProcessLogging):
         header = msg.header
         engine = self.engine_of(msg.idents[0])
         task = self.queue.returned(str(header.get("parent")), engine.id if engine else None)
+        if (engine is None and self.recovering_until is not None and not self.queue.knows(str(header.get("parent")))
+                and len(self.early_replies) < 10_000):
+            # Finished while there was no controller: kept for its engine's registration or its client.
+            self.early_replies[str(header.get("parent"))] = msg
+            return
         if task is None or engine is None:
             # Late (from an engine declared dead, its task since retried) or
             # from an engine that never had the task: never a task's result.
@@ -636,6 +832,7 @@ class Controller(ProcessLogging):
 
     def unregister(self, engine: EngineState, reason: str) -> None:
         self.by_ident.pop(engine.ident, None)
+        self.roster.remove(engine.id)
         log.info("engine %d unregistered (%s)", engine.id, reason)
         self.queue.remove_engine(engine.id, reason)
         self.carry_out()
@@ -816,6 +1013,27 @@ class EngineState(taskqueue.Engine):
     def info(self) -> dict[str, Any]:
         return {"uuid": self.uuid, "hostname": self.hostname, "pid": self.pid, "domain": self.domain,
                 "mpi": self.mpi}
+
+
+def _task(header: dict[str, Any], reply_to: bytes, frames: list) -> Task:
+    """The hub's task for a checked ``apply`` header (:func:`_check_apply`)."""
+    return Task(msg_id=header["id"], reply_to=reply_to, frames=frames, header=header,
+                queue=header.get("queue", "task"), targets=header.get("targets"),
+                retries=int(header.get("retries") or 0),
+                after=list(header.get("after") or []), follow=list(header.get("follow") or []),
+                timeout=float(header["timeout"]) if header.get("timeout") else None,
+                expected_runtime=float(header["expected_runtime"]) if header.get("expected_runtime") else None,
+                owner=str(header.get("session", "")),
+                shm_domain=str(header.get("domain") or "") if "bulk" in header else None)
+
+
+def _new_record(task: Task, header: dict[str, Any]) -> dict[str, Any]:
+    """A submitted task's record in the task database."""
+    return {"msg_id": task.msg_id, "header": _without_bulk(header), "content": {}, "buffers": task.buffers,
+            "submitted": task.submitted, "client_uuid": header.get("session"), "engine_uuid": None,
+            "started": None, "completed": None, "received": None, "resubmitted": None,
+            "queue": "mux" if task.queue == "mux" else "task", "result_header": None,
+            "result_content": None, "result_buffers": None, "stdout": "", "stderr": ""}
 
 
 def _deadline(value: Any) -> float | None:

@@ -236,6 +236,22 @@ class TaskQueue(Generic[TaskT, EngineT]):
         self.schedule()
         return engine
 
+    def adopt(self, task: TaskT, engine: EngineT) -> bool:
+        """A task ``engine`` says it holds as it registers again with a
+        restarted controller: in flight on it, as if dispatched (no
+        :class:`Dispatch`: it is there already).  Call before
+        :meth:`add_engine`.  False (nothing changes) for a task already known:
+        never run a task twice."""
+        if self.knows(task.msg_id) or task.msg_id in engine.in_flight:
+            return False
+        self.tasks[task.msg_id] = task
+        task.engine_id = engine.id
+        engine.in_flight[task.msg_id] = task
+        engine.idle_since = None
+        if task.queue == "task":
+            engine.lb_load += 1
+        return True
+
     # --- tasks -----------------------------------------------------------
 
     def submit(self, task: TaskT, now: float) -> None:

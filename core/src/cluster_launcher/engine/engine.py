@@ -154,6 +154,7 @@ class Engine(ProcessLogging):
         self.engine_id: int | None = None
         self.mpi_rank: dict[str, int] | None = None  # {'rank': r, 'size': n} under MPI
         self.pending: deque[Message] = deque()
+        self.current: Message | None = None  # the task running now (the main thread's)
         self.aborted: set[str] = set()
         self.stopping = False
         # Draining (see the module's docstring).  The signal handler only sets drain_signalled:
@@ -166,7 +167,9 @@ class Engine(ProcessLogging):
         self.controller_lost = threading.Event()
         self.sigint_ignored = False  # SIGINT was ignored when the engine started (a shell's background job)
         self.watchdog: TaskWatchdog | None = None
-        self.needs_registration = threading.Event()
+        # Set by the heartbeat thread once it registered the engine again with a
+        # restarted controller (--reuse): the main loop then tells it again that it drains.
+        self.registered_again = threading.Event()
         self.registered_at = 0.0  # monotonic time of the last completed registration
         self.ssh_connection: SSHConnection | None = None
         self.urls: dict[str, str] = {}  # port field of the connection file -> where to connect for it
@@ -277,11 +280,29 @@ class Engine(ProcessLogging):
                 raise ClusterLauncherError(f"Engine.mpi='mpi4py' but mpi4py cannot be imported: {exc}") from None
         self.mpi_rank = mpi_rank_and_size()
 
+    def registration(self) -> dict[str, Any]:
+        """The fields of ``register``: who this engine is, the id it had (a
+        controller restarted with --reuse gives it back) and, after a restart,
+        the tasks it holds, so their results reach their clients."""
+        return {"uuid": self.uuid, "hostname": _socket.gethostname(), "pid": os.getpid(),
+                "domain": self.session.domain, "mpi": self.mpi_rank, "deadline": self.deadline or None,
+                "draining": bool(self.drain_reason), "engine_id": self.engine_id, "held": self.held_tasks()}
+
+    def held_tasks(self) -> list[dict[str, Any]]:
+        """The headers of the task running now and of those waiting here, read
+        from the heartbeat thread while the main thread may change them."""
+        for _ in range(100):
+            try:
+                messages = [self.current, *self.pending]
+                break
+            except RuntimeError:  # the deque changed while it was copied: copy again
+                continue
+        else:
+            messages = [self.current]
+        return [{"header": msg.header, "started": msg is messages[0]} for msg in messages if msg is not None]
+
     def register(self) -> None:
-        self.session.send(self.socket, "register", {"uuid": self.uuid, "hostname": _socket.gethostname(),
-                                                    "pid": os.getpid(), "domain": self.session.domain,
-                                                    "mpi": self.mpi_rank, "deadline": self.deadline or None,
-                                                    "draining": bool(self.drain_reason)})
+        self.session.send(self.socket, "register", self.registration())
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if not self.socket.poll(100):
@@ -348,6 +369,7 @@ class Engine(ProcessLogging):
         session = Session(key=self.info["key"])  # its own: the main thread's is not shared across threads
         last_pong = time.monotonic()
         sent_at: dict[str, float] = {}  # ping id -> when it was sent
+        register_sent = 0.0  # monotonic time of the last registration sent from here (0: none awaited)
         try:
             while not self.stopping:
                 # "draining" from here too: the main thread tells the controller only between tasks,
@@ -366,10 +388,18 @@ class Engine(ProcessLogging):
                             last_pong = time.monotonic()
                             # "Not registered" about a ping sent before the last
                             # registration completed is old news, not a reason
-                            # to register (and get a new engine id) again.
+                            # to register again.
                             pinged = sent_at.pop(str(msg.header.get("parent")), 0.0)
-                            if not msg.header.get("registered") and pinged > self.registered_at:
-                                self.needs_registration.set()
+                            if (not msg.header.get("registered") and pinged > self.registered_at
+                                    and time.monotonic() - register_sent > self.heartbeat_period * 2):
+                                # A controller restarted with --reuse.  Registered from this thread, on
+                                # this socket: the main thread may be running a task for minutes, and
+                                # that task is one the controller must learn about (``held``).
+                                session.send(sock, "register", self.registration())
+                                register_sent = time.monotonic()
+                        elif msg is not None and msg.type == "register_reply":
+                            register_sent = 0.0
+                            self.registered_again_as(msg)
                     elif left == 0.0 or self.stopping:
                         break
                 for ping in [p for p, t in sent_at.items() if t < last_pong - self.timeout]:
@@ -383,15 +413,27 @@ class Engine(ProcessLogging):
         finally:
             sock.close(0)
 
+    def registered_again_as(self, msg: Message) -> None:
+        """The restarted controller's answer to the heartbeat thread's registration."""
+        if msg.header.get("status") != "ok" or type(msg.header.get("engine_id")) is not int:
+            log.error("the restarted controller refused registration: %s", msg.header.get("reason"))
+            return
+        if msg.header["engine_id"] != self.engine_id:
+            log.warning("registered again with the restarted controller as engine %d (was %s: that id is taken)",
+                        msg.header["engine_id"], self.engine_id)
+        else:
+            log.info("registered again with the restarted controller as engine %d", self.engine_id)
+        self.engine_id = msg.header["engine_id"]
+        self.registered_at = time.monotonic()
+        self.registered_again.set()
+
     # --- the loop -----------------------------------------------------
 
     def run(self) -> None:
         while not self.stopping and not self.controller_lost.is_set():
-            if self.needs_registration.is_set():
-                # A restarted controller (--reuse) does not know us yet.
-                self.needs_registration.clear()
-                self.register()
-                if self.drain_reason:  # nor that we drain, nor what it had sent us
+            if self.registered_again.is_set():
+                self.registered_again.clear()
+                if self.drain_reason:  # a restarted controller knows neither that we drain nor what it had sent us
                     self.drain_acknowledged = False
                     self.send_drain()
             self.receive(timeout_ms=100 if not self.pending else 0)
@@ -408,7 +450,11 @@ class Engine(ProcessLogging):
                     self.aborted.discard(msg.header["id"])
                     self.reply_aborted(msg)
                 else:
-                    self.apply(msg)
+                    self.current = msg
+                    try:
+                        self.apply(msg)
+                    finally:
+                        self.current = None
 
     # --- draining before the walltime ------------------------------------
 
