@@ -1,0 +1,135 @@
+"""The controller at scale (issue #19): a registration storm of stand-in
+engines (:mod:`cluster_launcher.testing.standin`), the open-file limit, and
+heartbeats with the CPU saturated.  docs/internals/scale.md has the numbers."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import cloudpickle
+import pytest
+
+from cluster_launcher.testing.processes import LocalCluster, wait_for
+from cluster_launcher.testing.standin import StandInEngines
+
+# Tasks defined here travel by value: engines cannot import this module.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture
+def controller(tmp_path) -> Iterator[LocalCluster]:
+    """A controller without engines (the tests bring their own)."""
+    running = LocalCluster(str(tmp_path / "profile"), n=0)
+    os.makedirs(running.profile_dir)
+    running.start_controller()
+    yield running
+    running.stop()
+
+
+def test_200_stand_in_engines_registering_at_once_all_register_and_each_runs_a_noop(controller):
+    with StandInEngines(controller.profile_dir, n=200, processes=2) as engines:
+        client = controller.client(n=0)
+        try:
+            ids = client.wait_for_engines(200, timeout=60)
+            assert sorted(ids) == list(range(200))
+            # A task on each engine by name, and as many load-balanced: every reply is a no-op's None.
+            direct = client[:].apply_sync(lambda: "ran")
+            assert direct == [None] * 200
+            view = client.load_balanced_view()
+            balanced = [view.apply_async(lambda: "ran") for _ in range(200)]
+            assert [ar.get(timeout=60) for ar in balanced] == [None] * 200
+            assert len(client.queue_status()) - 1 == 200  # one entry per engine, plus 'unassigned'
+        finally:
+            client.close()
+        assert engines.running() == 2
+    assert engines.refusals() == []
+    left = re.findall(r"(\d+) of (\d+) stand-in engines registered and left", engines.output())
+    assert sorted(left) == [("100", "100")] * 2, engines.output()
+    # They unregistered on the way out.
+    client = controller.client(n=0)
+    try:
+        wait_for(lambda: not client.ids, 30, "the stand-ins to unregister")
+    finally:
+        client.close()
+
+
+OPEN_FILE_LIMIT = 200
+
+
+def _low_open_file_limit() -> None:
+    # Soft and hard alike: the controller raises its soft limit to the hard one.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILE_LIMIT, OPEN_FILE_LIMIT))
+
+
+def test_a_controller_at_its_open_file_limit_refuses_more_engines_with_a_clear_error(tmp_path):
+    cluster = LocalCluster(str(tmp_path / "profile"), n=0, controller_preexec=_low_open_file_limit)
+    os.makedirs(cluster.profile_dir)
+    try:
+        controller = cluster.start_controller()
+        room = wait_for(lambda: re.search(r"room for (\d+) engines", controller.output()), 10,
+                        "the controller's open-file line")
+        capacity = int(room.group(1))  # type: ignore[union-attr]
+        assert 0 < capacity < 50, controller.output()
+        extra = 10
+        with StandInEngines(cluster.profile_dir, n=capacity + extra, processes=1, timeout=30) as engines:
+            wait_for(lambda: len(engines.refusals()) == extra, 60, f"{extra} refusals")
+            client = cluster.client(n=capacity)
+            try:
+                assert len(client.ids) == capacity
+                assert client[:].apply_sync(lambda: "ran") == [None] * capacity
+            finally:
+                client.close()
+        for line in engines.refusals():
+            assert f"ulimit -n {OPEN_FILE_LIMIT}" in line and f"{capacity} engines fit" in line, line
+        assert controller.poll() is None
+        log = controller.output()
+        assert log.count("refused engine registrations") == 1, log[-3000:]
+        assert "ulimit -n" in log
+    finally:
+        cluster.stop()
+
+
+# --- heartbeats with both cores saturated -------------------------------------------------
+
+HEARTBEAT_ARGS = ("--Controller.heartbeat_period=0.1", "--Controller.heartbeat_max_misses=10")
+ENGINES_UNDER_LOAD = 32
+HOG = "import time\nwhile True:\n    pass\n"
+
+
+def test_no_engine_is_declared_dead_while_cpu_hogs_saturate_the_machine(tmp_path):
+    """Real engines, a 0.1 s heartbeat and one second of misses allowed; then
+    twice as many busy loops as cores while every engine sleeps 5 s of its own
+    clock (fifty heartbeat periods): the controller still has every engine."""
+    cluster = LocalCluster(str(tmp_path / "profile"), n=ENGINES_UNDER_LOAD, controller_args=HEARTBEAT_ARGS)
+    os.makedirs(cluster.profile_dir)
+    hogs: list[subprocess.Popen] = []
+    try:
+        cluster.start()
+        client = cluster.client()
+        try:
+            before = sorted(client.ids)
+            hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(2 * (os.cpu_count() or 2))]
+            assert client[:].apply_sync(_sleep_for, 5.0) == [True] * ENGINES_UNDER_LOAD
+            assert sorted(client.ids) == before
+            assert len(client.queue_status()) - 1 == ENGINES_UNDER_LOAD
+        finally:
+            client.close()
+        assert "declaring it dead" not in cluster.controller.output()  # type: ignore[union-attr]
+    finally:
+        for hog in hogs:
+            hog.send_signal(signal.SIGKILL)
+            hog.wait(10)
+        cluster.stop()
+
+
+def _sleep_for(seconds: float) -> bool:
+    import time
+
+    time.sleep(seconds)
+    return True
