@@ -180,7 +180,9 @@ class TheirsAdapter(Adapter):
         import ipyparallel
         args = [f"--DictDB.record_limit={record_limit}"] if record_limit is not None else []
         args += extra_args or []
-        cluster = ipyparallel.Cluster(n=n, controller_args=args, log_level=logging.WARNING)
+        # engine_timeout as our start_timeout: 64 engines starting at once on 2 cores take more than its 60 s.
+        cluster = ipyparallel.Cluster(n=n, controller_args=args, log_level=logging.WARNING,
+                                      engine_timeout=int(RESULT_TIMEOUT))
         client = cluster.start_and_connect_sync()
         client.wait_for_engines(n, timeout=RESULT_TIMEOUT)
         return cluster, client

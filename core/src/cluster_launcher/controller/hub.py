@@ -740,9 +740,16 @@ class Controller(ProcessLogging):
         self.route(self.heartbeat_socket, ident, self.session.pack(header))
 
     def send_heartbeats(self) -> None:
+        """A heartbeat to each engine not heard from since the last round.  One
+        that was (its ping thread, a reply) is known alive: asking it again
+        would only double the controller's work per engine.  The echo is for
+        the others, whose Python may be held by a task."""
+        since = self.heartbeat_sent_at
         for engine in self.engines.values():
-            header = {"type": "heartbeat", "id": new_id(), "engine_id": engine.id}
-            self.route(self.heartbeat_socket, engine.ident + b"-echo", self.session.pack(header))
+            engine.asked = since is None or engine.last_seen < since
+            if engine.asked:
+                header = {"type": "heartbeat", "id": new_id(), "engine_id": engine.id}
+                self.route(self.heartbeat_socket, engine.ident + b"-echo", self.session.pack(header))
         self.heartbeat_sent_at = time.monotonic()
 
     @property
@@ -750,7 +757,7 @@ class Controller(ProcessLogging):
         return self.heartbeat_max_misses or max(1, math.ceil(self.heartbeat_timeout / self.heartbeat_period - 1e-9))
 
     def check_heartbeats(self) -> None:
-        """Count, for each engine, the heartbeat sent last round that it left
+        """Count, for each engine sent a heartbeat last round, whether it left it
         unanswered (no message of its own since); declare dead those with
         ``allowed_misses`` in a row.  Only heartbeats sent count, never the
         clock: after the controller itself was starved of CPU, an engine is not
@@ -764,10 +771,10 @@ class Controller(ProcessLogging):
         for engine in self.engines.values():
             if engine.last_seen >= self.heartbeat_sent_at:
                 engine.missed = 0
-                continue
-            engine.missed += 1
-            if engine.missed >= allowed:
-                dead.append(engine)
+            elif engine.asked:  # one not asked last round is asked this round, then judged
+                engine.missed += 1
+                if engine.missed >= allowed:
+                    dead.append(engine)
         for engine in dead:
             log.warning("engine %d missed %d heartbeats in a row (%gs apart): declaring it dead", engine.id,
                         engine.missed, self.heartbeat_period)
@@ -868,6 +875,7 @@ class EngineState(taskqueue.Engine):
     ident: bytes  # zmq routing id: private to the engine and the controller
     last_seen: float = field(default_factory=time.monotonic)
     missed: int = 0  # heartbeats in a row it left unanswered
+    asked: bool = False  # whether the last round sent it a heartbeat (not if it had just been heard from)
     mpi: dict[str, int] | None = None  # {'rank': r, 'size': n} of an engine under MPI
 
     def info(self) -> dict[str, Any]:
