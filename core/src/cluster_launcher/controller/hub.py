@@ -113,8 +113,9 @@ class Controller(ProcessLogging):
         self.running = False
         self.exit_at: float | None = None  # set by a shutdown request
         self.heartbeat_sent_at: float | None = None  # monotonic time of the last heartbeat round sent
-        self.engine_capacity = 0  # how many engines the open-file limit has room for (set in setup)
-        self.refusals = _Throttle()  # registrations refused at the fd limit: logged once, then summarized
+        self.open_file_limit = 0  # the soft RLIMIT_NOFILE in force (set in setup)
+        self.engine_capacity = 0  # how many engines it has room for
+        self.refusals = _Throttle(burst=1)  # registrations refused at that limit: one line, then counts
         # What each socket accepts, by message type: the index of the protocol
         # (docs/internals/protocol.md).  Anything else is logged and ignored.
         self.client_handlers: dict[str, Callable[[Message], None]] = {
@@ -637,7 +638,7 @@ class Controller(ProcessLogging):
         self.route(self.engine_socket, ident, self.session.pack({
             "type": "register_reply", "id": new_id(), "parent": header["id"], "status": "error", "reason": reason}))
         count = self.refusals.tick(time.monotonic())
-        if count == 0 and self.refusals.events == 1:
+        if count == 0:
             log.error("refused engine registrations: %s", reason)
         elif count:
             log.error("refused %d more engine registrations at the open-file limit (%d engines fit)", count,
