@@ -279,7 +279,7 @@ class Controller(ProcessLogging):
                 if sock == durable_fd:
                     self.db.run_durable_callbacks()
                     continue
-                self.drain(sock, handlers[sock])
+                self.handle_waiting(sock, handlers[sock])
             deadline = self.queue.next_deadline()
             if deadline is not None and deadline <= time.monotonic():
                 self.queue.expire(time.monotonic())
@@ -294,7 +294,7 @@ class Controller(ProcessLogging):
                 bulk.sweep()
                 next_sweep = time.monotonic() + self.shm_sweep_interval
 
-    def drain(self, sock: zmq.Socket, handler: Callable[[Message], None], most: int = 1000) -> None:
+    def handle_waiting(self, sock: zmq.Socket, handler: Callable[[Message], None], most: int = 1000) -> None:
         """Handle up to ``most`` messages waiting on ``sock`` (bounded, so no
         socket starves the others): fewer polls under load."""
         for _ in range(most):
@@ -766,7 +766,7 @@ class Controller(ProcessLogging):
         if self.heartbeat_sent_at is None:
             return
         # What has arrived by now is an answer, even if the loop has not read it yet (a long busy turn).
-        self.drain(self.heartbeat_socket, self.on_heartbeat, most=2 * len(self.engines) + 1000)
+        self.handle_waiting(self.heartbeat_socket, self.on_heartbeat, most=2 * len(self.engines) + 1000)
         allowed = self.allowed_misses
         dead = []
         for engine in self.engines.values():
