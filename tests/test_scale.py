@@ -76,8 +76,9 @@ def test_a_controller_at_its_open_file_limit_refuses_more_engines_with_a_clear_e
                         "the controller's open-file line")
         capacity = int(room.group(1))  # type: ignore[union-attr]
         assert 0 < capacity < 50, controller.output()
-        extra = 10
-        with StandInEngines(cluster.profile_dir, n=capacity + extra, processes=1, timeout=30) as engines:
+        # Far more than fit, all at once: their connections alone exceed the limit for a while.
+        extra = 100
+        with StandInEngines(cluster.profile_dir, n=capacity + extra, processes=2, timeout=30) as engines:
             wait_for(lambda: len(engines.refusals()) == extra, 60, f"{extra} refusals")
             client = cluster.client(n=capacity)
             try:
