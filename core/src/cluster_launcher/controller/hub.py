@@ -13,9 +13,9 @@ import json
 import logging
 import math
 import os
-import resource
 import signal
 import socket as _socket
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -37,6 +37,9 @@ from ..protocol.session import Message, Session, _Throttle, discard_bulk, new_id
 from ..scheduler import TaskScheduler
 from . import taskqueue
 from .taskqueue import Dispatch, Fail, ForwardAbort, Requeue, TaskQueue
+
+if sys.platform != "win32":
+    import resource
 
 log = logging.getLogger("cluster_launcher")
 
@@ -190,6 +193,8 @@ class Controller(ProcessLogging):
         """Raise the soft open-file limit (``ulimit -n``) to the hard one, said in
         the log; returns how many engines then fit (:data:`FDS_PER_ENGINE` each,
         beyond the descriptors open now and :data:`RESERVED_FDS`)."""
+        if sys.platform == "win32":  # no per-process limit on sockets to raise or to count against
+            return 1 << 30
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         # An unlimited hard limit still stops at the kernel's per-process maximum.
         wanted = hard if hard != resource.RLIM_INFINITY else _kernel_open_file_maximum()
