@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import cloudpickle
 import pytest
 
-from cluster_launcher.testing.processes import LocalCluster, wait_for
-from cluster_launcher.testing.standin import StandInEngines
+from cluster_launcher.testing.processes import LocalCluster, Process, wait_for
+from cluster_launcher.testing.standin import REFUSED_MARK, StandInEngines
 
 # Tasks defined here travel by value: engines cannot import this module.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -84,6 +84,13 @@ def test_a_controller_at_its_open_file_limit_refuses_more_engines_with_a_clear_e
             try:
                 assert len(client.ids) == capacity
                 assert client[:].apply_sync(lambda: "ran") == [None] * capacity
+                # A real engine is refused the same way, and exits with that one line.
+                engine = Process("engine", cluster.profile_dir)
+                assert engine.wait(30) not in (None, 0), engine.output()
+                errors = [line for line in engine.output().splitlines() if REFUSED_MARK in line]
+                assert len(errors) == 1 and f"ulimit -n {OPEN_FILE_LIMIT}" in errors[0], engine.output()
+                engine.stop()
+                assert len(client.ids) == capacity
             finally:
                 client.close()
         for line in engines.refusals():
