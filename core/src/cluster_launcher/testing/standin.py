@@ -99,14 +99,18 @@ class StandInEngines:
             raise ClusterLauncherError(f"{self.file}: no connection file; start the controller first")
         # Children inherit the hard limit: better one clear error here than one per process.
         raise_open_file_limit(fds_needed(max(self.counts)), f"{max(self.counts)} stand-in engines per process")
-        for index, count in enumerate(self.counts):
-            log_path = os.path.join(self.profile_dir, f"standin-{os.getpid()}-{time.monotonic_ns()}-{index}.log")
-            with open(log_path, "wb") as log:
-                self.popens.append(subprocess.Popen(
-                    [sys.executable, "-m", "cluster_launcher.testing.standin", f"--file={self.file}",
-                     f"--count={count}", f"--timeout={self.timeout}"],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-            self.log_paths.append(log_path)
+        try:
+            for index, count in enumerate(self.counts):
+                log_path = os.path.join(self.profile_dir, f"standin-{os.getpid()}-{time.monotonic_ns()}-{index}.log")
+                with open(log_path, "wb") as log:
+                    self.popens.append(subprocess.Popen(
+                        [sys.executable, "-m", "cluster_launcher.testing.standin", f"--file={self.file}",
+                         f"--count={count}", f"--timeout={self.timeout}"],
+                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                self.log_paths.append(log_path)
+        except BaseException:  # none left running by a start that failed half-way
+            self.stop()
+            raise
         return self
 
     @property
