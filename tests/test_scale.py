@@ -142,3 +142,25 @@ def _sleep_for(seconds: float) -> bool:
 
     time.sleep(seconds)
     return True
+
+
+def test_stand_ins_refuse_to_start_past_the_hard_open_file_limit_in_one_line(tmp_path):
+    """250 stand-ins in one process need about 2,064 files: under a hard limit of 256, start() says so."""
+    connection_file = tmp_path / "controller-engine.json"
+    connection_file.write_text("{}")  # never read: the limit is checked first
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
+        "from cluster_launcher.error import ClusterLauncherError\n"
+        "from cluster_launcher.testing.standin import StandInEngines\n"
+        f"engines = StandInEngines({str(tmp_path)!r}, n=250, file={str(connection_file)!r})\n"
+        "try:\n"
+        "    engines.start()\n"
+        "except ClusterLauncherError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+        "engines.stop()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("hard limit (ulimit -Hn) is 256: raise it, or spread them over more processes")
+    assert "250 stand-in engines per process need 2064 open files" in done.stdout

@@ -63,13 +63,13 @@ def fds_needed(count: int) -> int:
 
 def raise_open_file_limit(needed: int, what: str) -> int:
     """Raise this process's soft ``RLIMIT_NOFILE`` to at least ``needed`` (never
-    lower it); ClusterLauncherError naming ``ulimit -n`` when the hard limit is
-    lower.  Returns the soft limit now in force."""
+    lower it) for ``what`` (plural: "250 stand-in engines"); ClusterLauncherError
+    naming ``ulimit -Hn`` when the hard limit is lower.  Returns the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft >= needed:
         return soft
     if hard != resource.RLIM_INFINITY and hard < needed:
-        raise ClusterLauncherError(f"{what} need{'s' if not what.endswith('s') else ''} {needed} open files "
+        raise ClusterLauncherError(f"{what} need {needed} open files "
                                    f"but the hard limit (ulimit -Hn) is {hard}: raise it, or spread them over "
                                    "more processes")
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
