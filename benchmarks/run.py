@@ -198,6 +198,7 @@ def rows_for(sizes: Sizes) -> list[Row]:
             lambda ours, theirs, base: ours <= 1.2 * base["ours_mem_half_mb"]),
     ]
     rows += database_rows(sizes)
+    rows += scale_rows(sizes)
     rows += slurm_rows(batch_at_scale.QUICK if sizes is QUICK else batch_at_scale.FULL)
     return rows
 
@@ -217,6 +218,31 @@ def slurm_rows(sizes: batch_at_scale.SlurmSizes) -> list[Row]:
             rows.append(Row(workload, label, key, unit, False, f"ours <= {steady:g}/min", at_most_steady))
         else:
             rows.append(Row(workload, label, key, unit, False))
+    return rows
+
+
+def scale_rows(sizes: Sizes) -> list[Row]:
+    """Registration at scale: real engines on both sides, stand-ins and heartbeats under load ours only."""
+    n = sizes.registration_engines
+    rows = [Row("registration", f"{n} real engines registered, each ran a no-op", f"register_{n}_real_s", "s", False),
+            Row("registration", f"controller RSS, {n} real engines", f"register_{n}_real_rss_mb", "MB", False),
+            Row("registration", f"controller open files, {n} real engines", f"register_{n}_real_fds", "fds",
+                False)]
+    for count in (0, *sizes.standin_counts):
+        if count:
+            rows.append(Row("standins", f"{count} stand-in engines registered, each ran a no-op",
+                            f"standins_{count}_s", "s", False))
+        rows += [Row("standins", f"controller RSS, {count} stand-ins", f"standins_{count}_rss_mb", "MB", False),
+                 Row("standins", f"controller open files, {count} stand-ins", f"standins_{count}_fds", "fds", False),
+                 Row("standins", f"controller CPU per 1 s heartbeat period, {count} stand-ins",
+                     f"standins_{count}_cpu_ms_per_period", "ms", False)]
+    hogged = sizes.hogged_engines
+
+    def all_alive(ours: float, theirs: float | None, _: dict) -> bool:
+        return ours == hogged
+
+    rows.append(Row("heartbeats", f"engines kept of {hogged}, 0.1 s heartbeat, cores saturated",
+                    f"hb_alive_{hogged}", "engines", True, f"all {hogged}", all_alive))
     return rows
 
 

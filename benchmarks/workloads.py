@@ -67,16 +67,23 @@ class Sizes:
     db_rounds: int   # interleaved rounds of the per-database throughput runs (median taken)
     db_tasks: int    # tasks stored in SQLiteDB for the size and query rows
     db_queries: int  # repeats of each timed db_query (median taken)
+    registration_engines: int  # real engines started at once (registration)
+    standin_counts: tuple[int, ...]  # stand-in engines per run (standins)
+    standin_processes: int  # processes the stand-ins run in
+    idle_periods: int  # heartbeat periods the controller's CPU is measured over (standins)
+    hogged_engines: int  # real engines kept through CPU saturation (heartbeats)
 
 
 FULL = Sizes(start_engine_counts=(2, 4, 8), start_repeats=2, tasks=5000, latency_calls=2000,
              bandwidth_mb=(1, 100), bandwidth_repeats={1: 30, 100: 4}, map_items=100_000,
              map_chunksize=1000, memory_tasks=100_000, memory_batch=1000, record_limit=1000,
-             engines=2, db_rounds=3, db_tasks=100_000, db_queries=7)
+             engines=2, db_rounds=3, db_tasks=100_000, db_queries=7, registration_engines=64,
+             standin_counts=(100, 500, 1000), standin_processes=4, idle_periods=10, hogged_engines=64)
 QUICK = Sizes(start_engine_counts=(2, 4), start_repeats=1, tasks=200, latency_calls=100,
               bandwidth_mb=(1, 10), bandwidth_repeats={1: 3, 10: 2}, map_items=2000,
               map_chunksize=100, memory_tasks=1000, memory_batch=250, record_limit=100,
-              engines=2, db_rounds=1, db_tasks=1000, db_queries=3)
+              engines=2, db_rounds=1, db_tasks=1000, db_queries=3, registration_engines=4,
+              standin_counts=(20,), standin_processes=2, idle_periods=2, hogged_engines=4)
 
 
 # --- adapters: the only side-specific code ----------------------------------------------
@@ -134,6 +141,7 @@ class OursAdapter(Adapter):
 
         import cluster_launcher
         config = Config()
+        config.Cluster.start_timeout = RESULT_TIMEOUT  # 64 engines starting at once on 2 cores take a while
         # The controller's own command line, as a user would set it.
         args = [f"--DictDB.record_limit={record_limit}"] if record_limit is not None else []
         args += extra_args or []
@@ -172,7 +180,9 @@ class TheirsAdapter(Adapter):
         import ipyparallel
         args = [f"--DictDB.record_limit={record_limit}"] if record_limit is not None else []
         args += extra_args or []
-        cluster = ipyparallel.Cluster(n=n, controller_args=args, log_level=logging.WARNING)
+        # engine_timeout as our start_timeout: 64 engines starting at once on 2 cores take more than its 60 s.
+        cluster = ipyparallel.Cluster(n=n, controller_args=args, log_level=logging.WARNING,
+                                      engine_timeout=int(RESULT_TIMEOUT))
         client = cluster.start_and_connect_sync()
         client.wait_for_engines(n, timeout=RESULT_TIMEOUT)
         return cluster, client
@@ -487,10 +497,103 @@ def workload_databases(adapter: Adapter, sizes: Sizes, _client: Any) -> dict[str
     return metrics
 
 
+def workload_registration(adapter: Adapter, sizes: Sizes, _client: Any) -> dict[str, float]:
+    """Real engines started at once: from the start until every one is registered and has run a
+    no-op; the controller's RSS and open files then."""
+    n = sizes.registration_engines
+    began = time.perf_counter()
+    handle, client = adapter.start(n)
+    try:
+        ready_to_run_code(client)
+        elapsed = time.perf_counter() - began
+        controller = psutil.Process(adapter.controller_pid(handle))
+        return {f"register_{n}_real_s": elapsed, f"register_{n}_real_rss_mb": controller.memory_info().rss / 1e6,
+                f"register_{n}_real_fds": controller.num_fds()}
+    finally:
+        adapter.stop(handle, client)
+
+
+def controller_cpu_ms_per_period(controller: psutil.Process, periods: int, period: float = 1.0) -> float:
+    """The controller's CPU time (user + system) per heartbeat period, over ``periods`` periods."""
+    before = controller.cpu_times()
+    time.sleep(periods * period)
+    after = controller.cpu_times()
+    return 1e3 * ((after.user - before.user) + (after.system - before.system)) / periods
+
+
+def workload_standins(adapter: Adapter, sizes: Sizes, _client: Any) -> dict[str, float]:
+    """Stand-in engines (cluster_launcher.testing.standin, ours only) registering at once: the time until
+    each has run a no-op, then the controller's RSS, open files and CPU per heartbeat period."""
+    if adapter.name != "ours":
+        return {}
+    from cluster_launcher import Client
+    from cluster_launcher.testing.processes import LocalCluster
+    from cluster_launcher.testing.standin import StandInEngines
+
+    metrics: dict[str, float] = {}
+    for n in sizes.standin_counts:
+        with tempfile.TemporaryDirectory(prefix="bench-standins-") as profile:
+            cluster = LocalCluster(profile, n=0)
+            controller = psutil.Process(cluster.start_controller().pid)
+            try:
+                client = Client(profile_dir=profile, timeout=30)
+                try:
+                    if "standins_0_rss_mb" not in metrics:  # the controller alone, once
+                        metrics["standins_0_cpu_ms_per_period"] = controller_cpu_ms_per_period(
+                            controller, sizes.idle_periods)
+                        metrics["standins_0_rss_mb"] = controller.memory_info().rss / 1e6
+                        metrics["standins_0_fds"] = controller.num_fds()
+                    began = time.perf_counter()
+                    with StandInEngines(profile, n=n, processes=sizes.standin_processes, timeout=RESULT_TIMEOUT):
+                        client.wait_for_engines(n, timeout=RESULT_TIMEOUT)
+                        results = client[:].apply_sync(noop)
+                        metrics[f"standins_{n}_s"] = time.perf_counter() - began
+                        if results != [None] * n:
+                            raise RuntimeError(f"{n} stand-ins answered {len(results)} no-ops")
+                        forget_local_results(client)
+                        metrics[f"standins_{n}_rss_mb"] = controller.memory_info().rss / 1e6
+                        metrics[f"standins_{n}_fds"] = controller.num_fds()
+                        metrics[f"standins_{n}_cpu_ms_per_period"] = controller_cpu_ms_per_period(
+                            controller, sizes.idle_periods)
+                finally:
+                    client.close()
+            finally:
+                cluster.stop()
+    return metrics
+
+
+HOG = "while True:\n    pass\n"
+
+
+def workload_heartbeats(adapter: Adapter, sizes: Sizes, _client: Any) -> dict[str, float]:
+    """Real engines with a 0.1 s heartbeat, 10 misses allowed, while twice as many busy loops as cores
+    saturate the machine and each engine sleeps 5 s: how many engines the controller still has."""
+    if adapter.name != "ours":
+        return {}
+    import subprocess
+
+    n = sizes.hogged_engines
+    handle, client = adapter.start(n, extra_args=["--Controller.heartbeat_period=0.1",
+                                                  "--Controller.heartbeat_max_misses=10"])
+    hogs: list[subprocess.Popen] = []
+    try:
+        ready_to_run_code(client)
+        hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(2 * (os.cpu_count() or 2))]
+        client[:].apply_sync(time.sleep, 5.0)
+        return {f"hb_alive_{n}": len(client.ids)}
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        adapter.stop(handle, client)
+
+
 # Workloads that share one running cluster, then those that start their own.
 SHARED = {"throughput": workload_throughput, "latency": workload_latency,
           "bandwidth": workload_bandwidth, "map": workload_map}
-OWN_CLUSTER = {"start": workload_start, "memory": workload_memory, "databases": workload_databases}
+OWN_CLUSTER = {"start": workload_start, "memory": workload_memory, "databases": workload_databases,
+               "registration": workload_registration, "standins": workload_standins,
+               "heartbeats": workload_heartbeats}
 WORKLOAD_NAMES = list(SHARED) + list(OWN_CLUSTER)
 
 

@@ -42,6 +42,24 @@ def test_quick_run_of_our_side_prints_the_table(tmp_path: Path) -> None:
     assert not missing, f"no measurement for {missing}:\n{out}"
 
 
+@pytest.mark.timeout(90)
+def test_quick_run_of_the_scale_workloads(tmp_path: Path) -> None:
+    """Registration of real engines and of stand-ins (20): each row measured.  (The heartbeats workload is
+    tests/test_scale.py's hog test at 64 engines: not run here again.)"""
+    results = tmp_path / "results.json"
+    completed = subprocess.run(
+        [sys.executable, str(RUN), "--ours-only", "--quick", "--json", str(results), "--only=registration",
+         "--only=standins"], capture_output=True, text=True, timeout=80, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(results.read_text())
+    assert report["ours"]["errors"] == {}, report["ours"]["errors"]
+    measured = {row["key"]: row["ours"] for row in report["table"]}
+    assert measured["standins_20_fds"] > measured["standins_0_fds"], completed.stdout
+    # CPU per period may round to 0 ms for an idle controller; every other row has a positive number.
+    missing = [key for key, value in measured.items() if not (value and value > 0) and "cpu" not in key]
+    assert not missing, f"no measurement for {missing}:\n{completed.stdout}"
+
+
 def test_unknown_workload_is_refused_in_one_line(tmp_path: Path) -> None:
     completed = subprocess.run([sys.executable, str(RUN), "--only", "nosuch"],
                                capture_output=True, text=True, timeout=30, cwd=tmp_path)

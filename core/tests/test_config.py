@@ -352,3 +352,32 @@ def test_config_file_helper_text_is_dedented():
     # Guards the test data itself: every seed line is flush left, as in a config file.
     for text in (SEED_CLUSTER_LINES, SEED_CONTROLLER_LINES, SEED_ENGINE_LINES):
         assert textwrap.dedent(text) == text
+
+
+def test_ipython_heart_monitor_names_land_on_ours_in_our_units(profile_dir):
+    """IPython's HeartMonitor.period is milliseconds; Controller.heartbeat_period is seconds."""
+    write(profile_dir, "controller_config.py",
+          "c.HeartMonitor.period = 3000\nc.HeartMonitor.max_heartmonitor_misses = 5\n")
+    controller = configured(Controller, config.build_config("controller", profile_dir))
+    assert controller.heartbeat_period == 3.0
+    assert controller.heartbeat_max_misses == 5
+    cfg = config.build_config("controller", profile_dir, ["--HeartMonitor.period=250",
+                                                          "--HeartMonitor.max_heartmonitor_misses=12"])
+    controller = configured(Controller, cfg)
+    assert (controller.heartbeat_period, controller.heartbeat_max_misses) == (0.25, 12)
+
+
+def test_heart_monitor_period_that_is_not_a_number_names_the_option(profile_dir):
+    path = write(profile_dir, "controller_config.py", "c.HeartMonitor.period = 'often'\n")
+    with pytest.raises(ConfigError, match=r"bad value for HeartMonitor.period: 'often' is not a number") as info:
+        config.build_config("controller", profile_dir)
+    assert str(info.value).startswith(f"{path}:1: ")
+
+
+def test_allowed_heartbeat_misses_default_to_timeout_over_period():
+    controller = configured(Controller, Config({"Controller": {"heartbeat_period": 0.2, "heartbeat_timeout": 2.0}}))
+    assert controller.allowed_misses == 10
+    controller = configured(Controller, Config({"Controller": {"heartbeat_period": 3.0, "heartbeat_timeout": 10.0}}))
+    assert controller.allowed_misses == 4  # rounded up: never less time than heartbeat_timeout
+    controller = configured(Controller, Config({"Controller": {"heartbeat_max_misses": 7}}))
+    assert controller.allowed_misses == 7

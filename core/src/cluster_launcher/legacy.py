@@ -25,6 +25,7 @@ LEGACY_SECTIONS = {
     "IPClusterApp": "Cluster", "IPClusterEngines": "Cluster", "IPClusterStart": "Cluster",
     "RegistrationFactory": "Controller", "HubFactory": "Controller", "IPControllerApp": "Controller",
     "EngineFactory": "Engine", "IPEngineApp": "Engine", "MPI": "Engine",
+    "HeartMonitor": "Controller",
 }
 # (our section, legacy option) -> (our option, deprecated already in IPython)
 LEGACY_OPTIONS = {
@@ -37,12 +38,17 @@ LEGACY_OPTIONS = {
     ("Controller", "client_ip"): ("ip", False),
     ("Controller", "ssh_server"): ("ssh", False),
     ("Controller", "engine_ssh_server"): ("enginessh", False),
+    ("Controller", "period"): ("heartbeat_period", False),  # c.HeartMonitor.period, see LEGACY_UNITS
+    ("Controller", "max_heartmonitor_misses"): ("heartbeat_max_misses", False),
     ("Engine", "url_file"): ("file", False),
     ("Engine", "wait_for_url_file"): ("connect_timeout", False),
     ("Engine", "sshserver"): ("ssh", False),
     ("Engine", "use"): ("mpi", False),  # c.MPI.use = 'mpi4py'
     ("Engine", "init_script"): ("mpi_init_script", False),  # c.MPI.init_script
 }
+# (legacy section, option) -> the factor that turns its value into our unit:
+# IPython's HeartMonitor.period is in milliseconds, Controller.heartbeat_period in seconds.
+LEGACY_UNITS = {("HeartMonitor", "period"): 0.001}
 # Options of IPython's application classes that have no counterpart here
 # (logging goes to the profile's log/ folder; there is no separate monitor
 # port): accepted and ignored, with a notice.

@@ -53,6 +53,7 @@ from ..legacy import (
     LEGACY_LAUNCHER_SECTIONS,
     LEGACY_OPTIONS,
     LEGACY_SECTIONS,
+    LEGACY_UNITS,
     OBSOLETE_OPTIONS,
 )
 from ..protocol.session import Session
@@ -247,12 +248,24 @@ def translate(config: Config, origins: Origins) -> tuple[Config, Origins]:
                 new_option = _translate_option(section, target, option)
                 if new_option is None:
                     continue
-                target_config[target][new_option] = value
+                factor = LEGACY_UNITS.get((section, option))
+                target_config[target][new_option] = value if factor is None else \
+                    _in_our_unit(value, factor, section, option, origins.get((section, option)))
                 origin = origins.get((section, option))
                 if origin is not None:
                     new_origins[(target, new_option)] = origin
     result.merge(ours)  # our own names win over legacy ones set in the same source
     return result, new_origins
+
+
+def _in_our_unit(value: object, factor: float, section: str, option: str, origin: object) -> float:
+    """A legacy option's number in our unit (IPython's milliseconds to seconds)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]  # a number, or the command line's string
+    except (TypeError, ValueError):
+        where = f"{origin}: " if origin else ""
+        raise ConfigError(f"{where}bad value for {section}.{option}: {value!r} is not a number") from None
+    return number * factor
 
 
 def _translate_option(section: str, target: str, option: str) -> str | None:

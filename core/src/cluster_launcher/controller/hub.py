@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import socket as _socket
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -32,13 +33,28 @@ from ..error import BulkError, ClusterLauncherError, NoTaskHistory
 from ..logs import ProcessLogging
 from ..protocol import bulk, connection
 from ..protocol.records import decode_record, encode_record
-from ..protocol.session import Message, Session, discard_bulk, new_id, parse_time, utcnow
+from ..protocol.session import Message, Session, _Throttle, discard_bulk, new_id, parse_time, utcnow
 from ..scheduler import TaskScheduler
 from . import taskqueue
 from .roster import EngineRoster
 from .taskqueue import Dispatch, Fail, ForwardAbort, Requeue, TaskQueue
 
+if sys.platform != "win32":
+    import resource
+
 log = logging.getLogger("cluster_launcher")
+
+# What one engine costs the controller in file descriptors: one TCP connection
+# each for its task socket, its stream socket (-io), its heartbeat echo (-echo)
+# and its ping (-hb).  docs/internals/scale.md has the measurements.
+FDS_PER_ENGINE = 4
+# Kept free beyond the engines' share: clients (two connections each), the task
+# database, log files, and the connections of engines being refused.
+RESERVED_FDS = 64
+# Pending connections the kernel keeps per listening socket (capped by
+# net.core.somaxconn): a storm of engines connecting at once is queued, not
+# dropped and left to TCP's one-second SYN retries (libzmq's default is 100).
+LISTEN_BACKLOG = 4096
 
 
 class Controller(ProcessLogging):
@@ -59,7 +75,13 @@ class Controller(ProcessLogging):
                        "SQLiteDB, MongoDB, or any installed plugin's class name.").tag(config=True)
     heartbeat_period = Float(1.0, min=0.001, help="Seconds between heartbeats.").tag(config=True)
     heartbeat_timeout = Float(10.0, min=0.001, help="Seconds without a heartbeat before an engine is declared "
-                              "dead and its tasks failed or retried.").tag(config=True)
+                              "dead and its tasks failed or retried: heartbeat_timeout / heartbeat_period "
+                              "heartbeats in a row unanswered (see heartbeat_max_misses).").tag(config=True)
+    heartbeat_max_misses = Integer(0, min=0, help="Heartbeats in a row an engine may leave unanswered before it is "
+                                   "declared dead (IPython's HeartMonitor.max_heartmonitor_misses).  Only "
+                                   "heartbeats the controller sent count, so a controller starved of CPU "
+                                   "does not judge engines on time it was not running.  0: "
+                                   "heartbeat_timeout / heartbeat_period, rounded up.").tag(config=True)
     ssh = Unicode("", help="SSH server clients should tunnel through to reach the controller "
                   "(written into controller-client.json).").tag(config=True)
     enginessh = Unicode("", help="SSH server engines should tunnel through to reach the controller "
@@ -102,6 +124,10 @@ class Controller(ProcessLogging):
         # Replies that reached us from an engine before it registered again
         # (it finished the task while there was no controller), by task.
         self.early_replies: OrderedDict[str, Message] = OrderedDict()
+        self.heartbeat_sent_at: float | None = None  # monotonic time of the last heartbeat round sent
+        self.open_file_limit = 0  # the soft RLIMIT_NOFILE in force (set in setup)
+        self.engine_capacity = 0  # how many engines it has room for
+        self.refusals = _Throttle(burst=1)  # registrations refused at that limit: one line, then counts
         # What each socket accepts, by message type: the index of the protocol
         # (docs/internals/protocol.md).  Anything else is logged and ignored.
         self.client_handlers: dict[str, Callable[[Message], None]] = {
@@ -142,6 +168,7 @@ class Controller(ProcessLogging):
         swept = bulk.sweep()
         if swept:
             log.info("removed %d shared-memory file(s) left by processes that died", swept)
+        self.engine_capacity = self._raise_open_file_limit()
         self.context = zmq.Context()
         self.curve_keys = (connection.curve_server_keys(self.profile_dir, self.cluster_id, self.reuse)
                            if self.curve else None)
@@ -179,8 +206,31 @@ class Controller(ProcessLogging):
                 return client["key"], ports, str(engine.get("db_session") or "")
         return connection.new_key(), ports, ""
 
+    def _raise_open_file_limit(self) -> int:
+        """Raise the soft open-file limit (``ulimit -n``) to the hard one, said in
+        the log; returns how many engines then fit (:data:`FDS_PER_ENGINE` each,
+        beyond the descriptors open now and :data:`RESERVED_FDS`)."""
+        if sys.platform == "win32":  # no per-process limit on sockets to raise or to count against
+            return 1 << 30
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # An unlimited hard limit still stops at the kernel's per-process maximum.
+        wanted = hard if hard != resource.RLIM_INFINITY else _kernel_open_file_maximum()
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                log.info("raised the open-file limit (ulimit -n) from %d to the hard limit %d", soft, wanted)
+                soft = wanted
+            except (ValueError, OSError) as exc:
+                log.warning("could not raise the open-file limit (ulimit -n) from %d to %d: %s", soft, wanted, exc)
+        limit = soft if soft != resource.RLIM_INFINITY else _kernel_open_file_maximum()
+        capacity = max(0, (limit - _open_fds() - RESERVED_FDS) // FDS_PER_ENGINE)
+        log.info("open-file limit %d: room for %d engines (%d files each)", limit, capacity, FDS_PER_ENGINE)
+        self.open_file_limit = limit
+        return capacity
+
     def _bind(self, port: int) -> zmq.Socket:
         sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 1000)
@@ -251,22 +301,7 @@ class Controller(ProcessLogging):
                 if sock == durable_fd:
                     self.db.run_durable_callbacks()
                     continue
-                # Drain each ready socket (bounded) before polling again: fewer syscalls under load.
-                for _ in range(1000):
-                    try:
-                        msg = self.session.recv(sock, zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    except Exception:  # nothing a peer sends may stop the loop
-                        log.exception("error receiving a message")
-                        continue
-                    if msg is None:
-                        continue
-                    try:
-                        handlers[sock](msg)
-                    except Exception:  # one malformed message must not stop the cluster
-                        log.exception("error handling a %s message", msg.type)
-                    self.carry_out()
+                self.handle_waiting(sock, handlers[sock])
             deadline = self.queue.next_deadline()
             if deadline is not None and deadline <= time.monotonic():
                 self.queue.expire(time.monotonic())
@@ -285,6 +320,25 @@ class Controller(ProcessLogging):
             if time.monotonic() >= next_sweep:
                 bulk.sweep()
                 next_sweep = time.monotonic() + self.shm_sweep_interval
+
+    def handle_waiting(self, sock: zmq.Socket, handler: Callable[[Message], None], most: int = 1000) -> None:
+        """Handle up to ``most`` messages waiting on ``sock`` (bounded, so no
+        socket starves the others): fewer polls under load."""
+        for _ in range(most):
+            try:
+                msg = self.session.recv(sock, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except Exception:  # nothing a peer sends may stop the loop
+                log.exception("error receiving a message")
+                continue
+            if msg is None:
+                continue
+            try:
+                handler(msg)
+            except Exception:  # one malformed message must not stop the cluster
+                log.exception("error handling a %s message", msg.type)
+            self.carry_out()
 
     def close(self) -> None:
         self.db.close()
@@ -701,6 +755,9 @@ class Controller(ProcessLogging):
             return
         if old is not None:
             self.unregister(old, "re-registered")
+        if len(self.engines) >= self.engine_capacity:
+            self.refuse_registration(reply_socket, reply_ident, header)
+            return
         engine_id = self.roster.choose_id(header.get("engine_id"), uuid, self.engines)
         engine = EngineState(id=engine_id, ident=ident, uuid=uuid,
                              hostname=str(header.get("hostname", "")), pid=header.get("pid", 0),
@@ -757,6 +814,22 @@ class Controller(ProcessLogging):
         if adopted:
             log.info("engine %d came back holding %d task(s): their results go to their clients", engine.id,
                      adopted)
+
+    def refuse_registration(self, reply_socket: zmq.Socket, reply_ident: bytes, header: dict[str, Any]) -> None:
+        """No room for another engine under the open-file limit: the engine gets
+        the reason (and exits with it), the log one line, then a count at most
+        every ten seconds; the engines registered go on."""
+        reason = (f"the controller is at its open-file limit (ulimit -n {self.open_file_limit}): "
+                  f"{self.engine_capacity} engines fit, {FDS_PER_ENGINE} files each; raise ulimit -n "
+                  "where the controller starts (docs/internals/scale.md)")
+        self.route(reply_socket, reply_ident, self.session.pack({
+            "type": "register_reply", "id": new_id(), "parent": header["id"], "status": "error", "reason": reason}))
+        count = self.refusals.tick(time.monotonic())
+        if count == 0:
+            log.error("refused engine registrations: %s", reason)
+        elif count:
+            log.error("refused %d more engine registrations at the open-file limit (%d engines fit)", count,
+                      self.engine_capacity)
 
     def engine_unregister(self, msg: Message) -> None:
         engine = self.engine_of(msg.idents[0])
@@ -899,14 +972,44 @@ class Controller(ProcessLogging):
             {"type": "interrupt_ignored_reply", "id": new_id(), "parent": header["id"], "status": "ok"}))
 
     def send_heartbeats(self) -> None:
+        """A heartbeat to each engine not heard from since the last round.  One
+        that was (its ping thread, a reply) is known alive: asking it again
+        would only double the controller's work per engine.  The echo is for
+        the others, whose Python may be held by a task."""
+        since = self.heartbeat_sent_at
         for engine in self.engines.values():
-            header = {"type": "heartbeat", "id": new_id(), "engine_id": engine.id}
-            self.route(self.heartbeat_socket, engine.ident + b"-echo", self.session.pack(header))
+            engine.asked = since is None or engine.last_seen < since
+            if engine.asked:
+                header = {"type": "heartbeat", "id": new_id(), "engine_id": engine.id}
+                self.route(self.heartbeat_socket, engine.ident + b"-echo", self.session.pack(header))
+        self.heartbeat_sent_at = time.monotonic()
+
+    @property
+    def allowed_misses(self) -> int:
+        return self.heartbeat_max_misses or max(1, math.ceil(self.heartbeat_timeout / self.heartbeat_period - 1e-9))
 
     def check_heartbeats(self) -> None:
-        limit = time.monotonic() - self.heartbeat_timeout
-        for engine in [e for e in self.engines.values() if e.last_seen < limit]:
-            log.warning("engine %d missed heartbeats for %.0fs: declaring it dead", engine.id, self.heartbeat_timeout)
+        """Count, for each engine sent a heartbeat last round, whether it left it
+        unanswered (no message of its own since); declare dead those with
+        ``allowed_misses`` in a row.  Only heartbeats sent count, never the
+        clock: after the controller itself was starved of CPU, an engine is not
+        judged on time nobody was asking it."""
+        if self.heartbeat_sent_at is None:
+            return
+        # What has arrived by now is an answer, even if the loop has not read it yet (a long busy turn).
+        self.handle_waiting(self.heartbeat_socket, self.on_heartbeat, most=2 * len(self.engines) + 1000)
+        allowed = self.allowed_misses
+        dead = []
+        for engine in self.engines.values():
+            if engine.last_seen >= self.heartbeat_sent_at:
+                engine.missed = 0
+            elif engine.asked:  # one not asked last round is asked this round, then judged
+                engine.missed += 1
+                if engine.missed >= allowed:
+                    dead.append(engine)
+        for engine in dead:
+            log.warning("engine %d missed %d heartbeats in a row (%gs apart): declaring it dead", engine.id,
+                        engine.missed, self.heartbeat_period)
             self.unregister(engine, "heartbeat")
 
     # --- what the task queue decided ----------------------------------------
@@ -1008,6 +1111,8 @@ class EngineState(taskqueue.Engine):
 
     ident: bytes  # zmq routing id: private to the engine and the controller
     last_seen: float = field(default_factory=time.monotonic)
+    missed: int = 0  # heartbeats in a row it left unanswered
+    asked: bool = False  # whether the last round sent it a heartbeat (not if it had just been heard from)
     mpi: dict[str, int] | None = None  # {'rank': r, 'size': n} of an engine under MPI
 
     def info(self) -> dict[str, Any]:
@@ -1116,6 +1221,23 @@ def _call_hook(name: str, **kwargs: Any) -> None:
         getattr(plugins.get_plugin_manager().hook, name)(**kwargs)
     except Exception:  # a plugin's bug must not take the controller down
         log.exception("plugin hook %s failed", name)
+
+
+def _open_fds() -> int:
+    """File descriptors this process has open."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc (macOS): a guess that errs on the safe side
+        return 64
+
+
+def _kernel_open_file_maximum() -> int:
+    """The most files one process may open (Linux: fs.nr_open)."""
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 20
 
 
 def _remove(path: str) -> None:

@@ -22,14 +22,15 @@ if TYPE_CHECKING:
 class Process:
     """One ``python -m cluster_launcher <role> ...`` child process."""
 
-    def __init__(self, role: str, profile_dir: str, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, role: str, profile_dir: str, *args: str, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None):
         self.role = role
         self.log_path = os.path.join(profile_dir, f"test-{role}-{time.monotonic_ns()}.log")
         self.log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "cluster_launcher", role, f"--profile-dir={profile_dir}", *args],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})})
+            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
         self.pid = self.popen.pid
 
     def output(self) -> str:
@@ -97,8 +98,11 @@ class LocalCluster:
     controller`` and ``engine`` run), for tests that need to kill one of them."""
 
     def __init__(self, profile_dir: str, n: int = 2, controller_args: tuple[str, ...] = (),
-                 engine_args: tuple[str, ...] = ()):
+                 engine_args: tuple[str, ...] = (), controller_preexec: Callable[[], None] | None = None):
+        """``controller_preexec``: run in the controller's process before it
+        starts (``resource.setrlimit``, for a test of its limits)."""
         self.profile_dir = str(profile_dir)
+        self.controller_preexec = controller_preexec
         self.n = n
         self.controller_args, self.engine_args = controller_args, engine_args
         self.controller: Process | None = None
@@ -113,7 +117,8 @@ class LocalCluster:
     def start_controller(self, *extra: str) -> Process:
         client_file = connection.connection_file(self.profile_dir, "client")
         before = os.stat(client_file).st_mtime_ns if os.path.exists(client_file) else 0
-        controller = self.controller = Process("controller", self.profile_dir, *self.controller_args, *extra)
+        controller = self.controller = Process("controller", self.profile_dir, *self.controller_args, *extra,
+                                               preexec_fn=self.controller_preexec)
         wait_for(lambda: os.path.exists(client_file) and os.stat(client_file).st_mtime_ns != before
                  or controller.popen.poll() is not None, 15, "the controller's connection file")
         assert controller.popen.poll() is None, controller.output()
@@ -143,6 +148,12 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Stop every process by its PID; AssertionError naming any still running."""
+        # Every engine told at once, then waited for: one engine's exit time, not the sum of them all.
+        for engine in self.engines:
+            if engine.poll() is None:
+                engine.popen.send_signal(signal.SIGTERM)
+        for engine in self.engines:
+            engine.wait(5.0)
         for process in self.processes():
             process.stop()
         left = [f"{p.role} pid {p.pid}" for p in self.processes() if p.popen.poll() is None]
