@@ -23,10 +23,11 @@ from traitlets.config import Config, LoggingConfigurable
 
 from .. import plugins
 from ..error import ClusterError, ClusterLauncherError
-from ..launcher import Allocation, ControllerLauncher, EngineSetLauncher, Launcher
+from ..launcher import Allocation, ControllerLauncher, EngineSetLauncher, Launcher, pid_alive, process_start_token
 from ..paths import ensure_profile_dir, profile_dir_for, profile_name
 from ..protocol.connection import connection_file
 from .adapt import Adaptive, AdaptivePolicy
+from .restart import EngineRestarter, RestartPolicy, Supervisor
 from .state import read_state, recorded_launcher, state_file, write_state
 
 if TYPE_CHECKING:
@@ -101,6 +102,13 @@ class Cluster(LoggingConfigurable):
                                   "scaling gives any back (so load that comes and goes does not make engines "
                                   "come and go).").tag(config=True)
 
+    engine_restart_limit = Integer(3, min=0, help="How many times an engine process that died (a non-zero exit "
+                                   "or a signal; not a shutdown) is started again in its slot, with backoff, "
+                                   "before it is given up; 0: never (`start --engine-restart-limit=N`).").tag(
+        config=True)
+    engine_restart_delay = Float(1.0, min=0.0, help="Seconds before an engine's first restart; doubled for each "
+                                 "restart of the same slot after it, up to 30 s.").tag(config=True)
+
     def __init__(self, n: int | None = None, profile: str | None = None, profile_dir: str | None = None,
                  cluster_id: str | None = None, engine_launcher_class: str | None = None,
                  controller_launcher_class: str | None = None, config: Config | None = None, **traits: Any):
@@ -126,6 +134,10 @@ class Cluster(LoggingConfigurable):
         self._client: Client | None = None
         self._stop_registered = False
         self.adapter: Adaptive | None = None
+        # Who restarts dead engines: this process ('start' in the foreground, 'python' for the supervisor
+        # thread) or the detached watcher of `start --daemonize` ('daemon'); its pid and start token.
+        self.watcher: dict[str, Any] = {}
+        self.supervisor: Supervisor | None = None
 
     # --- files ------------------------------------------------------------
 
@@ -144,7 +156,8 @@ class Cluster(LoggingConfigurable):
                 "start_time": self.started_at, "reuse": self.reuse, "start_pid": os.getpid(),
                 "controller": self.controller.to_dict() if self.controller else {},
                 "engines": [s.to_dict() for s in self.engine_sets],
-                **({"adapt": self.adapter.to_dict()} if self.adapter else {})}
+                **({"adapt": self.adapter.to_dict()} if self.adapter else {}),
+                **({"watcher": self.watcher} if self.watcher else {})}
 
     def save_state(self) -> None:
         write_state(self.state_path, self.to_dict())
@@ -159,6 +172,8 @@ class Cluster(LoggingConfigurable):
         cluster = cls(profile_dir=state["profile_dir"], cluster_id=state.get("cluster_id", ""),
                       config=config or Config())
         cluster.started_at = state.get("start_time", 0.0)
+        watcher = state.get("watcher")
+        cluster.watcher = watcher if isinstance(watcher, dict) else {}
         cluster.reuse = bool(state.get("reuse", False))
         cluster.controller = recorded_launcher(state["controller"], ControllerLauncher, cluster.config)
         cluster.engine_sets = [recorded_launcher(data, EngineSetLauncher, cluster.config)
@@ -356,6 +371,9 @@ class Cluster(LoggingConfigurable):
                 self.wait_for_engines(self.start_engines(n).n)
             if self.adaptive:
                 self.adapt()
+            if self.engine_restart_limit:
+                self.supervisor = Supervisor(self.new_restarter(self.warn), POLL_INTERVAL * 5).start()
+                self.watch_from_here("python")
         except BaseException:
             self.stop()
             raise
@@ -414,6 +432,22 @@ class Cluster(LoggingConfigurable):
             raise ClusterError(f"Cluster.adapt: {exc}") from None
         return Adaptive(self, policy, self.adapt_interval if interval is None else interval, self.engine_replace_lead)
 
+    def new_restarter(self, say: Callable[[str], None], may_restart: Callable[[], bool] = lambda: True,
+                      ) -> EngineRestarter:
+        """The :class:`EngineRestarter` of this cluster's settings (``engine_restart_*``)."""
+        return EngineRestarter(self, RestartPolicy(self.engine_restart_limit, self.engine_restart_delay), say,
+                               may_restart)
+
+    def watch_from_here(self, kind: str) -> None:
+        """Record this process as the cluster's watcher ('start', 'daemon' or 'python')."""
+        self.watcher = {"kind": kind, "pid": os.getpid(), "start_token": process_start_token(os.getpid())}
+        self.save_state()
+
+    def watcher_running(self) -> bool:
+        """Whether the recorded watcher process still runs (for `list`)."""
+        pid, token = int(self.watcher.get("pid", 0)), str(self.watcher.get("start_token", ""))
+        return bool(self.watcher) and pid_alive(pid, token)
+
     def forget_ended_engine_sets(self) -> None:
         """Drop from the record the engine sets of which nothing runs or waits
         any more (those adaptive scaling gave back), so the record stays small."""
@@ -432,6 +466,9 @@ class Cluster(LoggingConfigurable):
         :attr:`warn`) per process it had to kill.  Removes the record, and the
         connection files unless the controller reuses them."""
         self._unregister_stop()
+        if self.supervisor is not None:  # first, as adapting: it would restart the engines being stopped
+            self.supervisor.stop()
+            self.supervisor = None
         if self.adapter is not None:  # first: it would start engines while they are being stopped
             self.adapter.stop()
         if self.controller is None:
