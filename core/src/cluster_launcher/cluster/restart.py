@@ -88,7 +88,6 @@ class EngineRestarter:
             self._due.clear()
             return
         now = time.monotonic()
-        changed = False
         for engines in list(self.cluster.engine_sets):
             for dead in engines.dead_engines():
                 key = (id(engines), dead.slot)
@@ -97,28 +96,27 @@ class EngineRestarter:
                     if now >= self._due[key] and self.may_restart():
                         del self._due[key]
                         self._restart(engines, dead, restarts)
-                        changed = True
                     continue
                 if self.policy.gives_up(restarts):
                     line = self.policy.give_up_line(dead.label, dead.log_path, restarts, dead.code)
                     engines.given_up = {**engines.given_up, str(dead.slot): line}
+                    self.cluster.save_state()  # recorded before it is said: whoever reads the line finds it
                     self.say(line)
-                    changed = True
                     continue
                 delay = self.policy.delay(restarts)
                 self._due[key] = now + delay
                 self.say(f"{dead.label} {exit_reason(dead.code)} (see {dead.log_path}); restart "
                          f"{restarts + 1} of {self.policy.limit} in {delay:g}s")
-        if changed:
-            self.cluster.save_state()
 
     def _restart(self, engines: EngineSetLauncher, dead: DeadEngine, restarts: int) -> None:
         try:
             engines.restart_engine(dead.slot)
         except (ClusterLauncherError, OSError) as exc:  # counted: a slot that cannot start must not loop forever
             engines.restarts = {**engines.restarts, str(dead.slot): restarts + 1}
+            self.cluster.save_state()
             self.say(f"{dead.label}: restart {restarts + 1} failed: {exc}")
             return
+        self.cluster.save_state()
         self.say(f"{dead.label} restarted ({restarts + 1} of {self.policy.limit}): a new engine, log {dead.log_path}")
 
 
