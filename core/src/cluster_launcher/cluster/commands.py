@@ -198,10 +198,22 @@ def _start_watcher(cluster: Cluster, command_line: list[str] | None) -> int:
         _restore_signals(previous)
         for pipe in outputs:
             pipe.close()
-    code = watcher.poll()
-    if code is None and not signalled:
-        return 0
+    if not signalled and _recorded_watcher_pid(cluster.state_path) == watcher.pid:
+        return 0  # it recorded itself as the watcher of the ready cluster, then detached its output
+    try:  # it failed (and stopped what it started) or was signalled: its pipes close as it exits
+        code = watcher.wait(WATCHER_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        code = 1
     return 1 if signalled else code or 0
+
+
+def _recorded_watcher_pid(path: str) -> int:
+    try:
+        state = read_state(path) or {}
+    except ClusterLauncherError:
+        return 0
+    watcher = state.get("watcher")
+    return int(watcher.get("pid", 0)) if isinstance(watcher, dict) else 0
 
 
 def _detach_output(cluster: Cluster) -> None:
