@@ -136,13 +136,17 @@ def test_cluster_in_python_restarts_a_crash_not_a_shutdown(tmp_path, env, monkey
         assert restarted != crashing and client[restarted].apply_sync(lambda: 7) == 7
 
         shut_down_pid = engines.engines[0].pid
-        client.shutdown(targets=[engine_id_of(client, shut_down_pid)], block=True)
+        shut_down = engine_id_of(client, shut_down_pid)
+        client.shutdown(targets=[shut_down], block=True)
         wait_for(lambda: engines.engines[0].poll() is not None, TIMEOUT, "the shut-down engine to exit")
         assert engines.engines[0].poll() == 0 and engines.dead_engines() == []
         # The supervisor's next steps (every 0.5 s) see it gone and leave it: a step run here sees the same.
         assert cluster.supervisor is not None
         cluster.supervisor.restarter.step()
         assert engines.engines[0].pid == shut_down_pid and "0" not in engines.restarts
+        # The controller tells the two apart as well: one died (its heartbeats stopped), one was shut down.
+        lost = {e["engine_id"]: e["reason"] for e in client.queue_status(verbose=True)["lost"]}
+        assert lost == {crashing: "heartbeat", shut_down: "shutdown"}
     assert cluster.supervisor is None  # stopped first by stop()
 
 
