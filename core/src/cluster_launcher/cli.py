@@ -185,13 +185,15 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
          (("--controller",), "controller", "Cluster.controller_launcher_class",
           {"metavar": "LAUNCHER", "help": "How to start the controller: Local, SSH, MPI, PBS, ..."}),
          (("--daemonize",), "daemonize", "Cluster.daemonize",
-          {"action": "store_true", "help": "Return once the cluster runs, leaving it in the background."}),
+          {"action": "store_true", "help": "Return once the cluster runs, leaving it in the background with a "
+           "watcher process that restarts engines that die."}),
          (("--dry-run",), "dry_run", "Cluster.dry_run",
           {"action": "store_true", "help": "Print the commands and job scripts it would run or submit; start "
            "nothing."}),
          (("--adapt",), "adapt", ("Cluster.adaptive", "True"),
           {"action": "store_true", "help": "Scale the engines with the load: more while tasks wait, fewer once "
-           "idle (starts --min engines unless -n is given; stays in the foreground)."}),
+           "idle (starts --min engines unless -n is given; decided by start in the foreground, or with "
+           "--daemonize by its watcher process)."}),
          (("--min",), "adapt_minimum", "Cluster.adapt_minimum",
           {"type": int, "metavar": "N", "help": "The fewest engines --adapt keeps (default 0)."}),
          (("--max",), "adapt_maximum", "Cluster.adapt_maximum",

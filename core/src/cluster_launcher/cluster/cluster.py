@@ -75,7 +75,7 @@ class Cluster(LoggingConfigurable):
     delay = Float(0.0, min=0.0, help="Seconds to wait after starting the controller before starting "
                   "engines.").tag(config=True)
     daemonize = Bool(False, help="Detach `start` from the terminal and return once the cluster "
-                     "runs.").tag(config=True)
+                     "runs, a detached watcher process restarting engines that die.").tag(config=True)
     dry_run = Bool(False, help="Print what `start` would run and submit (commands, job scripts), "
                    "starting nothing.").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
@@ -84,8 +84,9 @@ class Cluster(LoggingConfigurable):
     profile = Unicode("default", help="The profile's name (its folder is profile_<name> in "
                       "$CLUSTER_LAUNCHER_DIR).").tag(config=True)
     profile_dir = Unicode("", help="The profile's folder (overrides profile).").tag(config=True)
-    adaptive = Bool(False, help="Scale the engines with the load while `start` runs in the foreground: more while "
-                 "load-balanced tasks wait, fewer once they are idle (`start --adapt`).").tag(config=True)
+    adaptive = Bool(False, help="Scale the engines with the load while `start` (or its --daemonize watcher) runs: "
+                    "more while load-balanced tasks wait, fewer once they are idle (`start --adapt`).").tag(
+        config=True)
     adapt_minimum = Integer(0, min=0, help="The fewest engines adaptive scaling keeps (`start --min`).").tag(
         config=True)
     adapt_maximum = Integer(64, min=1, help="The most engines adaptive scaling asks for (`start --max`).").tag(

@@ -91,11 +91,7 @@ def start_main(config: Config, profile_dir: str, command_line: list[str] | None 
     # c.Cluster.n (Cluster() has made a configured None its own default), else: with --adapt its minimum (the
     # rest come with the load), else the allocation's slots (use_allocation set them), else one engine per CPU.
     chosen = cluster.n if "n" in (config.get("Cluster") or {}) else None
-    if cluster.adaptive:
-        if cluster.daemonize:
-            return _fail("start", ClusterError(
-                "--adapt needs the start command to stay (it makes the scaling decisions): run it without "
-                "--daemonize, in the background of your shell or batch job, or use Cluster.adapt() in Python"))
+    if cluster.adaptive:  # with --daemonize, the watcher process makes the decisions
         n = chosen if chosen is not None else cluster.adapt_minimum
     else:
         if chosen is None and allocation is not None:
@@ -135,13 +131,14 @@ def start_main(config: Config, profile_dir: str, command_line: list[str] | None 
             cluster.watch_from_here("daemon" if watcher else "start")
             if watcher:
                 _say(f"cluster ready with {n} engines; stop it with: cluster-launcher stop {how}")
-                _detach_output(cluster)
             else:  # still inside the try: a Ctrl-C while this prints must clean up too
                 _say(f"cluster ready with {n} engines; Ctrl-C (or cluster-launcher stop {how}) stops it")
             if adapter is not None:
                 policy = adapter.policy
                 _say(f"adapting between {policy.minimum} and {policy.maximum} engines, deciding every "
                      f"{adapter.interval:g}s (engines idle for {policy.idle_timeout:g}s are shut down)")
+            if watcher:
+                _detach_output(cluster)
         except (ClusterLauncherError, _Signalled) as exc:
             if ready:  # signalled while announcing: as in _supervise
                 return _stop_on_signal(cluster, exc)
