@@ -433,7 +433,7 @@ def list_main(config: Config, profile_dir: str) -> int:
     paths = sorted(set(glob.glob(os.path.join(glob.escape(home_dir()), "profile_*", records)))
                    | set(glob.glob(os.path.join(glob.escape(profile_dir), records))))
     rows: list[tuple[str, ...]] = []
-    given_up: list[str] = []
+    notes: list[str] = []  # below the table: each running cluster's watcher, each engine slot given up
     for path in paths:
         try:
             cluster = Cluster.from_state(path, config)
@@ -450,17 +450,19 @@ def list_main(config: Config, profile_dir: str) -> int:
             if isinstance(adapt, dict) and {"minimum", "maximum", "last", "at"} <= set(adapt) else "-"
         name = f"{profile_name(cluster.profile_dir)}/{cluster.cluster_id or 'default'}"
         lost = [line for engine_set in cluster.engine_sets for line in engine_set.given_up.values()]
-        given_up += [f"{name}: {line}" for line in lost]
         restarts = sum(sum(engine_set.restarts.values()) for engine_set in cluster.engine_sets)
         restarted = f"{restarts}" + (f" ({len(lost)} given up)" if lost else "") if restarts or lost else "-"
+        if running and cluster.watcher:
+            notes.append(f"{name}: {_watcher_note(cluster)}")
+        notes += [f"{name}: {line}" for line in lost]
         rows.append((profile_name(cluster.profile_dir), cluster.cluster_id or "default",
-                     "running" if running else "stopped", str(engines), str(pid or "-"), _watcher_cell(cluster),
-                     "; ".join(jobs) or "-", restarted, adapting))
+                     "running" if running else "stopped", str(engines), str(pid or "-"), "; ".join(jobs) or "-",
+                     restarted, adapting))
     if not rows:
         print(f"no clusters recorded (in {home_dir()})")
         return 0
-    header: tuple[str, ...] = ("PROFILE", "CLUSTER-ID", "STATUS", "ENGINES", "CONTROLLER-PID", "WATCHER", "JOBS",
-                               "RESTARTS", "ADAPT")
+    header: tuple[str, ...] = ("PROFILE", "CLUSTER-ID", "STATUS", "ENGINES", "CONTROLLER-PID", "JOBS", "RESTARTS",
+                               "ADAPT")
     for column in ("ADAPT", "RESTARTS"):  # only when a cluster adapts, or had an engine restarted
         i = header.index(column)
         if all(row[i] == "-" for row in rows):
@@ -468,17 +470,16 @@ def list_main(config: Config, profile_dir: str) -> int:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    for line in given_up:
+    for line in notes:
         print(line)
     return 0
 
 
-def _watcher_cell(cluster: Cluster) -> str:
-    """Who restarts the cluster's dead engines: 'start:123' (the foreground
-    start), 'daemon:123' (start --daemonize's watcher), 'python:123' (a
-    Cluster's supervisor thread), 'not-running', or '-' (none was recorded)."""
-    if not cluster.watcher:
-        return "-"
-    if not cluster.running() or not cluster.watcher_running():
-        return "not-running"
-    return f"{cluster.watcher.get('kind', '?')}:{cluster.watcher.get('pid', '?')}"
+def _watcher_note(cluster: Cluster) -> str:
+    """Who restarts the cluster's dead engines: 'watcher: start pid 123' (the
+    foreground start), 'daemon' (start --daemonize's watcher), 'python' (a
+    Cluster's supervisor thread), or that it is not running any more."""
+    kind, pid = cluster.watcher.get("kind", "?"), cluster.watcher.get("pid", "?")
+    if cluster.watcher_running():
+        return f"watcher: {kind} pid {pid}"
+    return f"watcher: not running ({kind} pid {pid} is gone): nothing restarts engines that die"
