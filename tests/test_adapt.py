@@ -105,7 +105,7 @@ def test_adapt_with_daemonize_the_watcher_process_decides(env, tmp_path, make_ga
             assert len({result.get(timeout=60) for result in held}) == 2
         listed = subprocess.run([*CLI, "list", f"--profile-dir={profile}"], env=env, capture_output=True,
                                 text=True, timeout=60)
-        assert re.search(r"\s1-2: ", listed.stdout) and re.search(r"^default/default: watcher: daemon pid \d+$",
+        assert re.search(r"\s1-2: ", listed.stdout) and re.search(r"^profile/default: watcher: daemon pid \d+$",
                                                                     listed.stdout, re.M), listed.stdout
         log = (profile / "log" / "watcher-default.log").read_text()
         assert re.search(r"adapt: asking for 1 engines: \d+ tasks waiting", log), log

@@ -185,7 +185,10 @@ def _start_watcher(cluster: Cluster, command_line: list[str] | None) -> int:
                             selector.unregister(key.fileobj)
                             continue
                         out = outputs[key.fileobj]  # type: ignore[index]
-                        out.buffer.write(data)
+                        if hasattr(out, "buffer"):
+                            out.buffer.write(data)
+                        else:  # a text stream without bytes beneath (output captured in-process)
+                            out.write(data.decode(errors="replace"))
                         out.flush()
                 except _Signalled:  # Ctrl-C while it starts: it stops what it started, and says so
                     signalled = True
@@ -300,13 +303,19 @@ def _adapt_step(cluster: Cluster) -> None:
 
 
 def _restart_step(restarter: Any) -> None:
+    # SIGINT/SIGTERM wait until the step is done: one arriving between starting an engine and recording it
+    # would leave that engine running where no `stop` finds it.
+    deferred: list[int] = []
+    previous = _on_signals(lambda signum, frame: deferred.append(signum))
     try:
         restarter.step()
-    except _Signalled:
-        raise
     except Exception as exc:  # as an adapt step: said, tried again, the running cluster kept
         _say(f"engine restarts: unexpected {type(exc).__name__}: {exc}")
         restarter.cluster.log.debug("restart step failed", exc_info=True)
+    finally:
+        _restore_signals(previous)
+    if deferred:
+        raise _Signalled(signal.Signals(deferred[0]).name)
 
 
 def _stop_on_signal(cluster: Cluster, signalled: Exception) -> int:

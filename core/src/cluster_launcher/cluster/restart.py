@@ -83,8 +83,8 @@ class EngineRestarter:
         """Notice new deaths (said at once), give up the slots over the limit,
         restart those whose backoff has passed; not while the controller is
         down (an engine that lost its controller ends too: it would only die
-        again)."""
-        if not self.cluster.running():
+        again), nor once a stop was requested."""
+        if not self.cluster.running() or not self.may_restart():  # engines a stop ends are not deaths to say
             self._due.clear()
             return
         now = time.monotonic()
@@ -93,7 +93,7 @@ class EngineRestarter:
                 key = (id(engines), dead.slot)
                 restarts = engines.restarts.get(str(dead.slot), 0)
                 if key in self._due:
-                    if now >= self._due[key] and self.may_restart():
+                    if now >= self._due[key]:
                         del self._due[key]
                         self._restart(engines, dead, restarts)
                     continue
@@ -117,7 +117,7 @@ class EngineRestarter:
             self.say(f"{dead.label}: restart {restarts + 1} failed: {exc}")
             return
         self.cluster.save_state()
-        self.say(f"{dead.label} restarted ({restarts + 1} of {self.policy.limit}): a new engine, log {dead.log_path}")
+        self.say(f"{dead.label} restarted ({restarts + 1} of {self.policy.limit}; new engine ids), log {dead.log_path}")
 
 
 class Supervisor:
