@@ -20,6 +20,7 @@ from ..error import ClusterError, ClusterLauncherError
 from ..launcher import EngineSetLauncher, config_args
 from ..paths import home_dir, profile_name
 from .cluster import POLL_INTERVAL, Cluster
+from .restart import EngineRestarter
 from .state import read_state, recorded_launcher, state_file, write_state
 
 # Set in the environment of the watcher process `start --daemonize` spawns: that process is the start itself,
@@ -302,7 +303,7 @@ def _adapt_step(cluster: Cluster) -> None:
         _say(f"adapt: {decision.reason}")
 
 
-def _restart_step(restarter: Any) -> None:
+def _restart_step(restarter: EngineRestarter) -> None:
     # SIGINT/SIGTERM wait until the step is done: one arriving between starting an engine and recording it
     # would leave that engine running where no `stop` finds it.
     deferred: list[int] = []
