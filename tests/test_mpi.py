@@ -276,7 +276,7 @@ def test_a_killed_rank_restarts_the_whole_mpiexec_as_one_slot(tmp_path, env):
             os.kill(client.engines[min(first)]["pid"], signal.SIGKILL)
             for line in proc.stdout:
                 lines.append(line)
-                if "restarted (1 of 3)" in line:
+                if "restarted (1 of 3; new engine ids)" in line:
                     break
             wait_for(lambda: len(client.ids) == 2 and not first & set(client.ids), TIMEOUT,
                      "two new ranks to register, the old ones to be gone")

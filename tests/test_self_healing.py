@@ -89,7 +89,7 @@ def test_foreground_start_restarts_a_killed_engine_three_times_then_gives_up(tmp
             # The cluster serves tasks on the other engine throughout.
             assert client[survivor].apply_sync(lambda k: k * 2, kill) == kill * 2
             if kill <= 3:
-                output.wait(f"engine slot 1 restarted ({kill} of 3)")
+                output.wait(f"engine slot 1 restarted ({kill} of 3; new engine ids)")
                 assert slot_pid(record, 1) != victim
         output.wait("engine slot 1 (log ")
         given_up = next(line for line in output.lines if "not restarted again" in line)
@@ -163,7 +163,7 @@ def test_daemonized_watcher_restarts_and_stop_stops_it(tmp_path, env):
     victim = slot_pid(record, 1)
     kill_and_wait_gone(victim)
     log = Path(profile, "log", "watcher-default.log")
-    wait_for(lambda: log.exists() and "engine slot 1 restarted (1 of 3)" in log.read_text(), TIMEOUT,
+    wait_for(lambda: log.exists() and "engine slot 1 restarted (1 of 3; new engine ids)" in log.read_text(), TIMEOUT,
              "the watcher to restart slot 1")
     with Client(profile_dir=profile, timeout=TIMEOUT) as client:
         restarted = engine_id_of(client, slot_pid(record, 1))
