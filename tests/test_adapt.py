@@ -88,8 +88,28 @@ def test_start_adapt_on_the_command_line_logs_its_decisions_and_list_shows_them(
     assert "cluster stopped" in said and start.returncode == 0
 
 
-def test_adapt_with_daemonize_is_refused_with_what_to_do(env, tmp_path):
-    done = subprocess.run([*CLI, "start", f"--profile-dir={tmp_path / 'profile'}", "--adapt", "--daemonize"],
-                          env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
-    assert done.stderr.startswith("cluster-launcher start: --adapt needs the start command to stay"), done.stderr
+def test_adapt_with_daemonize_the_watcher_process_decides(env, tmp_path, make_gate):
+    profile = tmp_path / "profile"
+    started = subprocess.run([*CLI, "start", f"--profile-dir={profile}", "--adapt", "--min=1", "--max=2",
+                              "--daemonize", "--Cluster.adapt_interval=0.2"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "adapting between 1 and 2 engines, deciding every 0.2s" in started.stdout
+    try:
+        with Client(profile_dir=str(profile), timeout=10) as client:
+            gate = make_gate()
+            view = client.load_balanced_view()
+            held = [view.apply_async(_pid_after_gate, gate.path) for _ in range(2)]
+            wait_for(lambda: len(client.ids) == 2, 60, "a second engine for the waiting task")
+            gate.open()
+            assert len({result.get(timeout=60) for result in held}) == 2
+        listed = subprocess.run([*CLI, "list", f"--profile-dir={profile}"], env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert re.search(r"\s1-2: ", listed.stdout) and re.search(r"^profile/default: watcher: daemon pid \d+$",
+                                                                    listed.stdout, re.M), listed.stdout
+        log = (profile / "log" / "watcher-default.log").read_text()
+        assert re.search(r"adapt: asking for 1 engines: \d+ tasks waiting", log), log
+    finally:
+        stopped = subprocess.run([*CLI, "stop", f"--profile-dir={profile}"], env=env, capture_output=True,
+                                 text=True, timeout=60)
+    assert stopped.returncode == 0, stopped.stderr

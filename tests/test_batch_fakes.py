@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from traitlets.config import Config
 
@@ -88,3 +89,34 @@ def test_a_job_deleted_behind_the_clusters_back_is_reported_with_the_schedulers_
     assert lines[0] == expected
     assert engines.exit_label("engine") == f"{name} job 1001 of the engines ({expected.split(': ', 1)[1]})"
     assert fake_batch.live_pids(folder) == []
+
+
+def test_a_failed_engine_job_is_resubmitted_in_its_slot(env, tmp_path, monkeypatch):
+    """An engine killed inside its job ends the job failed (its exit code):
+    Cluster's supervisor thread submits it again, same size, in the same slot."""
+    folder = tmp_path / "fake"
+    env = {**env, **fake_batch.install_fake_commands("lsf", folder, kill_grace=2.0)}
+    monkeypatch.setenv("CLUSTER_LAUNCHER_DIR", env["CLUSTER_LAUNCHER_DIR"])
+    monkeypatch.setenv("PATH", env["PATH"])
+    config = Config()
+    config.Cluster.engine_launcher_class = "LSF"
+    config.Cluster.engine_restart_delay = 0.2
+    config.LSFLauncher.poll_interval = 0.2
+    cluster = Cluster(n=1, config=config)
+    said: list[str] = []
+    cluster.warn = said.append
+    try:
+        with cluster as client:
+            (engines,) = cluster.engine_sets
+            (first_job,) = engines.job_ids
+            (old_id,) = client.ids
+            psutil.Process(client.engines[old_id]["pid"]).kill()
+            wait_for(lambda: engines.restarts == {"0": 1}, 60, f"the job to be resubmitted; said: {said}")
+            assert engines.job_ids != [first_job] and engines.job_sizes == [1] and engines.n == 1
+            assert any(f"LSF job {first_job} (engine slot 0) exited with code" in line for line in said), said
+            wait_for(lambda: len(client.ids) == 1 and client.ids != [old_id], 60,
+                     "the resubmitted job's engine to register, the dead one to be gone")
+            assert client[:].apply_sync(lambda: 6 * 7) == [42]
+    finally:
+        left = fake_batch.stop_all(folder)
+    assert not left, f"the test left LSF jobs running: pids {left}"

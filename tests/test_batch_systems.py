@@ -287,3 +287,29 @@ def test_grid_engine_signals_its_engines_at_the_soft_limit_and_they_drain_before
         assert "Traceback" not in said, said
         wait_for(lambda: not client.ids, 30, "the drained engine to leave client.ids")
     assert sge_bed.jobs() == []
+
+
+def test_a_slurm_job_whose_engine_was_killed_is_resubmitted(slurm_bed, env, monkeypatch):
+    """The engine SIGKILLed inside its job: Slurm ends the job FAILED, and
+    Cluster's supervisor thread submits it again in its slot."""
+    environ = {**env, **slurm_bed.env()}
+    _in_this_process(monkeypatch, environ)
+    config = Config()
+    config.Cluster.engine_launcher_class = "Slurm"
+    config.Cluster.engine_restart_delay = 0.2
+    config.SlurmLauncher.poll_interval = 0.2
+    cluster = Cluster(n=1, config=config)
+    said: list[str] = []
+    cluster.warn = said.append
+    with cluster as client:
+        (engines,) = cluster.engine_sets
+        (first_job,) = engines.job_ids
+        (old_id,) = client.ids
+        os.kill(client.engines[old_id]["pid"], 9)
+        wait_for(lambda: engines.restarts == {"0": 1}, 120, f"Slurm job {first_job} to be resubmitted; said: {said}")
+        assert engines.job_ids != [first_job] and engines.job_sizes == [1]
+        assert any(f"Slurm job {first_job} (engine slot 0)" in line for line in said), said
+        wait_for(lambda: len(client.ids) == 1 and client.ids != [old_id], 120,
+                 "the resubmitted job's engine to register, the dead one to be gone")
+        assert client[:].apply_sync(lambda: 6 * 7) == [42]
+    wait_for(lambda: not slurm_bed.jobs(), 60, "the Slurm queue to be empty")

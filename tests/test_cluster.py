@@ -61,6 +61,8 @@ def test_start_daemonized_list_add_engines_stop(tmp_path, env):
     assert listed.returncode == 0
     row = next(line.split() for line in listed.stdout.splitlines() if line.startswith("default"))
     assert row == ["default", "default", "running", "2", str(pids[0]), "-"]  # no batch jobs
+    watcher = json.load(open(record))["watcher"]["pid"]  # start --daemonize left its watcher process
+    assert listed.stdout.splitlines()[2:] == [f"default/default: watcher: daemon pid {watcher}"]
 
     added = run(["engines", "--n=1"], env)
     assert added.returncode == 0, added.stderr

@@ -254,3 +254,40 @@ def test_stop_leaves_no_rank_even_when_ranks_ignore_sigterm(tmp_path, env):
     stopped = _run(["stop"], env)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert _running(processes) == []
+
+
+def test_a_killed_rank_restarts_the_whole_mpiexec_as_one_slot(tmp_path, env):
+    """One rank SIGKILLed: mpiexec takes the others down and exits non-zero;
+    the foreground start's watcher runs the whole mpiexec again (slot 0,
+    same log), and its ranks register as new engines."""
+    env = _mpi_env(env)
+    profile = tmp_path / "home" / "profile_default"
+    proc = subprocess.Popen([*CLI, "start", "-n", "2", "--engines=MPI", "--Cluster.engine_restart_delay=0.2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "cluster ready" in line:
+                break
+        with Client(profile_dir=str(profile), timeout=10) as client:
+            first = set(client.ids)
+            os.kill(client.engines[min(first)]["pid"], signal.SIGKILL)
+            for line in proc.stdout:
+                lines.append(line)
+                if "restarted (1 of 3; new engine ids)" in line:
+                    break
+            wait_for(lambda: len(client.ids) == 2 and not first & set(client.ids), TIMEOUT,
+                     "two new ranks to register, the old ones to be gone")
+            assert sorted(client[:].apply_sync(lambda: 6 * 7)) == [42, 42]
+        processes = _cluster_processes(profile)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=TIMEOUT)
+        lines.append(rest)
+    said = "".join(lines)
+    assert re.search(r"mpiexec of the engines (exited with code \d+|killed by SIG\w+) \(see \S+engines-default\.log\); "
+                     r"restart 1 of 3", said), said
+    assert "mpiexec of the engines restarted (1 of 3; new engine ids)" in said, said
+    assert _running(processes) == []

@@ -106,7 +106,9 @@ def test_stop_returns_once_every_recorded_process_has_exited(tmp_path, env):
     assert [pid for pid in [controller_pid, *engine_pids] if _is_running(pid)] == []
     # Started by a launcher, which captures their output into log/<role>-<id>.log: no log file of their own.
     logs = sorted(os.listdir(profile / "log"))
-    assert logs == ["controller-default.log", "engine-0-default.log", "engine-1-default.log"], logs
+    # The watcher of start --daemonize (which restarts dead engines) writes its lines to its own.
+    assert logs == ["controller-default.log", "engine-0-default.log", "engine-1-default.log",
+                    "watcher-default.log"], logs
 
 
 def test_stop_kills_an_engine_that_ignores_sigterm_and_says_so(tmp_path, env):

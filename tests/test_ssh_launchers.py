@@ -459,3 +459,36 @@ def test_dry_run_shows_each_hosts_command_and_files_and_logs_in_nowhere(env, tmp
         f"    after sending {profile}/security/{engine_file} to me@node2:2222:/scratch/p/security/{engine_file}",
     ]
     assert not (profile / "security" / engine_file).exists()
+
+
+# --- self-healing: an engine that dies on its host is started again there ------------------------------------
+
+
+def test_an_engine_killed_on_its_host_is_restarted_there(hosts, user_env):
+    """The agent's wrapper notes the engine's exit code (137 after a SIGKILL):
+    Cluster's supervisor thread restarts it on the same host, in the same slot
+    and log, as a new engine."""
+    config = Config()
+    config.Cluster.engine_launcher_class = "SSH"
+    config.Cluster.engine_restart_delay = 0.2
+    config.SSHEngineSetLauncher.engines = {"host1.example.com": 1}
+    config.SSHLauncher.poll_interval = 0
+    cluster = Cluster(profile="heal", config=config)
+    said: list[str] = []
+    cluster.warn = said.append
+    with cluster as client:
+        (engines,) = cluster.engine_sets
+        (first,) = engines.launched
+        (engine_process,) = psutil.Process(first.pid).children()  # the engine, under the agent's sh wrapper
+        (old_id,) = client.ids
+        engine_process.kill()
+        wait_for(lambda: engines.restarts == {"0": 1}, TIMEOUT, f"slot 0 to be restarted; said: {said}")
+        (restarted,) = engines.launched
+        assert restarted.host == "host1.example.com" and restarted.pid != first.pid
+        assert restarted.log_path == first.log_path
+        wait_for(lambda: len(client.ids) == 1 and client.ids != [old_id], TIMEOUT,
+                 "the restarted engine to register, the dead one to be gone")
+        assert client[:].apply_sync(lambda: __import__("os").environ["HOME"]) == [
+            str(hosts["host1.example.com"].remote_home)]
+        assert any("engine slot 0 on host1.example.com exited with code 137" in line for line in said), said
+    assert gone([restarted.pid, first.pid])

@@ -142,6 +142,8 @@ def _runtime(module: str, function: str) -> Callable[[argparse.Namespace], int]:
             raise ClusterLauncherError(f"{args.command}: cluster_launcher.{module}.{function} is not available "
                                        f"({type(exc).__name__}: {exc})") from exc
         extra = [args.n] if function == "engines_main" else []
+        if function == "start_main":  # handed to the watcher process of start --daemonize
+            extra = [_flag_overrides(args) + args.trait_overrides]
         return int(main(cfg, profile_dir, *extra) or 0)
 
     return handler
@@ -183,17 +185,22 @@ RUNTIME_COMMANDS: list[tuple[str, str, str, str, str, list[Flag]]] = [
          (("--controller",), "controller", "Cluster.controller_launcher_class",
           {"metavar": "LAUNCHER", "help": "How to start the controller: Local, SSH, MPI, PBS, ..."}),
          (("--daemonize",), "daemonize", "Cluster.daemonize",
-          {"action": "store_true", "help": "Return once the cluster runs, leaving it in the background."}),
+          {"action": "store_true", "help": "Return once the cluster runs, leaving it in the background with a "
+           "watcher process that restarts engines that die."}),
          (("--dry-run",), "dry_run", "Cluster.dry_run",
           {"action": "store_true", "help": "Print the commands and job scripts it would run or submit; start "
            "nothing."}),
          (("--adapt",), "adapt", ("Cluster.adaptive", "True"),
           {"action": "store_true", "help": "Scale the engines with the load: more while tasks wait, fewer once "
-           "idle (starts --min engines unless -n is given; stays in the foreground)."}),
+           "idle (starts --min engines unless -n is given; decided by start in the foreground, or with "
+           "--daemonize by its watcher process)."}),
          (("--min",), "adapt_minimum", "Cluster.adapt_minimum",
           {"type": int, "metavar": "N", "help": "The fewest engines --adapt keeps (default 0)."}),
          (("--max",), "adapt_maximum", "Cluster.adapt_maximum",
           {"type": int, "metavar": "N", "help": "The most engines --adapt asks for (default 64)."}),
+         (("--engine-restart-limit",), "engine_restart_limit", "Cluster.engine_restart_limit",
+          {"type": int, "metavar": "N", "help": "Restart an engine process that died up to N times per engine, "
+           "with backoff (default 3; 0: never)."}),
         *DB_FLAGS,
         *NETWORK_FLAGS,
      ]),

@@ -7,7 +7,7 @@ import signal
 from traitlets import Instance, Integer, List
 
 from cluster_launcher import hookimpl
-from cluster_launcher.launcher import ControllerLauncher, EngineSetLauncher, LocalProcessLauncher
+from cluster_launcher.launcher import ControllerLauncher, DeadEngine, EngineSetLauncher, LocalProcessLauncher
 
 
 class LocalControllerLauncher(LocalProcessLauncher, ControllerLauncher):
@@ -41,6 +41,25 @@ class LocalEngineSetLauncher(EngineSetLauncher):
 
     def dry_run(self, n: int = 1) -> list[str]:
         return [f"{line}   (x{n}, one process each)" for line in super().dry_run(n)]
+
+    def dead_engines(self) -> list[DeadEngine]:
+        # Exit codes are known for this process's own children only: an engine started by another process
+        # (`cluster-launcher engines`, an earlier `start`) that ended reads as 0, so it is never restarted.
+        dead = []
+        for i, engine in enumerate(self.engines):
+            slot = self.first_index + i
+            code = engine.poll()
+            if code not in (None, 0) and str(slot) not in self.given_up:
+                dead.append(DeadEngine(slot, code, engine.log_path, f"engine slot {slot}"))
+        return dead
+
+    def restart_engine(self, slot: int) -> None:
+        i = slot - self.first_index
+        engine = self.child_launcher(LocalEngineLauncher, n=1)
+        engine.log_name = f"engine-{slot}"  # the same log file, appended to
+        engine.start()
+        self.engines = [*self.engines[:i], engine, *self.engines[i + 1:]]
+        self.count_restart(slot)
 
     def poll(self) -> int | None:
         codes = [engine.poll() for engine in self.engines]

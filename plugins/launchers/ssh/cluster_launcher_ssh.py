@@ -47,7 +47,7 @@ from traitlets import Dict, Float, Instance, Integer, List, Tuple, Unicode, defa
 
 from cluster_launcher import hookimpl, plugins
 from cluster_launcher.error import ClusterError, ClusterLauncherError, ConfigError, SSHError, UnknownNameError
-from cluster_launcher.launcher import ControllerLauncher, EngineSetLauncher, Launcher
+from cluster_launcher.launcher import ControllerLauncher, DeadEngine, EngineSetLauncher, Launcher
 from cluster_launcher.launcher.process import pid_alive, process_start_token, tail
 from cluster_launcher.paths import ensure_profile_dir, profile_dir_for
 from cluster_launcher.protocol.connection import connection_file
@@ -887,6 +887,31 @@ class SSHEngineSetLauncher(SSHLauncher, EngineSetLauncher):
     def exited(self) -> list[tuple[int, str, list[str]]]:
         return [(_code(status), f"{engine.host}:{engine.log_path}", status.get("tail", []))
                 for engine, status in self.statuses() if not status["running"]]
+
+    # One slot per engine started (first_index + its place in `launched`, the number of its log file); the
+    # agent's wrapper notes each one's exit code in its log, so any later process tells a crash from a shutdown.
+    def dead_engines(self) -> list[DeadEngine]:
+        order = {id(engine): i for i, engine in enumerate(self.launched)}
+        dead = []
+        for engine, status in self.statuses():
+            slot = self.first_index + order[id(engine)]
+            if not status["running"] and _code(status) != 0 and str(slot) not in self.given_up:
+                dead.append(DeadEngine(slot, _code(status), f"{engine.host}:{engine.log_path}",
+                                       f"engine slot {slot} on {engine.host}"))
+        return dead
+
+    def restart_engine(self, slot: int) -> None:
+        i = slot - self.first_index
+        old = self.launched[i]
+        engine = self.child_launcher(SSHEngineLauncher, n=1, host=old.host, engine_args=old.engine_args)
+        engine.log_name = f"engine-{slot}"  # the same log file there, appended to
+        engine.remote_profile_path = old.remote_profile_path  # prepared, its connection file sent, at start
+        remote = self.remote_host(old.host)
+        (answer,) = remote.call("spawn", processes=[engine.spawn_request(engine.args)])
+        engine.started(answer)
+        remote.forget_status()
+        self.launched = [*self.launched[:i], engine, *self.launched[i + 1:]]
+        self.count_restart(slot)
 
     def describe(self) -> str:
         grouped = self.by_host()

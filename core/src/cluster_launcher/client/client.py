@@ -406,8 +406,11 @@ class Client:
     purge_hub_results = purge_results  # ipyparallel's name for purging the controller's database only
 
     def queue_status(self, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
-        """Per engine: tasks queued, completed, running; plus 'unassigned'.  One
-        engine's dict if ``targets`` is a single id."""
+        """Per engine: tasks queued, completed, running, and ``failed`` (that
+        raised); plus 'unassigned'.  With ``verbose``, also ``'lost'``: the
+        latest engines that left, each ``{engine_id, uuid, pid, reason, at,
+        failed}`` (``reason`` 'heartbeat': it died; 'shutdown'; 'drained';
+        're-registered').  One engine's dict if ``targets`` is a single id."""
         resolved = None if targets is None or targets == "all" else self._resolve_targets(targets)
         reply = self._request("queue_status", {"targets": resolved, "verbose": verbose}).reply
         per_engine = reply.header.get("engines")
@@ -418,6 +421,8 @@ class Client:
         if isinstance(targets, int) and resolved:
             return status[resolved[0]]
         status["unassigned"] = reply.header.get("unassigned", 0)
+        if verbose:
+            status["lost"] = reply.header.get("lost", [])
         return status
 
     def abort(self, jobs: Any = None, targets: Any = None, block: bool = True) -> list[str]:

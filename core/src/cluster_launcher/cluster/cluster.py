@@ -23,10 +23,11 @@ from traitlets.config import Config, LoggingConfigurable
 
 from .. import plugins
 from ..error import ClusterError, ClusterLauncherError
-from ..launcher import Allocation, ControllerLauncher, EngineSetLauncher, Launcher
+from ..launcher import Allocation, ControllerLauncher, EngineSetLauncher, Launcher, pid_alive, process_start_token
 from ..paths import ensure_profile_dir, profile_dir_for, profile_name
 from ..protocol.connection import connection_file
 from .adapt import Adaptive, AdaptivePolicy
+from .restart import EngineRestarter, RestartPolicy, Supervisor
 from .state import read_state, recorded_launcher, state_file, write_state
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class Cluster(LoggingConfigurable):
     delay = Float(0.0, min=0.0, help="Seconds to wait after starting the controller before starting "
                   "engines.").tag(config=True)
     daemonize = Bool(False, help="Detach `start` from the terminal and return once the cluster "
-                     "runs.").tag(config=True)
+                     "runs, a detached watcher process restarting engines that die.").tag(config=True)
     dry_run = Bool(False, help="Print what `start` would run and submit (commands, job scripts), "
                    "starting nothing.").tag(config=True)
     cluster_id = Unicode("", help="The id of the cluster within its profile.").tag(config=True)
@@ -83,8 +84,9 @@ class Cluster(LoggingConfigurable):
     profile = Unicode("default", help="The profile's name (its folder is profile_<name> in "
                       "$CLUSTER_LAUNCHER_DIR).").tag(config=True)
     profile_dir = Unicode("", help="The profile's folder (overrides profile).").tag(config=True)
-    adaptive = Bool(False, help="Scale the engines with the load while `start` runs in the foreground: more while "
-                 "load-balanced tasks wait, fewer once they are idle (`start --adapt`).").tag(config=True)
+    adaptive = Bool(False, help="Scale the engines with the load while `start` (or its --daemonize watcher) runs: "
+                    "more while load-balanced tasks wait, fewer once they are idle (`start --adapt`).").tag(
+        config=True)
     adapt_minimum = Integer(0, min=0, help="The fewest engines adaptive scaling keeps (`start --min`).").tag(
         config=True)
     adapt_maximum = Integer(64, min=1, help="The most engines adaptive scaling asks for (`start --max`).").tag(
@@ -100,6 +102,13 @@ class Cluster(LoggingConfigurable):
     adapt_scale_in_wait = Integer(3, min=1, help="Decisions in a row with more engines than needed before adaptive "
                                   "scaling gives any back (so load that comes and goes does not make engines "
                                   "come and go).").tag(config=True)
+
+    engine_restart_limit = Integer(3, min=0, help="How many times an engine process that died (a non-zero exit "
+                                   "or a signal; not a shutdown) is started again in its slot, with backoff, "
+                                   "before it is given up; 0: never (`start --engine-restart-limit=N`).").tag(
+        config=True)
+    engine_restart_delay = Float(1.0, min=0.0, help="Seconds before an engine's first restart; doubled for each "
+                                 "restart of the same slot after it, up to 30 s.").tag(config=True)
 
     def __init__(self, n: int | None = None, profile: str | None = None, profile_dir: str | None = None,
                  cluster_id: str | None = None, engine_launcher_class: str | None = None,
@@ -126,6 +135,10 @@ class Cluster(LoggingConfigurable):
         self._client: Client | None = None
         self._stop_registered = False
         self.adapter: Adaptive | None = None
+        # Who restarts dead engines: this process ('start' in the foreground, 'python' for the supervisor
+        # thread) or the detached watcher of `start --daemonize` ('daemon'); its pid and start token.
+        self.watcher: dict[str, Any] = {}
+        self.supervisor: Supervisor | None = None
 
     # --- files ------------------------------------------------------------
 
@@ -144,7 +157,8 @@ class Cluster(LoggingConfigurable):
                 "start_time": self.started_at, "reuse": self.reuse, "start_pid": os.getpid(),
                 "controller": self.controller.to_dict() if self.controller else {},
                 "engines": [s.to_dict() for s in self.engine_sets],
-                **({"adapt": self.adapter.to_dict()} if self.adapter else {})}
+                **({"adapt": self.adapter.to_dict()} if self.adapter else {}),
+                **({"watcher": self.watcher} if self.watcher else {})}
 
     def save_state(self) -> None:
         write_state(self.state_path, self.to_dict())
@@ -159,6 +173,8 @@ class Cluster(LoggingConfigurable):
         cluster = cls(profile_dir=state["profile_dir"], cluster_id=state.get("cluster_id", ""),
                       config=config or Config())
         cluster.started_at = state.get("start_time", 0.0)
+        watcher = state.get("watcher")
+        cluster.watcher = watcher if isinstance(watcher, dict) else {}
         cluster.reuse = bool(state.get("reuse", False))
         cluster.controller = recorded_launcher(state["controller"], ControllerLauncher, cluster.config)
         cluster.engine_sets = [recorded_launcher(data, EngineSetLauncher, cluster.config)
@@ -356,6 +372,9 @@ class Cluster(LoggingConfigurable):
                 self.wait_for_engines(self.start_engines(n).n)
             if self.adaptive:
                 self.adapt()
+            if self.engine_restart_limit:
+                self.supervisor = Supervisor(self.new_restarter(self.warn), POLL_INTERVAL * 5).start()
+                self.watch_from_here("python")
         except BaseException:
             self.stop()
             raise
@@ -414,6 +433,22 @@ class Cluster(LoggingConfigurable):
             raise ClusterError(f"Cluster.adapt: {exc}") from None
         return Adaptive(self, policy, self.adapt_interval if interval is None else interval, self.engine_replace_lead)
 
+    def new_restarter(self, say: Callable[[str], None], may_restart: Callable[[], bool] = lambda: True,
+                      ) -> EngineRestarter:
+        """The :class:`EngineRestarter` of this cluster's settings (``engine_restart_*``)."""
+        return EngineRestarter(self, RestartPolicy(self.engine_restart_limit, self.engine_restart_delay), say,
+                               may_restart)
+
+    def watch_from_here(self, kind: str) -> None:
+        """Record this process as the cluster's watcher ('start', 'daemon' or 'python')."""
+        self.watcher = {"kind": kind, "pid": os.getpid(), "start_token": process_start_token(os.getpid())}
+        self.save_state()
+
+    def watcher_running(self) -> bool:
+        """Whether the recorded watcher process still runs (for `list`)."""
+        pid, token = int(self.watcher.get("pid", 0)), str(self.watcher.get("start_token", ""))
+        return bool(self.watcher) and pid_alive(pid, token)
+
     def forget_ended_engine_sets(self) -> None:
         """Drop from the record the engine sets of which nothing runs or waits
         any more (those adaptive scaling gave back), so the record stays small."""
@@ -432,6 +467,9 @@ class Cluster(LoggingConfigurable):
         :attr:`warn`) per process it had to kill.  Removes the record, and the
         connection files unless the controller reuses them."""
         self._unregister_stop()
+        if self.supervisor is not None:  # first, as adapting: it would restart the engines being stopped
+            self.supervisor.stop()
+            self.supervisor = None
         if self.adapter is not None:  # first: it would start engines while they are being stopped
             self.adapter.stop()
         if self.controller is None:

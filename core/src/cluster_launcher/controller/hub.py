@@ -55,6 +55,7 @@ RESERVED_FDS = 64
 # net.core.somaxconn): a storm of engines connecting at once is queued, not
 # dropped and left to TCP's one-second SYN retries (libzmq's default is 100).
 LISTEN_BACKLOG = 4096
+LOST_ENGINES_KEPT = 100  # how many departed engines queue_status reports (the latest)
 
 
 class Controller(ProcessLogging):
@@ -108,6 +109,9 @@ class Controller(ProcessLogging):
         super().__init__(**kwargs)
         self.profile_dir = profile_dir
         self.by_ident: dict[bytes, int] = {}  # engine routing id (private) -> engine id
+        # The latest engines that left, and why (heartbeat: died; shutdown; drained; re-registered), for
+        # queue_status: an engine crash told apart from a task's exception.
+        self.lost_engines: deque[dict[str, Any]] = deque(maxlen=LOST_ENGINES_KEPT)
         self.clients: set[bytes] = set()  # reply sockets of connected clients; gone ones pruned on send
         # Results for known clients whose reply socket is not attached right
         # now: sent again every heartbeat period, for up to reply_grace seconds.
@@ -483,11 +487,12 @@ class Controller(ProcessLogging):
     def client_queue_status(self, msg: Message) -> None:
         targets = msg.header.get("targets")
         status = {str(e.id): {"queue": len(e.in_flight), "completed": e.completed, "tasks": e.lb_load,
-                              "deadline": e.deadline, "draining": e.draining, "idle_since": e.idle_since}
+                              "deadline": e.deadline, "draining": e.draining, "idle_since": e.idle_since,
+                              "failed": e.failed}
                   for e in self.engines.values() if targets is None or e.id in targets}
         self.send_client(self.reply_to(msg), "queue_status_reply", {
             "parent": msg.header["id"], "status": "ok", "engines": status,
-            "unassigned": self.queue.unassigned(), "clients": len(self.clients)})
+            "unassigned": self.queue.unassigned(), "clients": len(self.clients), "lost": list(self.lost_engines)})
 
     def refused_without_history(self, msg: Message) -> bool:
         """Answer a history request with NoTaskHistory when the task DB keeps
@@ -877,6 +882,8 @@ class Controller(ProcessLogging):
                         f"engine {engine.id}" if engine else "an unregistered engine")
             discard_bulk(header)
             return
+        if header.get("status") == "error":
+            engine.failed += 1
         # A task that ran past its time_limit would do so on any engine: it is not retried.
         interrupted = (header.get("error") or {}).get("kind") in ("aborted", "timeout")
         if header.get("status") == "error" and not interrupted and self.queue.retry(task, failed_on=engine.id):
@@ -907,6 +914,8 @@ class Controller(ProcessLogging):
         self.by_ident.pop(engine.ident, None)
         self.roster.remove(engine.id)
         log.info("engine %d unregistered (%s)", engine.id, reason)
+        self.lost_engines.append({"engine_id": engine.id, "uuid": engine.uuid, "pid": engine.pid, "reason": reason,
+                                  "at": time.time(), "failed": engine.failed})
         self.queue.remove_engine(engine.id, reason)
         self.carry_out()
         for client in list(self.clients):

@@ -85,6 +85,7 @@ class Engine:
     in_flight: dict[str, Task] = field(default_factory=dict)
     lb_load: int = 0  # load-balanced tasks in flight (what the scheduler and hwm see)
     completed: int = 0
+    failed: int = 0  # tasks that raised on it (their own exception: the engine lived on)
     deadline: float | None = None  # epoch seconds its job's walltime ends it; None: no known end
     draining: bool = False  # leaving (its walltime, a signal): it gets no new task
     idle_since: float | None = None  # epoch seconds since it has had no task in flight; None while it has one

@@ -10,7 +10,7 @@ launchers build on; :mod:`.batch` the base of batch-system launchers
 """
 
 from .allocation import Allocation
-from .base import ControllerLauncher, EngineSetLauncher, Launcher, config_args, python_cmd
+from .base import ControllerLauncher, DeadEngine, EngineSetLauncher, Launcher, config_args, python_cmd
 from .batch import BatchSystemLauncher, EvalFormatter, JobState, JobStatus, walltime_seconds
 from .process import (
     LocalProcessLauncher,
@@ -21,7 +21,7 @@ from .process import (
     tail,
 )
 
-__all__ = ["Allocation", "BatchSystemLauncher", "ControllerLauncher", "EngineSetLauncher", "EvalFormatter", "JobState",
-           "JobStatus", "Launcher", "LocalProcessLauncher", "WrappedEngineSetLauncher",
+__all__ = ["Allocation", "BatchSystemLauncher", "ControllerLauncher", "DeadEngine", "EngineSetLauncher",
+           "EvalFormatter", "JobState", "JobStatus", "Launcher", "LocalProcessLauncher", "WrappedEngineSetLauncher",
            "WrapperLauncher", "config_args", "pid_alive", "process_start_token",
            "python_cmd", "tail", "walltime_seconds"]

@@ -28,6 +28,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeGuard, TypeVar
 
 from traitlets import Dict, Float, Instance, Integer, List, TraitType, Unicode
@@ -268,6 +269,18 @@ class ControllerLauncher(Launcher):
         host writes them there itself: nothing to do."""
 
 
+@dataclass(frozen=True)
+class DeadEngine:
+    """One engine of a set whose process ended with a failure (a non-zero
+    exit code, or a signal as a negative code): what a watcher may restart
+    (:meth:`EngineSetLauncher.restart_engine`)."""
+
+    slot: int  # which engine of the set: the same slot after a restart
+    code: int
+    log_path: str  # the log its output went to (a restarted engine appends to it)
+    label: str  # what it is, for messages: 'engine slot 3', 'mpiexec of the engines'
+
+
 class EngineSetLauncher(Launcher):
     role: ClassVar[str] = "engines"
 
@@ -275,10 +288,38 @@ class EngineSetLauncher(Launcher):
                       help="Command that runs one engine.").tag(config=True)
     engine_args = List(Unicode(), help="Extra command-line arguments for each engine.").tag(config=True)
     n = Integer(0, help="How many engines this set started.").tag(config=False, state=True)
+    # Kept in the record so that `list`, `stop` and a later watcher see them (keys: slots, as strings for JSON).
+    restarts = Dict(value_trait=Integer(), help="Slot -> how many times its engine was restarted.").tag(
+        config=False, state=True)
+    given_up = Dict(value_trait=Unicode(), help="Slot -> why its engine is not restarted again (the one line "
+                    "logged when it was given up).").tag(config=False, state=True)
 
     @property
     def args(self) -> list[str]:
         return [*self.engine_cmd, *self.cluster_args, *config_args(self.config, "Engine"), *self.engine_args]
+
+    # --- restarting one engine (self-healing engine sets) -------------------------------------------------
+    # A launcher that can start one engine again on its own says so by overriding both methods; the rest
+    # report no dead engines, so nothing restarts them.
+
+    @property
+    def can_restart(self) -> bool:
+        """Whether this launcher can start one of its engines again."""
+        return type(self).restart_engine is not EngineSetLauncher.restart_engine
+
+    def dead_engines(self) -> list[DeadEngine]:
+        """The engines of this set that died (a non-zero exit code, or killed
+        by a signal) and have not been restarted nor given up since; exit 0
+        (a shutdown, a drain at walltime, adaptive scaling) is not a death."""
+        return []
+
+    def restart_engine(self, slot: int) -> None:
+        """Start the engine of ``slot`` again (a new engine to the controller,
+        the same slot and log file), and count it in :attr:`restarts`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restart one engine")
+
+    def count_restart(self, slot: int) -> None:
+        self.restarts = {**self.restarts, str(slot): self.restarts.get(str(slot), 0) + 1}
 
     def running_engines(self) -> int:
         """How many of this set's engines still run (all or none, unless a

@@ -57,7 +57,7 @@ from traitlets import Bool, Dict, Float, Integer, List, TraitType, Unicode, defa
 
 from ..error import ClusterError, ConfigError
 from ..protocol.connection import ENGINE_CONNECTION_ENV, connection_file, write_private_file
-from .base import Launcher
+from .base import DeadEngine, EngineSetLauncher, Launcher
 from .process import tail
 
 # What a dry run shows where the engines' connection information goes: the controller that
@@ -879,6 +879,43 @@ class BatchSystemLauncher(Launcher):
             if code is not None or time.monotonic() >= deadline:
                 return code
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    # --- self-healing engine sets -------------------------------------------------------------------
+    # One slot per job submitted (its place in job_ids).  A job that ended failed (an exit code, a node
+    # failure; not at its walltime, not deleted) is resubmitted in its slot with as many engines as its
+    # failed tasks.  Not seen: a failed task of an array job whose other tasks still run (only once the
+    # whole array has ended), and a job the scheduler forgot before a watcher saw it fail.
+
+    def dead_engines(self) -> list[DeadEngine]:
+        if not isinstance(self, EngineSetLauncher):  # the controller's job: not restarted
+            return []
+        states = self.job_states()
+        dead = []
+        for slot, job_id in enumerate(self.job_ids):
+            status = states.get(job_id)
+            if status is None or status.active or str(slot) in self.given_up:
+                continue
+            ended = set(status.states)
+            if JobState.FAILED in ended and not {JobState.CANCELLED, JobState.TIMEOUT} & ended:
+                dead.append(DeadEngine(slot, status.exit_code or 1, self.output_path(job_id),
+                                       f"{self.system} job {job_id} (engine slot {slot})"))
+        return dead
+
+    def restart_engine(self, slot: int) -> None:
+        if not isinstance(self, EngineSetLauncher):
+            raise NotImplementedError(f"{type(self).__name__} restarts no controller")
+        old = self.job_ids[slot]
+        status = self.job_states().get(old)
+        size = (status.states.count(JobState.FAILED) if status else 0) or self.job_size(old)
+        script = self.job_script_text(size)
+        self.job_script = self.write_job_script(script)
+        job_id = self.submit(self.job_script, script)
+        self._unfollow([old])
+        self.job_ids = [*self.job_ids[:slot], job_id, *self.job_ids[slot + 1:]]
+        self.job_sizes = [*self.job_sizes[:slot], size, *self.job_sizes[slot + 1:]]
+        self._follow([job_id])
+        self.n = sum(self.job_sizes)
+        self.count_restart(slot)
 
     def describe(self) -> str:
         jobs = ", ".join(self.job_ids) or "none"

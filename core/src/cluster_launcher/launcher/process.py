@@ -18,7 +18,7 @@ from typing import ClassVar
 import psutil
 from traitlets import Integer, Unicode
 
-from .base import EngineSetLauncher, Launcher
+from .base import DeadEngine, EngineSetLauncher, Launcher
 
 
 def process_start_token(pid: int) -> str:
@@ -225,6 +225,18 @@ class WrappedEngineSetLauncher(WrapperLauncher, EngineSetLauncher):
 
     def running_engines(self) -> int:
         return self.n if self.poll() is None else 0
+
+    # Its engines are one program's tasks (mpiexec's ranks): one dead rank takes the program down, so the
+    # whole set is one slot, restarted as a whole (its n engines start again, each a new engine).
+    def dead_engines(self) -> list[DeadEngine]:
+        code = self.poll()
+        if code in (None, 0) or "0" in self.given_up:
+            return []
+        return [DeadEngine(0, code, self.log_path, self.exit_label("engine"))]
+
+    def restart_engine(self, slot: int) -> None:
+        LocalProcessLauncher.start(self, self.n)
+        self.count_restart(slot)
 
     def describe(self) -> str:
         return f"{self.program_name()} pid {self.pid} with {self.n} {self.task_word}, log {self.log_path}"
