@@ -197,3 +197,51 @@ def test_killed_watcher_leaves_the_engines_and_list_says_so(tmp_path, env):
     stopped = run(["stop"], env)
     assert stopped.returncode == 0, stopped.stderr
     wait_for(lambda: not psutil.pid_exists(engine), TIMEOUT, "the engine to be stopped")
+
+
+def _ignore_interrupts(seconds: float) -> str:
+    """Run on an engine: a task that catches KeyboardInterrupt and goes on (bounded)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:  # around the whole loop: the interrupt may land anywhere in it
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+            return "ignored"
+        except KeyboardInterrupt:
+            pass
+
+
+def test_a_task_ignoring_its_time_limit_gets_its_engine_killed_and_restarted(tmp_path, env, monkeypatch):
+    """The two halves together: the engine kills itself after Engine.interrupt_grace
+    (the task fails with TaskTimeout saying so), the supervisor restarts it in its
+    slot and reports why, counted against the limit; the controller lists the old
+    engine as killed."""
+    from traitlets.config import Config
+
+    from cluster_launcher.error import TaskTimeout
+
+    monkeypatch.setenv("CLUSTER_LAUNCHER_DIR", env["CLUSTER_LAUNCHER_DIR"])
+    config = Config()
+    config.Engine.interrupt_grace = 1.0
+    cluster = Cluster(n=1, profile="stuck", engine_restart_delay=0.2, config=config)
+    said: list[str] = []
+    cluster.warn = said.append
+    with cluster as client:
+        engines = cluster.engine_sets[0]
+        first_pid = engines.engines[0].pid
+        stuck = engine_id_of(client, first_pid)
+        view = client.load_balanced_view()
+        view.set_flags(time_limit=1)
+        with pytest.raises(TaskTimeout, match=r"ignored its interrupt for 1s \(Engine.interrupt_grace\)"):
+            view.apply(_ignore_interrupts, 120).get(timeout=TIMEOUT)
+        wait_for(lambda: engines.restarts.get("0") == 1 and engines.engines[0].pid != first_pid, TIMEOUT,
+                 "slot 0 restarted")
+        assert any("engine slot 0 killed: its task ignored an interrupt (Engine.interrupt_grace)" in line
+                   for line in said), said
+        restarted = engine_id_of(client, engines.engines[0].pid)
+        view.set_flags(time_limit=None)
+        assert restarted != stuck and view.apply(lambda: "served").get(timeout=TIMEOUT) == "served"
+        lost = {e["engine_id"]: e["reason"] for e in client.queue_status(verbose=True)["lost"]}
+        assert lost == {stuck: "killed: its task ignored an interrupt"}
