@@ -33,7 +33,7 @@ from ..error import BulkError, ClusterLauncherError, NoTaskHistory
 from ..logs import ProcessLogging
 from ..protocol import bulk, connection
 from ..protocol.records import decode_record, encode_record
-from ..protocol.session import Message, Session, _Throttle, discard_bulk, new_id, parse_time, utcnow
+from ..protocol.session import Message, Session, LogThrottle, discard_bulk, new_id, parse_time, utcnow
 from ..scheduler import TaskScheduler
 from . import taskqueue
 from .roster import EngineRoster
@@ -131,7 +131,7 @@ class Controller(ProcessLogging):
         self.heartbeat_sent_at: float | None = None  # monotonic time of the last heartbeat round sent
         self.open_file_limit = 0  # the soft RLIMIT_NOFILE in force (set in setup)
         self.engine_capacity = 0  # how many engines it has room for
-        self.refusals = _Throttle(burst=1)  # registrations refused at that limit: one line, then counts
+        self.refusals = LogThrottle(burst=1)  # registrations refused at that limit: one line, then counts
         # What each socket accepts, by message type: the index of the protocol
         # (docs/internals/protocol.md).  Anything else is logged and ignored.
         self.client_handlers: dict[str, Callable[[Message], None]] = {
@@ -642,7 +642,7 @@ class Controller(ProcessLogging):
         if record is not None and record.get("result_header"):
             self.send_recorded(ident, record)
             return
-        kept = ("" if type(self.db).__name__ not in ("DictDB", "NoDB") else
+        kept = ("" if self.db.persistent else
                 "; a persistent task database (--db=sqlite) would have kept it if it was queued")
         header = _error_header(msg_id, "lost", "TaskLost", f"the controller restarted and lost task {msg_id}: it "
                                "was neither on an engine that came back nor in the task database" + kept)

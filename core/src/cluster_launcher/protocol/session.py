@@ -112,8 +112,8 @@ class Session(Configurable):
         self._seen_order: deque[bytes] = deque()
         self._seen_lock = threading.Lock()  # a Session may receive on several threads' sockets
         self._clock = time.monotonic  # for log rate limiting; tests replace it
-        self._drop_log = _Throttle()
-        self._inline_log = _Throttle()
+        self._drop_log = LogThrottle()
+        self._inline_log = LogThrottle()
 
     def sign(self, frames: Sequence) -> bytes:
         mac = self._hmac.copy()
@@ -271,7 +271,7 @@ class Session(Configurable):
                         "such line (last: %s): their large buffers went inline", bulk_module.SHM_DIR, count, exc)
 
 
-class _Throttle:
+class LogThrottle:
     """Rate limiting for one kind of warning: the first ``burst`` events are
     logged one line each, then at most one line every ``interval`` seconds,
     counting the events since the previous line."""
