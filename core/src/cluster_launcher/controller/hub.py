@@ -33,7 +33,7 @@ from ..error import BulkError, ClusterLauncherError, NoTaskHistory
 from ..logs import ProcessLogging
 from ..protocol import bulk, connection
 from ..protocol.records import decode_record, encode_record
-from ..protocol.session import Message, Session, LogThrottle, discard_bulk, new_id, parse_time, utcnow
+from ..protocol.session import LogThrottle, Message, Session, discard_bulk, new_id, parse_time, utcnow
 from ..scheduler import TaskScheduler
 from . import taskqueue
 from .roster import EngineRoster
