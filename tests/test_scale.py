@@ -145,7 +145,7 @@ def _sleep_for(seconds: float) -> bool:
 
 
 def test_stand_ins_refuse_to_start_past_the_hard_open_file_limit_in_one_line(tmp_path):
-    """250 stand-ins in one process need about 2,064 files: under a hard limit of 256, start() says so."""
+    """250 stand-ins in one process need about 2,564 files: under a hard limit of 256, start() says so."""
     connection_file = tmp_path / "controller-engine.json"
     connection_file.write_text("{}")  # never read: the limit is checked first
     script = (
@@ -163,4 +163,4 @@ def test_stand_ins_refuse_to_start_past_the_hard_open_file_limit_in_one_line(tmp
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 3, done.stdout + done.stderr
     assert done.stdout.strip().endswith("hard limit (ulimit -Hn) is 256: raise it, or spread them over more processes")
-    assert "250 stand-in engines per process need 2064 open files" in done.stdout
+    assert "250 stand-in engines per process need 2564 open files" in done.stdout

@@ -185,11 +185,11 @@ def test_engine_registers_and_runs_tasks_through_sshd(sshd, cluster, how):
         assert client[0].apply_sync(os.getpid) == engine.pid
         ar = client[0].apply_async(lambda: print("through the tunnel") or 7)
         assert ar.get(timeout=10) == 7 and ar.stdout == "through the tunnel\n"
-        # Every engine socket (task, stream; heartbeat echo, heartbeat) reaches
-        # the controller from sshd's session, none from the engine itself.
-        for port in (info["engine_port"], info["heartbeat_port"]):
-            wait_for(lambda port=port: len(connections_to(sshd.session_pids(), port)) == 2, 10,
-                     f"two connections from sshd to controller port {port}")
+        # Every engine socket (task, stream; heartbeat echo, heartbeat, task watchdog)
+        # reaches the controller from sshd's session, none from the engine itself.
+        for port, count in ((info["engine_port"], 2), (info["heartbeat_port"], 3)):
+            wait_for(lambda port=port, count=count: len(connections_to(sshd.session_pids(), port)) == count, 10,
+                     f"{count} connections from sshd to controller port {port}")
             assert connections_to([engine.pid], port) == [], f"the engine bypassed the tunnel:\n{engine.output()}"
         assert "through SSH server" in engine.output()
     assert engine.stop() == 0, _log_of(engine)

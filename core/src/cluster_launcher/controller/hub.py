@@ -45,9 +45,10 @@ if sys.platform != "win32":
 log = logging.getLogger("cluster_launcher")
 
 # What one engine costs the controller in file descriptors: one TCP connection
-# each for its task socket, its stream socket (-io), its heartbeat echo (-echo)
-# and its ping (-hb).  docs/internals/scale.md has the measurements.
-FDS_PER_ENGINE = 4
+# each for its task socket, its stream socket (-io), its heartbeat echo (-echo),
+# its ping (-hb) and its task watchdog (-int).  docs/internals/scale.md has the
+# measurements.
+FDS_PER_ENGINE = 5
 # Kept free beyond the engines' share: clients (two connections each), the task
 # database, log files, and the connections of engines being refused.
 RESERVED_FDS = 64

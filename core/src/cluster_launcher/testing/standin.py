@@ -2,11 +2,12 @@
 of the controller at scale (1000 engines on one 2-core machine).
 
 A stand-in speaks the real engine protocol (docs/internals/protocol.md) with
-the real connection file and key, over the same four connections a real
+the real connection file and key, over the same five connections a real
 engine opens, each with its own private routing id: it registers, echoes the
 controller's heartbeats (routing id + ``-echo``, what a real engine's libzmq
 proxy does), pings the controller every heartbeat period (``-hb``, what its
-heartbeat thread does), keeps its stream socket (``-io``) connected, and
+heartbeat thread does), keeps its stream socket (``-io``) and its task watchdog's (``-int``; a
+no-op has nothing to interrupt) connected, and
 answers every ``apply`` with a signed ``apply_reply`` whose result is
 ``None``, serialized as a real engine serializes it, without unpickling or
 running the task's function.  ``shutdown`` and SIGTERM make it unregister
@@ -47,9 +48,10 @@ from ..protocol import connection
 from ..protocol.serialize import serialize
 from ..protocol.session import Session, discard_bulk, new_id, utcnow
 
-# Four zmq sockets per stand-in (task, stream, heartbeat echo, ping), each a TCP
+# Five zmq sockets per stand-in (task, stream, heartbeat echo, ping, watchdog), each a TCP
 # connection plus the socket's own mailbox (an eventfd).
-FDS_PER_STANDIN = 8
+SOCKETS_PER_STANDIN = 5
+FDS_PER_STANDIN = 2 * SOCKETS_PER_STANDIN
 # The process's own: Python, zmq's context and io thread, the event loop, its log.
 BASE_FDS = 64
 REFUSED_MARK = "the controller refused registration"
@@ -163,8 +165,8 @@ class _Process:
         self.info, self.count, self.timeout = info, count, timeout
         self.session = Session(key=info["key"], signature_scheme=info["signature_scheme"])
         self.context = zmq.asyncio.Context()
-        # libzmq's default cap is 1023 sockets per context: four per stand-in.
-        self.context.set(zmq.MAX_SOCKETS, 4 * count + 16)
+        # libzmq's default cap is 1023 sockets per context: SOCKETS_PER_STANDIN each.
+        self.context.set(zmq.MAX_SOCKETS, SOCKETS_PER_STANDIN * count + 16)
         self.stopping = asyncio.Event()
         self.hostname = _socket.gethostname()
         self.none_result = serialize(None)  # what every no-op returns, as an engine sends it
@@ -208,7 +210,9 @@ class StandIn:
         self.stream_socket = process.socket(self.ident + b"-io", "engine_port")
         self.echo_socket = process.socket(self.ident + b"-echo", "heartbeat_port")
         self.ping_socket = process.socket(self.ident + b"-hb", "heartbeat_port")
-        sockets = (self.task_socket, self.stream_socket, self.echo_socket, self.ping_socket)
+        # Where a real engine's watchdog hears of aborts: opened for what it costs the controller, never read.
+        self.interrupt_socket = process.socket(self.ident + b"-int", "heartbeat_port")
+        sockets = (self.task_socket, self.stream_socket, self.echo_socket, self.ping_socket, self.interrupt_socket)
         # The echo first, as an engine starts its proxy before it registers.
         echo = asyncio.ensure_future(self.echo())
         try:
