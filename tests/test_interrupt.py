@@ -18,7 +18,7 @@ from cluster_launcher.client.asyncresult import AsyncResult
 from cluster_launcher.engine.engine import EXIT_TASK_IGNORED_INTERRUPT
 from cluster_launcher.error import CompositeError, EngineError, RemoteError, TaskAborted, TaskTimeout
 from cluster_launcher.protocol.serialize import pack_apply
-from cluster_launcher.testing.processes import LocalCluster, wait_for
+from cluster_launcher.testing.processes import LocalCluster, ignore_interrupts, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,19 +57,6 @@ def _count_and_sleep(runs: str, seconds: float) -> None:
     with open(runs, "a") as f:
         f.write("ran\n")
     time.sleep(seconds)
-
-
-def _ignore_interrupts(started: str, seconds: float) -> str:
-    """Run on an engine: a task that catches KeyboardInterrupt and goes on (bounded)."""
-    open(started, "w").close()
-    deadline = time.monotonic() + seconds
-    while True:
-        try:  # around the whole loop: the interrupt may land anywhere in it
-            while time.monotonic() < deadline:
-                time.sleep(0.05)
-            return "ignored"
-        except KeyboardInterrupt:
-            pass
 
 
 def _hold_the_gil() -> int:
@@ -222,7 +209,7 @@ def test_a_task_that_ignores_its_interrupt_gets_its_engine_killed(tmp_path: Path
 
             # Aborted, it catches the KeyboardInterrupt and goes on: TaskAborted naming the grace and the engine.
             started = str(tmp_path / "aborted-started")
-            aborted = client[0].apply(_ignore_interrupts, started, 60)
+            aborted = client[0].apply(ignore_interrupts, 60, started)
             wait_for(lambda: os.path.exists(started), 20, "the stubborn task to start")
             aborted.abort()
             assert client[2].apply_sync(lambda: "served") == "served"  # the others serve meanwhile
@@ -234,7 +221,7 @@ def test_a_task_that_ignores_its_interrupt_gets_its_engine_killed(tmp_path: Path
             # Past its time_limit, the same: TaskTimeout.
             dview = client[1]
             dview.set_flags(time_limit=1)
-            timed = dview.apply(_ignore_interrupts, str(tmp_path / "timed-started"), 60)
+            timed = dview.apply(ignore_interrupts, 60, str(tmp_path / "timed-started"))
             with pytest.raises(TaskTimeout, match=r"ran longer than its time_limit of 1s and ignored its interrupt "
                                r"for 1s \(Engine.interrupt_grace\): engine 1 \(.*\) was killed"):
                 timed.get(timeout=20)

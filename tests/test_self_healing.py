@@ -21,7 +21,7 @@ import pytest
 from cluster_launcher.client import Client
 from cluster_launcher.cluster import Cluster, state_file
 from cluster_launcher.error import EngineError
-from cluster_launcher.testing.processes import wait_for
+from cluster_launcher.testing.processes import ignore_interrupts, wait_for
 
 TIMEOUT = 60
 CLI = [sys.executable, "-m", "cluster_launcher"]
@@ -199,20 +199,6 @@ def test_killed_watcher_leaves_the_engines_and_list_says_so(tmp_path, env):
     wait_for(lambda: not psutil.pid_exists(engine), TIMEOUT, "the engine to be stopped")
 
 
-def _ignore_interrupts(seconds: float) -> str:
-    """Run on an engine: a task that catches KeyboardInterrupt and goes on (bounded)."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while True:
-        try:  # around the whole loop: the interrupt may land anywhere in it
-            while time.monotonic() < deadline:
-                time.sleep(0.05)
-            return "ignored"
-        except KeyboardInterrupt:
-            pass
-
-
 def test_a_task_ignoring_its_time_limit_gets_its_engine_killed_and_restarted(tmp_path, env, monkeypatch):
     """The two halves together: the engine kills itself after Engine.interrupt_grace
     (the task fails with TaskTimeout saying so), the supervisor restarts it in its
@@ -235,7 +221,7 @@ def test_a_task_ignoring_its_time_limit_gets_its_engine_killed_and_restarted(tmp
         view = client.load_balanced_view()
         view.set_flags(time_limit=1)
         with pytest.raises(TaskTimeout, match=r"ignored its interrupt for 1s \(Engine.interrupt_grace\)"):
-            view.apply(_ignore_interrupts, 120).get(timeout=TIMEOUT)
+            view.apply(ignore_interrupts, 120).get(timeout=TIMEOUT)
         wait_for(lambda: engines.restarts.get("0") == 1 and engines.engines[0].pid != first_pid, TIMEOUT,
                  "slot 0 restarted")
         assert any("engine slot 0 killed: its task ignored an interrupt (Engine.interrupt_grace)" in line

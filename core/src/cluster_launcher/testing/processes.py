@@ -83,6 +83,24 @@ def wait_for_gate(gate: str, timeout: float = 60, started: str | None = None) ->
         time.sleep(0.01)
 
 
+def ignore_interrupts(seconds: float, started: str | None = None) -> str:
+    """Run on an engine: a task that catches KeyboardInterrupt and goes on, for
+    ``seconds`` (bounded, so an engine is never held for ever), then returns
+    'ignored'; what an abort or a ``time_limit`` cannot stop before
+    ``Engine.interrupt_grace``.  ``started``: a file created first, as for
+    :func:`wait_for_gate`."""
+    if started:
+        open(started, "w").close()
+    deadline = time.monotonic() + seconds
+    while True:
+        try:  # around the whole loop: the interrupt may land anywhere in it
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+            return "ignored"
+        except KeyboardInterrupt:
+            pass
+
+
 def running_with(marker: str) -> list[psutil.Process]:
     """Processes (not zombies, not this one) whose command line contains ``marker``."""
     found = []
